@@ -1,0 +1,35 @@
+# `make demo` and `make test` each create the virtual environment they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The pinned pair installs from wheels where a local wheel cache provides them; any
+# torch >= 2.1 with its matching torchvision works.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench lint clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/hashbench run --methods lsh,pcah,itq,sh --bits 16,32,64 --results results/demo
+	$(BIN)/hashbench report --results results/demo --out reports/demo
+
+test: venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/bench_metrics.py
+
+lint: venv
+	$(BIN)/ruff check hashbench methods datasets tests benchmarks
+
+clean:
+	rm -rf $(VENV) results/demo build dist *.egg-info

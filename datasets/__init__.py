@@ -1,0 +1,1 @@
+"""Built-in dataset plugins (installed as ``hashbench.datasets``)."""

@@ -1,0 +1,56 @@
+"""The ``hashbench`` command line. Each command lives in its own module of this package."""
+
+from __future__ import annotations
+
+import click
+
+from hashbench import __version__
+from hashbench.errors import UserError
+
+
+class UserFacingError(click.ClickException):
+    """A :class:`UserError` shown as one line, exit status 2, no traceback."""
+
+    exit_code = 2
+
+
+class HashbenchGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            raise UserFacingError(str(error)) from None
+
+
+@click.group(cls=HashbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hashbench")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="Import a local module (dotted path or .py file) that defines methods or datasets. Repeatable.",
+)
+def cli(plugins: tuple[str, ...]) -> None:
+    """Benchmark unsupervised hashing methods under one shared, recorded protocol."""
+    from hashbench.registry import load_plugins
+
+    load_plugins(plugins)
+
+
+def _register_commands() -> None:
+    from hashbench.cli.eval import eval_command
+    from hashbench.cli.listing import list_command
+    from hashbench.cli.report import report_command
+    from hashbench.cli.run import run_command
+
+    for command in (list_command, run_command, report_command, eval_command):
+        cli.add_command(command)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console entry point."""
+    cli(prog_name="hashbench")

@@ -1,0 +1,158 @@
+"""Registry of method and dataset plugins.
+
+Built-ins register exactly as third-party packages do, through the entry-point groups
+``hashbench.methods`` and ``hashbench.datasets``. A local module can be imported with
+``--plugin module.path`` (or a ``.py`` file); it registers its classes with the
+:func:`register_method` / :func:`register_dataset` decorators.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from hashbench.errors import UserError
+
+METHOD_GROUP = "hashbench.methods"
+DATASET_GROUP = "hashbench.datasets"
+
+
+@dataclass
+class _Entry:
+    obj: Any
+    origin: str  # where the plugin came from, for error messages
+
+
+@dataclass
+class Registry:
+    """Name → plugin class, for one kind of plugin (methods or datasets)."""
+
+    kind: str  # "method" or "dataset"
+    group: str
+    _entries: dict[str, _Entry] = field(default_factory=dict)
+    _entry_points_loaded: bool = False
+
+    def add(self, name: str, obj: Any, origin: str) -> None:
+        existing = self._entries.get(name)
+        if existing is not None and existing.obj is not obj:
+            raise UserError(
+                f"two plugins claim the {self.kind} name {name!r}: {existing.origin} and {origin}; "
+                "rename one of them or uninstall one package"
+            )
+        self._entries[name] = _Entry(obj, origin)
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for point in entry_points(group=self.group):
+            origin = f"entry point {point.value!r}"
+            if point.dist is not None:
+                origin += f" of package {point.dist.name}"
+            try:
+                obj = point.load()
+            except Exception as error:  # a broken third-party plugin must not hide the others
+                raise UserError(f"cannot load {self.kind} plugin {point.name!r} ({origin}): {error}") from error
+            self.add(point.name, obj, origin)
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Any:
+        self._load_entry_points()
+        entry = self._entries.get(name)
+        if entry is None:
+            known = sorted(self._entries)
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise UserError(
+                f"unknown {self.kind} {name!r}; {hint}known {self.kind}s: {', '.join(known) or 'none'} "
+                f"(`hashbench list` shows them)"
+            )
+        return entry.obj
+
+    def origin(self, name: str) -> str:
+        self.get(name)
+        return self._entries[name].origin
+
+
+methods = Registry("method", METHOD_GROUP)
+datasets = Registry("dataset", DATASET_GROUP)
+
+
+def _origin_of(cls: Any) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_method(cls: Any) -> Any:
+    """Class decorator registering a method under ``cls.name`` (for local plugins)."""
+    methods.add(cls.name, cls, _origin_of(cls))
+    return cls
+
+
+def register_dataset(cls: Any) -> Any:
+    """Class decorator registering a dataset under ``cls.name`` (for local plugins)."""
+    datasets.add(cls.name, cls, _origin_of(cls))
+    return cls
+
+
+def get_method(name: str) -> Any:
+    return methods.get(name)
+
+
+def get_dataset(name: str) -> Any:
+    return datasets.get(name)
+
+
+def load_plugin(spec: str) -> None:
+    """Import a local plugin given as a dotted module path or a path to a ``.py`` file."""
+    # Entry points first, so a local plugin clashing with an installed one is reported.
+    methods._load_entry_points()
+    datasets._load_entry_points()
+    path = Path(spec)
+    if spec.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"--plugin {spec}: file not found")
+        module_name = f"hashbench_plugin_{path.stem}"
+        if module_name in sys.modules:
+            return
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise UserError(f"--plugin {spec}: not a Python module")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except UserError:
+            raise
+        except Exception as error:
+            del sys.modules[module_name]
+            raise UserError(f"--plugin {spec}: importing it failed: {type(error).__name__}: {error}") from error
+        return
+    if spec in sys.modules:
+        return
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as error:
+        raise UserError(
+            f"--plugin {spec}: module not found ({error}); give a dotted module path importable "
+            "from the current directory or PYTHONPATH, or a path to a .py file"
+        ) from error
+    except UserError:
+        raise
+    except Exception as error:
+        raise UserError(f"--plugin {spec}: importing it failed: {type(error).__name__}: {error}") from error
+
+
+def load_plugins(specs: tuple[str, ...] | list[str]) -> None:
+    if specs and "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # dotted local modules resolve from the working directory
+    for spec in specs:
+        load_plugin(spec)

@@ -1,0 +1,214 @@
+"""Split protocols and split manifests.
+
+A split is drawn from (dataset, protocol, split seed) and written as a JSON manifest of
+integer index lists into the dataset's canonical order, with their content hash. Every
+method of a benchmark evaluates on the same manifest; the run record names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashbench import atomic
+from hashbench.data import DatasetArrays
+from hashbench.errors import UserError
+
+SPLIT_NAMES = ("query", "database", "train", "val")
+
+
+class SplitProtocol:
+    """A named way of drawing query / database / train (/ val) from a dataset."""
+
+    name: str
+    description: str
+    topk: int  # the retrieval cut-off k of mAP@k
+
+    def draw(self, arrays: DatasetArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def summary(self) -> str:
+        return self.description
+
+
+def sample_per_class(
+    labels: np.ndarray, pool: np.ndarray, per_class: int, rng: np.random.Generator, what: str
+) -> np.ndarray:
+    """Draw ``per_class`` items of each class from ``pool``.
+
+    Multi-label: for each class in turn, draw among the pool items carrying it that are not
+    drawn yet (the community's protocol for NUS-WIDE). Single-label reduces to the usual
+    stratified draw.
+    """
+    available = np.zeros(labels.shape[0], dtype=bool)
+    available[pool] = True
+    chosen: list[np.ndarray] = []
+    for class_index in range(labels.shape[1]):
+        candidates = np.flatnonzero(available & labels[:, class_index])
+        if candidates.size < per_class:
+            raise UserError(
+                f"{what}: class {class_index} has only {candidates.size} eligible items, "
+                f"the protocol needs {per_class}"
+            )
+        picked = rng.choice(candidates, size=per_class, replace=False)
+        available[picked] = False
+        chosen.append(picked)
+    return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
+
+
+def sample_count(pool: np.ndarray, count: int, rng: np.random.Generator, what: str) -> np.ndarray:
+    if pool.size < count:
+        raise UserError(f"{what}: needs {count} items but only {pool.size} are eligible")
+    return np.sort(rng.choice(pool, size=count, replace=False))
+
+
+@dataclass(frozen=True)
+class SampledProtocol(SplitProtocol):
+    """Queries drawn from the pool, the rest is the database, train (and val) drawn from it.
+
+    Each of query/train/val is given either per class (``*_per_class``) or as a total
+    (``*_size``). ``pool`` restricts everything to an official partition (a ``groups`` key).
+    """
+
+    name: str
+    description: str
+    topk: int
+    query_per_class: int | None = None
+    query_size: int | None = None
+    train_per_class: int | None = None
+    train_size: int | None = None
+    val_per_class: int | None = None
+    val_size: int | None = None
+    pool: str | None = None
+
+    def _sample(self, arrays, pool, per_class, size, rng, what) -> np.ndarray:
+        if per_class is not None:
+            return sample_per_class(arrays.labels, pool, per_class, rng, what)
+        if size is not None:
+            return sample_count(pool, size, rng, what)
+        raise ValueError(f"protocol {self.name}: {what} needs a per-class count or a size")
+
+    def draw(self, arrays: DatasetArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        pool = np.arange(len(arrays)) if self.pool is None else np.sort(arrays.groups[self.pool])
+        query = self._sample(arrays, pool, self.query_per_class, self.query_size, rng, "query")
+        database = np.setdiff1d(pool, query)
+        train = self._sample(arrays, database, self.train_per_class, self.train_size, rng, "train")
+        splits = {"query": query, "database": database, "train": train}
+        if self.val_per_class is not None or self.val_size is not None:
+            rest = np.setdiff1d(database, train)
+            splits["val"] = self._sample(arrays, rest, self.val_per_class, self.val_size, rng, "val")
+        return splits
+
+    def summary(self) -> str:
+        def part(per_class, size):
+            return f"{per_class}/class" if per_class is not None else str(size)
+
+        text = (
+            f"query {part(self.query_per_class, self.query_size)}, database = rest, "
+            f"train {part(self.train_per_class, self.train_size)} from database"
+        )
+        if self.val_per_class is not None or self.val_size is not None:
+            text += f", val {part(self.val_per_class, self.val_size)} from database (disjoint from train)"
+        return f"{text}; mAP@{self.topk}"
+
+
+def content_hash(splits: dict[str, np.ndarray]) -> str:
+    canonical = {name: [int(i) for i in splits[name]] for name in SPLIT_NAMES if name in splits}
+    text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class SplitManifest:
+    dataset: str
+    protocol: str
+    split_seed: int
+    num_items: int
+    topk: int
+    splits: dict[str, np.ndarray]
+    hash: str
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.dataset}-{self.protocol}-split{self.split_seed}-{self.hash[:12]}.json"
+
+    def to_json(self) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "split_seed": self.split_seed,
+            "num_items": self.num_items,
+            "topk": self.topk,
+            "hash": self.hash,
+            "sizes": {name: int(indices.size) for name, indices in self.splits.items()},
+        }
+        for name in SPLIT_NAMES:
+            if name in self.splits:
+                value[name] = [int(i) for i in self.splits[name]]
+        return value
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / self.file_name
+        if not path.exists():
+            atomic.write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> SplitManifest:
+        try:
+            value = json.loads(Path(path).read_text())
+            splits = {name: np.asarray(value[name], dtype=np.int64) for name in SPLIT_NAMES if name in value}
+            manifest = cls(
+                dataset=value["dataset"],
+                protocol=value["protocol"],
+                split_seed=int(value["split_seed"]),
+                num_items=int(value["num_items"]),
+                topk=int(value["topk"]),
+                splits=splits,
+                hash=value["hash"],
+            )
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"split manifest {path} is unreadable ({error}); delete it to redraw") from error
+        if content_hash(splits) != manifest.hash:
+            raise UserError(f"split manifest {path} does not match its content hash; delete it to redraw")
+        return manifest
+
+
+def check_disjoint(splits: dict[str, np.ndarray], num_items: int, where: str) -> None:
+    """Protocol invariants every manifest must satisfy."""
+    query, database, train = splits["query"], splits["database"], splits["train"]
+    for name, indices in splits.items():
+        if indices.size and (indices.min() < 0 or indices.max() >= num_items):
+            raise ValueError(f"{where}: {name} index out of range")
+        if np.unique(indices).size != indices.size:
+            raise ValueError(f"{where}: {name} has duplicate indices")
+    if np.intersect1d(query, database).size:
+        raise ValueError(f"{where}: query and database overlap")
+    if np.intersect1d(query, train).size:
+        raise ValueError(f"{where}: training items leak into the query set")
+    if "val" in splits:
+        if np.intersect1d(splits["val"], query).size or np.intersect1d(splits["val"], train).size:
+            raise ValueError(f"{where}: val overlaps query or train")
+
+
+def draw_split(dataset_name: str, protocol: SplitProtocol, arrays: DatasetArrays, split_seed: int) -> SplitManifest:
+    """Draw the split deterministically from the split seed."""
+    # The generator depends only on the split seed: the same seed gives the same split for
+    # every method and every machine (numpy's PCG64 stream is platform independent).
+    rng = np.random.default_rng(split_seed)
+    splits = {name: np.sort(np.asarray(indices, dtype=np.int64)) for name, indices in protocol.draw(arrays, rng).items()}
+    check_disjoint(splits, len(arrays), f"{dataset_name}/{protocol.name}")
+    return SplitManifest(
+        dataset=dataset_name,
+        protocol=protocol.name,
+        split_seed=split_seed,
+        num_items=len(arrays),
+        topk=protocol.topk,
+        splits=splits,
+        hash=content_hash(splits),
+    )
