@@ -28,6 +28,17 @@ class DatasetArrays:
     images: Any = None
     features: np.ndarray | Callable[[np.ndarray], np.ndarray] | None = None
     groups: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Set by the harness after loading: which dataset this is (methods pick per-dataset
+    # defaults from it, e.g. a small backbone for tiny images).
+    dataset: str = ""
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """(H, W, C) of the images, when the dataset has images."""
+        if self.images is None:
+            return None
+        shape = getattr(self.images, "shape", None)
+        return tuple(shape[1:]) if shape is not None else tuple(np.asarray(self.images[np.array([0])]).shape[1:])
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -44,6 +55,14 @@ class DataSplit:
 
     def __len__(self) -> int:
         return int(self.indices.size)
+
+    @property
+    def dataset(self) -> str:
+        return self._arrays.dataset
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        return self._arrays.image_shape
 
     @property
     def labels(self) -> np.ndarray:

@@ -133,6 +133,7 @@ def prepare_dataset(name: str, protocol_name: str, spec: GridSpec) -> PreparedDa
     plugin = registry.get_dataset(name)()
     protocol = plugin.protocol(protocol_name)
     arrays = plugin.load(Path(spec.data_root))
+    arrays.dataset = name
     manifest = draw_split(name, protocol, arrays, spec.split_seed)
     return PreparedDataset(name, plugin, protocol, arrays, manifest)
 
