@@ -1,0 +1,725 @@
+"""Retrieval metrics for binary codes, exact to the definitions of PROTOCOLS.md ("Metrics").
+
+Ranking: the database is ranked for each query by Hamming distance, ties broken by database
+index (a stable order). An item is relevant when it shares at least one label with the query.
+
+Everything is computed per chunk of queries on bit-packed codes, so memory is bounded by the
+chunk size and never holds a queries x database float matrix. Hamming distances are small
+integers (0..bits), so ranking is a counting problem:
+
+* per query, a histogram of (distance, relevant) over the database gives N+, the Hamming-radius
+  precision/recall for every radius (the PR curve) and the tie-aware mAP in closed form;
+* the index-tie-broken metrics (mAP@k, P@k, R@k) only need the items at distance <= the
+  distance of the k-th item; those few candidates are ordered by a radix sort on
+  (query, distance) that keeps index order inside each distance.
+
+Conventions (also in PROTOCOLS.md): AP@k = (1/R_k) sum_{i<=k} rel_i P@i, and a query with
+R_k = 0 counts as 0 in the mean over all queries; a cut-off k larger than the database is
+clipped to the database size (for mAP@k, P@k and R@k alike); recall is 0 for a query with no
+relevant item (N+ = 0); precision within a radius is 0 when no item lies within it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hashbench.codes import to_bits
+from hashbench.errors import UserError
+from hashbench.labels import to_multi_hot
+
+__all__ = ["DEFAULT_KS", "RetrievalResult", "evaluate", "mean_average_precision"]
+
+DEFAULT_KS: tuple[int, ...] = (1, 10, 100, 1000)
+
+# Bytes of per-chunk working memory aimed at when no chunk size is given: (distance + relevance
+# + histogram keys) per query and database item is ~4 bytes, so 2 workers x 96 MB x 4 stays
+# far below the 1.5 GiB budget while keeping numpy calls large enough to be efficient.
+_CHUNK_BYTES = 96 * 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# result
+
+
+@dataclass
+class RetrievalResult:
+    """All metrics of one evaluation. Means are over all queries.
+
+    ``map`` is mAP at ``map_k`` with ties broken by database index; ``map_tie_aware`` is its
+    exact expectation over random orders inside equal-distance groups, and
+    ``map_optimistic`` / ``map_pessimistic`` are its best and worst value over those orders
+    (relevant items first / last inside ties; when the cut-off splits a group, the best and
+    worst number of relevant items from that group entering the top k).
+    """
+
+    map: float
+    map_k: int
+    map_all: float
+    map_tie_aware: float
+    map_optimistic: float
+    map_pessimistic: float
+    precision_at_k: dict[int, float]
+    recall_at_k: dict[int, float]
+    radius: int
+    precision_radius: float
+    recall_radius: float
+    pr_radius: np.ndarray
+    pr_precision: np.ndarray
+    pr_recall: np.ndarray
+    num_queries: int
+    num_database: int
+    bits: int
+    topk: int | None = None
+    per_query_ap: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (plain floats, ints, lists, string keys)."""
+        return {
+            "map": float(self.map),
+            "map_k": int(self.map_k),
+            "topk": None if self.topk is None else int(self.topk),
+            "map_all": float(self.map_all),
+            "map_tie_aware": float(self.map_tie_aware),
+            "map_optimistic": float(self.map_optimistic),
+            "map_pessimistic": float(self.map_pessimistic),
+            "precision_at_k": {str(k): float(v) for k, v in self.precision_at_k.items()},
+            "recall_at_k": {str(k): float(v) for k, v in self.recall_at_k.items()},
+            f"precision_radius{self.radius}": float(self.precision_radius),
+            f"recall_radius{self.radius}": float(self.recall_radius),
+            "pr_curve": {
+                "radius": [int(r) for r in self.pr_radius],
+                "precision": [float(p) for p in self.pr_precision],
+                "recall": [float(r) for r in self.pr_recall],
+            },
+            "num_queries": int(self.num_queries),
+            "num_database": int(self.num_database),
+            "bits": int(self.bits),
+        }
+
+    def to_frame(self):
+        """One-row pandas DataFrame of the scalar metrics (P@k / R@k as ``P@k`` / ``R@k``)."""
+        import pandas as pd
+
+        row = {k: v for k, v in self.to_dict().items() if not isinstance(v, dict)}
+        row.update({f"P@{k}": v for k, v in self.precision_at_k.items()})
+        row.update({f"R@{k}": v for k, v in self.recall_at_k.items()})
+        return pd.DataFrame([row])
+
+
+# --------------------------------------------------------------------------------------------
+# input preparation
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch tensor on any device
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _packed_words(codes: Any, bits: int | None, name: str) -> tuple[np.ndarray, int]:
+    """Codes as uint64 words (n, ceil(bits/64)) with zero padding, and the bit length."""
+    array = _to_numpy(codes)
+    if array.ndim != 2:
+        raise UserError(f"{name} must be a 2-D array (n, bits); got shape {array.shape}")
+    packed_bytes = None if bits is None else (bits + 7) // 8
+    is_packed = (
+        array.dtype == np.uint8
+        and bits is not None
+        and array.shape[1] == packed_bytes
+        # bits == 1: one column is both layouts; packed codes hold 0/128, unpacked 0/1
+        and (array.shape[1] != bits or not np.isin(array, (0, 1)).all() or not array.any())
+    )
+    if is_packed:
+        packed = np.ascontiguousarray(array)
+        if bits % 8:
+            # Padding bits must not count in distances; np.packbits leaves them zero but
+            # packed codes from elsewhere might not.
+            packed = packed.copy()
+            packed[:, -1] &= np.uint8((0xFF << (8 - bits % 8)) & 0xFF)
+    else:
+        if bits is not None and array.dtype == np.uint8 and array.shape[1] not in (bits,):
+            raise UserError(
+                f"{name} has {array.shape[1]} columns: neither {bits} bits nor "
+                f"{packed_bytes} packed bytes (uint8) for bits={bits}"
+            )
+        if bits is None and array.dtype == np.uint8 and array.size and array.max() > 1:
+            raise UserError(
+                f"{name} looks bit-packed (uint8 values above 1); give the code length "
+                "(bits=..., or --bits on the command line)"
+            )
+        unpacked = to_bits(array, bits, name=name)
+        bits = unpacked.shape[1]
+        packed = np.packbits(unpacked, axis=1)
+    if bits < 1:
+        raise UserError(f"{name} has no bits")
+    words = -(-packed.shape[1] // 8)
+    padded = np.zeros((packed.shape[0], words * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view(np.uint64), int(bits)
+
+
+def _label_matrices(query_labels: Any, database_labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    query = _to_numpy(query_labels)
+    database = _to_numpy(database_labels)
+
+    def width(array: np.ndarray) -> int | None:
+        # class ids (n,) / (n, 1) give no width of their own; a multi-hot matrix does
+        if array.ndim == 2 and not (
+            array.shape[1] == 1 and array.dtype.kind in "iu" and array.max(initial=0) > 1
+        ):
+            return array.shape[1]
+        return None
+
+    widths = {width(query), width(database)} - {None}
+    if len(widths) > 1:
+        raise UserError(
+            f"query labels have {width(query)} classes but database labels have "
+            f"{width(database)}; pad both multi-hot matrices to the same number of classes"
+        )
+    num_classes = widths.pop() if widths else None
+    if num_classes is None:
+        ids_max = [int(np.max(a)) for a in (query, database) if a.size and a.dtype.kind in "iuf"]
+        num_classes = max(ids_max) + 1 if ids_max else None
+    return (
+        to_multi_hot(query, num_classes, name="query labels"),
+        to_multi_hot(database, num_classes, name="database labels"),
+    )
+
+
+class _Relevance:
+    """Relevance (share >= 1 label) between query rows and database rows.
+
+    Single-label data (exactly one label per row on both sides) is compared as class ids;
+    otherwise labels are packed into uint64 words and intersected.
+    """
+
+    def __init__(self, query_multi_hot: np.ndarray, database_multi_hot: np.ndarray) -> None:
+        self.single = bool(
+            query_multi_hot.shape[1] < 2**15
+            and (query_multi_hot.sum(1) == 1).all()
+            and (database_multi_hot.sum(1) == 1).all()
+        )
+        if self.single:
+            dtype = np.uint8 if query_multi_hot.shape[1] <= 256 else np.uint16
+            self.query = query_multi_hot.argmax(1).astype(dtype)
+            self.database = database_multi_hot.argmax(1).astype(dtype)
+        else:
+            self.query = _bool_words(query_multi_hot)
+            self.database = _bool_words(database_multi_hot)
+
+    def pairwise(self, query_rows: slice, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (c, N) bool with relevance of the query rows to every database item."""
+        if self.single:
+            np.equal(self.query[query_rows, None], self.database[None, :], out=out)
+            return out
+        query = self.query[query_rows]
+        words = query.shape[1]
+        out[...] = False
+        tile = 16384
+        buffer = np.empty((query.shape[0], min(tile, self.database.shape[0])), dtype=np.uint64)
+        hit = np.empty(buffer.shape, dtype=bool)
+        for start in range(0, self.database.shape[0], tile):
+            stop = min(start + tile, self.database.shape[0])
+            buf = buffer[:, : stop - start]
+            part = hit[:, : stop - start]
+            for w in range(words):
+                np.bitwise_and(query[:, w, None], self.database[None, start:stop, w], out=buf)
+                np.not_equal(buf, 0, out=part)
+                np.logical_or(out[:, start:stop], part, out=out[:, start:stop])
+        return out
+
+    def pairs(self, query_index: np.ndarray, database_index: np.ndarray) -> np.ndarray:
+        """Relevance of matched pairs (M,) -> bool (M,)."""
+        if self.single:
+            return self.query[query_index] == self.database[database_index]
+        query = self.query[query_index]
+        database = self.database[database_index]
+        return (query & database).any(axis=1)
+
+
+def _bool_words(matrix: np.ndarray) -> np.ndarray:
+    packed = np.packbits(matrix, axis=1)
+    words = max(1, -(-packed.shape[1] // 8))
+    padded = np.zeros((matrix.shape[0], words * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view(np.uint64)
+
+
+@dataclass
+class _Inputs:
+    query_words: np.ndarray
+    database_words: np.ndarray
+    bits: int
+    relevance: _Relevance
+
+    @property
+    def num_queries(self) -> int:
+        return self.query_words.shape[0]
+
+    @property
+    def num_database(self) -> int:
+        return self.database_words.shape[0]
+
+
+def _prepare(
+    query_codes: Any, database_codes: Any, query_labels: Any, database_labels: Any, bits: int | None
+) -> _Inputs:
+    if bits is not None and (not isinstance(bits, (int, np.integer)) or bits < 1):
+        raise UserError(f"bits must be a positive integer; got {bits!r}")
+    query_words, query_bits = _packed_words(query_codes, bits, "query codes")
+    database_words, database_bits = _packed_words(database_codes, bits, "database codes")
+    if query_bits != database_bits:
+        raise UserError(
+            f"query codes have {query_bits} bits but database codes have {database_bits}; "
+            "both must come from the same model and code length"
+        )
+    query_multi_hot, database_multi_hot = _label_matrices(query_labels, database_labels)
+    for what, codes, labels in (
+        ("query", query_words, query_multi_hot),
+        ("database", database_words, database_multi_hot),
+    ):
+        if codes.shape[0] != labels.shape[0]:
+            raise UserError(
+                f"{what} codes have {codes.shape[0]} rows but {what} labels have "
+                f"{labels.shape[0]}; each item needs one code and one label row"
+            )
+    if query_words.shape[0] == 0:
+        raise UserError("there are no queries (query codes have 0 rows)")
+    if database_words.shape[0] == 0:
+        raise UserError("the database is empty (database codes have 0 rows)")
+    return _Inputs(
+        query_words, database_words, query_bits, _Relevance(query_multi_hot, database_multi_hot)
+    )
+
+
+def _check_positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+
+
+def _hamming(query_words: np.ndarray, database_words: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Hamming distances (c, N) into ``out`` (uint8 or uint16) by XOR and popcount.
+
+    Tiled so that the uint64 XOR buffer stays in cache; the popcount writes straight into
+    the small-integer output.
+    """
+    count, words = query_words.shape
+    size = database_words.shape[0]
+    tile, rows = 16384, 4
+    buffer = np.empty((rows, min(tile, size)), dtype=np.uint64)
+    direct = words == 1 and out.dtype == np.uint8
+    popcount = None if direct else np.empty(buffer.shape, dtype=np.uint8)
+    for row in range(0, count, rows):
+        row_stop = min(row + rows, count)
+        for start in range(0, size, tile):
+            stop = min(start + tile, size)
+            buf = buffer[: row_stop - row, : stop - start]
+            target = out[row:row_stop, start:stop]
+            for w in range(words):
+                np.bitwise_xor(
+                    query_words[row:row_stop, w, None], database_words[None, start:stop, w], out=buf
+                )
+                if direct:
+                    np.bitwise_count(buf, out=target)
+                    continue
+                counts = popcount[: row_stop - row, : stop - start]
+                np.bitwise_count(buf, out=counts)
+                if w == 0:
+                    np.copyto(target, counts)
+                else:
+                    np.add(target, counts, out=target)
+    return out
+
+
+def _distance_dtype(bits: int) -> type:
+    return np.uint8 if bits <= 255 else np.uint16
+
+
+def _histograms(
+    distances: np.ndarray, relevant: np.ndarray | None, groups: int
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-query counts of items (and of relevant items) at each distance: (c, groups) int64."""
+    count = distances.shape[0]
+    width = groups * (2 if relevant is not None else 1)
+    offsets = (np.arange(count, dtype=np.intp) * width)[:, None]
+    if relevant is not None:
+        keys = distances.astype(np.intp) * 2
+        keys += relevant
+    else:
+        keys = distances.astype(np.intp)
+    keys += offsets
+    counts = np.bincount(keys.ravel(), minlength=count * width).reshape(count, groups, -1)
+    if relevant is None:
+        return counts[:, :, 0], None
+    return counts.sum(2), counts[:, :, 1]
+
+
+def _top_ranked(
+    distances: np.ndarray,
+    cumulative: np.ndarray,
+    depth: int,
+    relevance_of: Any,
+) -> np.ndarray:
+    """Relevance (c, depth) bool of the first ``depth`` ranked items of each query.
+
+    Only items at distance <= the distance of the depth-th item are looked at; a stable radix
+    sort on (query, distance) keeps database-index order inside each distance.
+    """
+    count, size = distances.shape
+    groups = cumulative.shape[1]
+    threshold = np.argmax(cumulative >= depth, axis=1)
+    mask = distances <= threshold.astype(distances.dtype)[:, None]
+    flat = np.flatnonzero(mask)
+    rows, cols = np.divmod(flat, size)
+    keys = rows * groups + distances.ravel()[flat]
+    key_dtype = (
+        np.uint16 if count * groups <= 2**16 else np.uint32 if count * groups <= 2**32 else np.int64
+    )
+    order = np.argsort(keys.astype(key_dtype), kind="stable")
+    candidates = cumulative[np.arange(count), threshold]
+    starts = np.concatenate(([0], np.cumsum(candidates)[:-1]))
+    # positions 0..depth-1 of each query inside the sorted candidate list
+    take = order[(starts[:, None] + np.arange(depth)[None, :]).ravel()]
+    relevant = relevance_of(rows[take], cols[take])
+    return relevant.reshape(count, depth)
+
+
+def _prefix_metrics(
+    top_relevant: np.ndarray, map_cuts: Sequence[int], ks: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """AP at each cut in ``map_cuts`` (c, len) and R_k at each k (c, len)."""
+    hits = np.cumsum(top_relevant, axis=1, dtype=np.int32)
+    positions = np.arange(1, top_relevant.shape[1] + 1, dtype=np.float64)
+    precision_sum = np.cumsum(np.where(top_relevant, hits / positions, 0.0), axis=1)
+    aps = np.zeros((top_relevant.shape[0], len(map_cuts)))
+    for j, cut in enumerate(map_cuts):
+        hit = hits[:, cut - 1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            aps[:, j] = np.where(hit > 0, precision_sum[:, cut - 1] / hit, 0.0)
+    r_at_k = (
+        np.stack([hits[:, k - 1] for k in ks], axis=1)
+        if ks
+        else np.zeros((top_relevant.shape[0], 0))
+    )
+    return aps, r_at_k
+
+
+class _Tables:
+    """Harmonic numbers and log-factorials up to the database size (for closed forms)."""
+
+    def __init__(self, size: int) -> None:
+        steps = np.arange(1, size + 2, dtype=np.float64)
+        self.harmonic = np.concatenate(([0.0], np.cumsum(1.0 / steps)))
+        self.log_factorial = np.concatenate(([0.0], np.cumsum(np.log(steps))))
+
+    def harmonic_span(self, before: np.ndarray, length: np.ndarray) -> np.ndarray:
+        """sum_{j=1..length} 1 / (before + j)."""
+        return self.harmonic[before + length] - self.harmonic[before]
+
+    def log_choose(self, n: np.ndarray, k: np.ndarray) -> np.ndarray:
+        return self.log_factorial[n] - self.log_factorial[k] - self.log_factorial[n - k]
+
+
+def _tie_aware(
+    counts: np.ndarray, relevant_counts: np.ndarray, depth: int, tables: _Tables
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expected, best and worst AP@depth per query over random orders inside distance ties.
+
+    counts / relevant_counts: (c, groups) items and relevant items at each distance.
+    Groups entirely inside the top ``depth`` contribute the closed form of He et al. (CVPR
+    2018); for the group cut by the boundary, the number X of its relevant items entering the
+    top ``depth`` is hypergeometric, and since AP@k divides by R_k = R_before + X the
+    expectation is taken exactly by conditioning on every value of X.
+    """
+    count, groups = counts.shape
+    n = counts.astype(np.int64)
+    r = relevant_counts.astype(np.int64)
+    before = np.cumsum(n, axis=1) - n  # items ranked before each group
+    relevant_before = np.cumsum(r, axis=1) - r
+    boundary = np.argmax(before + n >= depth, axis=1)
+    full = (np.arange(groups)[None, :] < boundary[:, None]) & (n > 0)
+
+    # expected sum of precisions at relevant positions for groups fully inside the top depth:
+    # position j of the group is relevant w.p. r/n, and then holds 1 + (j-1)(r-1)/(n-1)
+    # relevant items of its group in expectation
+    span = tables.harmonic_span(before, n)
+    weighted = n - (before + 1) * span  # sum_{j=1..n} (j-1)/(before+j)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread = np.where(n > 1, (r - 1) / np.maximum(n - 1, 1), 0.0)
+        expected = np.where(
+            full, r / np.maximum(n, 1) * ((relevant_before + 1) * span + spread * weighted), 0.0
+        )
+    expected_full = expected.sum(1)
+    # relevant first / last in every full group: sum_{j=1..r} (R0 + j) / (P0 + j)
+    first = np.where(
+        full, r + (relevant_before - before) * tables.harmonic_span(before, r), 0.0
+    ).sum(1)
+    last_before = before + n - r
+    last = np.where(
+        full, r + (relevant_before - last_before) * tables.harmonic_span(last_before, r), 0.0
+    ).sum(1)
+
+    index = np.arange(count)
+    size_b = n[index, boundary]
+    relevant_b = r[index, boundary]
+    before_b = before[index, boundary]
+    relevant_before_b = relevant_before[index, boundary]
+    taken = depth - before_b  # positions of the boundary group inside the top depth (>= 1)
+    low = np.maximum(0, taken - (size_b - relevant_b))
+    high = np.minimum(taken, relevant_b)
+    spans = high - low + 1
+    query = np.repeat(index, spans)
+    offsets = np.concatenate(([0], np.cumsum(spans)[:-1]))
+    x = low[query] + np.arange(spans.sum()) - offsets[query]
+    nb, rb, m, pb, rbb = (
+        size_b[query],
+        relevant_b[query],
+        taken[query],
+        before_b[query],
+        relevant_before_b[query],
+    )
+
+    log_p = tables.log_choose(rb, x) + tables.log_choose(nb - rb, m - x) - tables.log_choose(nb, m)
+    probability = np.exp(log_p)
+    probability /= np.bincount(query, probability, minlength=count)[query]  # remove rounding drift
+
+    span_b = tables.harmonic_span(pb, m)
+    weighted_b = m - (pb + 1) * span_b
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spread_b = np.where(m > 1, (x - 1) / np.maximum(m - 1, 1), 0.0)
+        boundary_sum = x / m * ((rbb + 1) * span_b + spread_b * weighted_b)
+        hits = rbb + x
+        safe = np.maximum(hits, 1)
+        expected_ap = np.where(hits > 0, (expected_full[query] + boundary_sum) / safe, 0.0)
+        first_ap = np.where(
+            hits > 0, (first[query] + x + (rbb - pb) * tables.harmonic_span(pb, x)) / safe, 0.0
+        )
+        late = pb + m - x
+        last_ap = np.where(
+            hits > 0, (last[query] + x + (rbb - late) * tables.harmonic_span(late, x)) / safe, 0.0
+        )
+    tie_aware = np.bincount(query, probability * expected_ap, minlength=count)
+    optimistic = np.maximum.reduceat(first_ap, offsets)
+    pessimistic = np.minimum.reduceat(last_ap, offsets)
+    return tie_aware, optimistic, pessimistic
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass
+class _ChunkResult:
+    ap: np.ndarray  # (c,) AP@map_k, index ties
+    ap_all: np.ndarray  # (c,) AP@all, index ties
+    tie: np.ndarray
+    optimistic: np.ndarray
+    pessimistic: np.ndarray
+    r_at_k: np.ndarray  # (c, len(ks))
+    positives: np.ndarray  # (c,) N+
+    within: np.ndarray  # (c, groups) items at distance <= r
+    relevant_within: np.ndarray  # (c, groups)
+
+
+def _default_chunk(size: int) -> int:
+    return max(1, min(4096, _CHUNK_BYTES // (4 * max(size, 1))))
+
+
+def _workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _chunks(count: int, chunk_size: int) -> list[slice]:
+    return [slice(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
+
+
+def _run_chunks(function: Any, slices: Iterable[slice]) -> list[Any]:
+    slices = list(slices)
+    workers = min(_workers(), len(slices))
+    if workers <= 1:
+        return [function(part) for part in slices]
+    # numpy releases the GIL inside its loops, so two threads use two cores
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, slices))
+
+
+def evaluate(
+    query_codes: Any,
+    database_codes: Any,
+    query_labels: Any,
+    database_labels: Any,
+    *,
+    bits: int | None = None,
+    topk: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    radius: int = 2,
+    chunk_size: int | None = None,
+) -> RetrievalResult:
+    """Evaluate Hamming ranking of ``database_codes`` for every query.
+
+    Codes: bool, {0,1} or {-1,+1} matrices (n, bits), numpy or torch, or packed uint8
+    (n, ceil(bits/8)) as produced by :func:`hashbench.codes.pack` together with ``bits``.
+    Labels: class ids (n,) or multi-hot (n, classes); query and database must use the same
+    classes. ``topk`` is the mAP cut-off (None: the whole database); ``ks`` the cut-offs of
+    P@k / R@k; any cut-off larger than the database is clipped to the database size.
+    ``radius`` is the headline Hamming radius; ``chunk_size`` the number of queries handled
+    at once (memory grows with it; results do not depend on it).
+    """
+    inputs = _prepare(query_codes, database_codes, query_labels, database_labels, bits)
+    size = inputs.num_database
+    map_k = size if topk is None else min(_check_positive(topk, "topk"), size)
+    ks = tuple(_check_positive(k, "each k of ks") for k in ks)
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise UserError(f"radius must be a non-negative integer; got {radius!r}")
+    chunk = (
+        _default_chunk(size) if chunk_size is None else _check_positive(chunk_size, "chunk_size")
+    )
+    ks_clipped = tuple(min(k, size) for k in ks)
+    groups = inputs.bits + 1
+    tables = _Tables(size)
+    dtype = _distance_dtype(inputs.bits)
+
+    def run(rows: slice) -> _ChunkResult:
+        query_words = inputs.query_words[rows]
+        count = query_words.shape[0]
+        distances = _hamming(
+            query_words, inputs.database_words, np.empty((count, size), dtype=dtype)
+        )
+        relevant = inputs.relevance.pairwise(rows, np.empty((count, size), dtype=bool))
+        counts, relevant_counts = _histograms(distances, relevant, groups)
+        cumulative = np.cumsum(counts, axis=1)
+        flat_relevant = relevant.ravel()
+
+        def relevance_of(query_index: np.ndarray, database_index: np.ndarray) -> np.ndarray:
+            return flat_relevant[query_index * size + database_index]
+
+        depth = max((map_k, *ks_clipped))
+        top = _top_ranked(distances, cumulative, depth, relevance_of)
+        aps, r_at_k = _prefix_metrics(top, (map_k,), ks_clipped)
+        del top
+        if map_k == size:
+            ap_all = aps[:, 0]
+        else:
+            ap_all = _ap_all(distances, cumulative, relevance_of, size)
+        tie, optimistic, pessimistic = _tie_aware(counts, relevant_counts, map_k, tables)
+        return _ChunkResult(
+            ap=aps[:, 0],
+            ap_all=ap_all,
+            tie=tie,
+            optimistic=optimistic,
+            pessimistic=pessimistic,
+            r_at_k=r_at_k,
+            positives=relevant_counts.sum(1),
+            within=cumulative,
+            relevant_within=np.cumsum(relevant_counts, axis=1),
+        )
+
+    parts = _run_chunks(run, _chunks(inputs.num_queries, chunk))
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([getattr(part, name) for part in parts])
+
+    positives = joined("positives").astype(np.float64)
+    within = joined("within").astype(np.float64)
+    relevant_within = joined("relevant_within").astype(np.float64)
+    r_at_k = joined("r_at_k").astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall_radius = np.where(positives[:, None] > 0, relevant_within / positives[:, None], 0.0)
+        precision_radius = np.where(within > 0, relevant_within / within, 0.0)
+        recall_k = np.where(positives[:, None] > 0, r_at_k / positives[:, None], 0.0)
+    precision_k = r_at_k / np.array(ks_clipped, dtype=np.float64)[None, :] if ks else r_at_k
+    headline = min(int(radius), inputs.bits)
+    ap = joined("ap")
+    return RetrievalResult(
+        map=float(ap.mean()),
+        map_k=map_k,
+        map_all=float(joined("ap_all").mean()),
+        map_tie_aware=float(joined("tie").mean()),
+        map_optimistic=float(joined("optimistic").mean()),
+        map_pessimistic=float(joined("pessimistic").mean()),
+        precision_at_k={k: float(v) for k, v in zip(ks, precision_k.mean(0), strict=True)},
+        recall_at_k={k: float(v) for k, v in zip(ks, recall_k.mean(0), strict=True)},
+        radius=int(radius),
+        precision_radius=float(precision_radius[:, headline].mean()),
+        recall_radius=float(recall_radius[:, headline].mean()),
+        pr_radius=np.arange(groups),
+        pr_precision=precision_radius.mean(0),
+        pr_recall=recall_radius.mean(0),
+        num_queries=inputs.num_queries,
+        num_database=size,
+        bits=inputs.bits,
+        topk=None if topk is None else int(topk),
+        per_query_ap=ap,
+    )
+
+
+def _ap_all(
+    distances: np.ndarray, cumulative: np.ndarray, relevance_of: Any, size: int
+) -> np.ndarray:
+    """AP over the whole ranking, in sub-chunks so the (rows, N) rank matrix stays small."""
+    rows = max(1, _CHUNK_BYTES // (16 * size))
+    out = []
+    for start in range(0, distances.shape[0], rows):
+        part = slice(start, min(start + rows, distances.shape[0]))
+
+        def shifted(
+            query_index: np.ndarray, database_index: np.ndarray, offset: int = start
+        ) -> np.ndarray:
+            return relevance_of(query_index + offset, database_index)
+
+        top = _top_ranked(distances[part], cumulative[part], size, shifted)
+        out.append(_prefix_metrics(top, (size,), ())[0][:, 0])
+    return np.concatenate(out)
+
+
+def mean_average_precision(
+    query_codes: Any,
+    database_codes: Any,
+    query_labels: Any,
+    database_labels: Any,
+    *,
+    bits: int | None = None,
+    topk: int | None = None,
+    chunk_size: int | None = None,
+) -> float:
+    """mAP@topk only (ties by database index), the cheap metric for per-epoch monitoring.
+
+    Same inputs and conventions as :func:`evaluate`; equal to ``evaluate(...).map``.
+    Relevance is computed only for the items that can enter the top ``topk``.
+    """
+    inputs = _prepare(query_codes, database_codes, query_labels, database_labels, bits)
+    size = inputs.num_database
+    map_k = size if topk is None else min(_check_positive(topk, "topk"), size)
+    chunk = (
+        _default_chunk(size) if chunk_size is None else _check_positive(chunk_size, "chunk_size")
+    )
+    groups = inputs.bits + 1
+    dtype = _distance_dtype(inputs.bits)
+
+    def run(rows: slice) -> np.ndarray:
+        query_words = inputs.query_words[rows]
+        count = query_words.shape[0]
+        distances = _hamming(
+            query_words, inputs.database_words, np.empty((count, size), dtype=dtype)
+        )
+        counts, _ = _histograms(distances, None, groups)
+        cumulative = np.cumsum(counts, axis=1)
+
+        def relevance_of(query_index: np.ndarray, database_index: np.ndarray) -> np.ndarray:
+            return inputs.relevance.pairs(query_index + rows.start, database_index)
+
+        top = _top_ranked(distances, cumulative, map_k, relevance_of)
+        return _prefix_metrics(top, (map_k,), ())[0][:, 0]
+
+    return float(np.concatenate(_run_chunks(run, _chunks(inputs.num_queries, chunk))).mean())

@@ -1,0 +1,454 @@
+"""The evaluation engine against brute-force references written plainly here."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hashbench.codes import pack
+from hashbench.errors import UserError
+from hashbench.metrics import evaluate, mean_average_precision
+
+# --------------------------------------------------------------------------------------------
+# reference: full stable sort per query, every metric straight from its definition
+
+
+def reference_ranking(
+    query_bits: np.ndarray,
+    database_bits: np.ndarray,
+    query_labels: np.ndarray,
+    database_labels: np.ndarray,
+    query: int,
+):
+    distances = (query_bits[query][None, :] != database_bits).sum(1)
+    order = np.argsort(distances, kind="stable")  # ties by database index
+    relevant = (database_labels.astype(int) @ query_labels[query].astype(int)) > 0
+    return distances, order, relevant
+
+
+def reference_ap(ranked_relevant: np.ndarray, k: int) -> float:
+    top = ranked_relevant[:k]
+    hits = 0
+    total = 0.0
+    for i, rel in enumerate(top, start=1):
+        if rel:
+            hits += 1
+            total += hits / i
+    return total / hits if hits else 0.0
+
+
+def reference(
+    query_bits,
+    database_bits,
+    query_labels,
+    database_labels,
+    topk=None,
+    ks=(1, 10, 100, 1000),
+    radius=2,
+):
+    n = database_bits.shape[0]
+    bits = database_bits.shape[1]
+    k_map = n if topk is None else min(topk, n)
+    aps, aps_all, p_at, r_at, p_rad, r_rad = [], [], [], [], [], []
+    curve_p, curve_r = [], []
+    for q in range(query_bits.shape[0]):
+        distances, order, relevant = reference_ranking(
+            query_bits, database_bits, query_labels, database_labels, q
+        )
+        ranked = relevant[order]
+        positives = relevant.sum()
+        aps.append(reference_ap(ranked, k_map))
+        aps_all.append(reference_ap(ranked, n))
+        p_at.append([ranked[: min(k, n)].sum() / min(k, n) for k in ks])
+        r_at.append([ranked[: min(k, n)].sum() / positives if positives else 0.0 for k in ks])
+        row_p, row_r = [], []
+        for r in range(bits + 1):
+            inside = distances <= r
+            row_p.append(relevant[inside].sum() / inside.sum() if inside.any() else 0.0)
+            row_r.append(relevant[inside].sum() / positives if positives else 0.0)
+        curve_p.append(row_p)
+        curve_r.append(row_r)
+        p_rad.append(row_p[min(radius, bits)])
+        r_rad.append(row_r[min(radius, bits)])
+    return {
+        "map": np.mean(aps),
+        "map_all": np.mean(aps_all),
+        "precision_at_k": dict(zip(ks, np.mean(p_at, 0), strict=True)),
+        "recall_at_k": dict(zip(ks, np.mean(r_at, 0), strict=True)),
+        "precision_radius": np.mean(p_rad),
+        "recall_radius": np.mean(r_rad),
+        "pr_precision": np.mean(curve_p, 0),
+        "pr_recall": np.mean(curve_r, 0),
+    }
+
+
+def random_problem(
+    rng, queries, database, bits, classes=5, multi_label=False, empty_rows=0.0, bias=0.5
+):
+    query_bits = rng.random((queries, bits)) < bias
+    database_bits = rng.random((database, bits)) < bias
+    if multi_label:
+        query_labels = rng.random((queries, classes)) < 0.3
+        database_labels = rng.random((database, classes)) < 0.3
+        query_labels[rng.random(queries) < empty_rows] = False
+        database_labels[rng.random(database) < empty_rows] = False
+    else:
+        query_labels = rng.integers(0, classes, queries)
+        database_labels = rng.integers(0, classes, database)
+    return query_bits, database_bits, query_labels, database_labels
+
+
+def multi_hot(labels, classes):
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels.astype(bool)
+    out = np.zeros((labels.size, classes), dtype=bool)
+    out[np.arange(labels.size), labels] = True
+    return out
+
+
+def assert_matches_reference(problem, classes=5, **options):
+    query_bits, database_bits, query_labels, database_labels = problem
+    result = evaluate(query_bits, database_bits, query_labels, database_labels, **options)
+    expected = reference(
+        query_bits,
+        database_bits,
+        multi_hot(query_labels, classes),
+        multi_hot(database_labels, classes),
+        topk=options.get("topk"),
+        ks=options.get("ks", (1, 10, 100, 1000)),
+        radius=options.get("radius", 2),
+    )
+    assert result.map == pytest.approx(expected["map"], abs=1e-12)
+    assert result.map_all == pytest.approx(expected["map_all"], abs=1e-12)
+    for k, value in expected["precision_at_k"].items():
+        assert result.precision_at_k[k] == pytest.approx(value, abs=1e-12)
+        assert result.recall_at_k[k] == pytest.approx(expected["recall_at_k"][k], abs=1e-12)
+    assert result.precision_radius == pytest.approx(expected["precision_radius"], abs=1e-12)
+    assert result.recall_radius == pytest.approx(expected["recall_radius"], abs=1e-12)
+    np.testing.assert_allclose(result.pr_precision, expected["pr_precision"], atol=1e-12)
+    np.testing.assert_allclose(result.pr_recall, expected["pr_recall"], atol=1e-12)
+    assert result.map_optimistic + 1e-12 >= result.map_tie_aware >= result.map_pessimistic - 1e-12
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# exactness against the reference
+
+
+@pytest.mark.parametrize("bits", [4, 8, 12, 64])
+@pytest.mark.parametrize("multi_label", [False, True])
+@pytest.mark.parametrize("topk", [None, 1, 17, 150, 200, 1000])
+def test_matches_reference(bits, multi_label, topk):
+    rng = np.random.default_rng(bits * 1000 + (topk or 0) + multi_label)
+    problem = random_problem(rng, 23, 200, bits, multi_label=multi_label, empty_rows=0.1)
+    assert_matches_reference(problem, topk=topk, ks=(1, 5, 50, 200, 500))
+
+
+def test_database_of_one_item_and_single_query():
+    rng = np.random.default_rng(1)
+    assert_matches_reference(random_problem(rng, 1, 1, 8), topk=10)
+    assert_matches_reference(random_problem(rng, 1, 40, 8), topk=10)
+
+
+def test_queries_without_relevant_items_count_as_zero():
+    rng = np.random.default_rng(2)
+    query_bits, database_bits, _, _ = random_problem(rng, 6, 50, 8)
+    query_labels = np.array([0, 0, 0, 1, 1, 1])
+    database_labels = np.zeros(50, dtype=int)  # class 1 never occurs in the database
+    database_labels_mh = multi_hot(database_labels, 2)
+    result = assert_matches_reference(
+        (query_bits, database_bits, query_labels, database_labels_mh), classes=2, topk=10
+    )
+    zero = evaluate(query_bits[3:], database_bits, query_labels[3:], database_labels_mh)
+    assert zero.map == zero.map_tie_aware == zero.map_all == 0.0
+    assert zero.recall_at_k[10] == 0.0
+    assert result.map == pytest.approx(
+        evaluate(query_bits[:3], database_bits, query_labels[:3], database_labels_mh, topk=10).map
+        / 2
+    )
+
+
+def test_all_zero_label_rows_are_never_relevant():
+    rng = np.random.default_rng(3)
+    problem = random_problem(rng, 15, 120, 8, multi_label=True, empty_rows=0.5)
+    assert_matches_reference(problem, topk=30)
+
+
+def test_single_label_and_multi_hot_forms_agree():
+    rng = np.random.default_rng(4)
+    query_bits, database_bits, query_labels, database_labels = random_problem(rng, 20, 150, 12)
+    ids = evaluate(query_bits, database_bits, query_labels, database_labels, topk=40).to_dict()
+    hot = evaluate(
+        query_bits,
+        database_bits,
+        multi_hot(query_labels, 5),
+        multi_hot(database_labels, 5),
+        topk=40,
+    ).to_dict()
+    assert ids == hot
+
+
+def test_packed_and_sign_inputs_agree():
+    rng = np.random.default_rng(5)
+    for bits in (5, 12, 64, 70):
+        query_bits, database_bits, query_labels, database_labels = random_problem(
+            rng, 9, 80, bits, multi_label=True
+        )
+        base = evaluate(query_bits, database_bits, query_labels, database_labels, topk=20).to_dict()
+        packed = evaluate(
+            pack(query_bits), pack(database_bits), query_labels, database_labels, bits=bits, topk=20
+        )
+        signs = evaluate(
+            np.where(query_bits, 1.0, -1.0),
+            np.where(database_bits, 1, -1).astype(np.int8),
+            query_labels,
+            database_labels,
+            topk=20,
+        )
+        zero_one = evaluate(
+            query_bits.astype(np.uint8),
+            database_bits.astype(np.int64),
+            query_labels,
+            database_labels,
+            topk=20,
+        )
+        assert packed.to_dict() == base
+        assert signs.to_dict() == base
+        assert zero_one.to_dict() == base
+
+
+def test_packed_padding_bits_are_ignored():
+    rng = np.random.default_rng(6)
+    query_bits, database_bits, query_labels, database_labels = random_problem(rng, 7, 60, 12)
+    query_packed = pack(query_bits)
+    database_packed = pack(database_bits)
+    base = evaluate(query_packed, database_packed, query_labels, database_labels, bits=12).to_dict()
+    database_packed[:, -1] |= 0x0F  # garbage in the 4 padding bits
+    assert (
+        evaluate(query_packed, database_packed, query_labels, database_labels, bits=12).to_dict()
+        == base
+    )
+
+
+def test_chunk_size_does_not_change_results():
+    rng = np.random.default_rng(7)
+    problem = random_problem(rng, 31, 150, 8, multi_label=True)
+    results = [evaluate(*problem, topk=25, chunk_size=size).to_dict() for size in (1, 4, 31, 1000)]
+    assert all(result == results[0] for result in results)
+
+
+def test_mean_average_precision_equals_evaluate_map():
+    rng = np.random.default_rng(8)
+    for multi_label in (False, True):
+        problem = random_problem(rng, 25, 300, 8, multi_label=multi_label)
+        for topk in (None, 1, 30, 299, 300, 5000):
+            full = evaluate(*problem, topk=topk).map
+            assert mean_average_precision(*problem, topk=topk) == pytest.approx(full, abs=1e-15)
+            assert mean_average_precision(*problem, topk=topk, chunk_size=3) == pytest.approx(
+                full, abs=1e-15
+            )
+
+
+def test_k_above_database_size_is_clipped():
+    rng = np.random.default_rng(9)
+    problem = random_problem(rng, 10, 30, 8)
+    result = evaluate(*problem, topk=100, ks=(30, 100))
+    assert result.map_k == 30
+    assert result.map == result.map_all
+    assert result.precision_at_k[100] == result.precision_at_k[30]
+    assert result.recall_at_k[100] == result.recall_at_k[30]
+
+
+def test_to_dict_is_json_and_named_by_radius():
+    rng = np.random.default_rng(10)
+    problem = random_problem(rng, 5, 40, 6)
+    data = evaluate(*problem, topk=10, radius=3, ks=(1, 5)).to_dict()
+    json.dumps(data)
+    for key in (
+        "map",
+        "map_k",
+        "map_all",
+        "map_tie_aware",
+        "map_optimistic",
+        "map_pessimistic",
+        "num_queries",
+        "num_database",
+        "bits",
+    ):
+        assert key in data
+    assert "precision_radius3" in data and "recall_radius3" in data
+    assert list(data["precision_at_k"]) == ["1", "5"]
+    assert data["pr_curve"]["radius"] == list(range(7))
+    assert data["map_k"] == 10 and data["bits"] == 6
+
+
+# --------------------------------------------------------------------------------------------
+# tie-aware mAP
+
+
+def ap_tie_aware_monte_carlo(
+    query_bits, database_bits, query_labels, database_labels, k, rng, samples
+):
+    """AP@k per query for many random orders inside ties: (queries, samples)."""
+    out = np.zeros((query_bits.shape[0], samples))
+    for q in range(query_bits.shape[0]):
+        distances, _, relevant = reference_ranking(
+            query_bits, database_bits, query_labels, database_labels, q
+        )
+        for s in range(samples):
+            order = np.lexsort((rng.random(distances.size), distances))
+            out[q, s] = reference_ap(relevant[order], k)
+    return out
+
+
+def all_tie_orders(distances: np.ndarray):
+    """Every ranking that sorts by distance, with any order inside equal distances."""
+    groups = [list(np.flatnonzero(distances == d)) for d in np.unique(distances)]
+    for parts in itertools.product(*(itertools.permutations(group) for group in groups)):
+        yield np.array([i for part in parts for i in part])
+
+
+@pytest.mark.parametrize(
+    "bits,topk,multi_label",
+    [(3, 10, False), (4, 25, True), (6, 7, False), (8, None, True), (2, 40, True)],
+)
+def test_tie_aware_matches_monte_carlo(bits, topk, multi_label):
+    rng = np.random.default_rng(bits * 7 + (topk or 0))
+    problem = random_problem(rng, 12, 90, bits, multi_label=multi_label)
+    query_bits, database_bits, query_labels, database_labels = problem
+    result = evaluate(*problem, topk=topk)
+    k = 90 if topk is None else topk
+    samples = ap_tie_aware_monte_carlo(
+        query_bits,
+        database_bits,
+        multi_hot(query_labels, 5),
+        multi_hot(database_labels, 5),
+        k,
+        rng,
+        400,
+    )
+    per_sample_map = samples.mean(0)
+    standard_error = per_sample_map.std(ddof=1) / np.sqrt(per_sample_map.size)
+    assert abs(result.map_tie_aware - per_sample_map.mean()) <= 4 * standard_error + 1e-9
+    assert samples.max(1).mean() <= result.map_optimistic + 1e-12
+    assert samples.min(1).mean() >= result.map_pessimistic - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_tie_aware_and_bounds_exact_over_all_tie_orders(seed):
+    rng = np.random.default_rng(200 + seed)
+    database = int(rng.integers(1, 8))
+    bits = int(rng.integers(1, 4))
+    problem = random_problem(rng, 3, database, bits, classes=3, multi_label=True, empty_rows=0.2)
+    query_bits, database_bits, query_labels, database_labels = problem
+    topk = int(rng.integers(1, database + 2))
+    result = evaluate(*problem, topk=topk)
+    expected, best, worst = [], [], []
+    for q in range(3):
+        distances, _, relevant = reference_ranking(
+            query_bits, database_bits, query_labels, database_labels, q
+        )
+        values = [
+            reference_ap(relevant[order], min(topk, database))
+            for order in all_tie_orders(distances)
+        ]
+        expected.append(np.mean(values))
+        best.append(max(values))
+        worst.append(min(values))
+    assert result.map_tie_aware == pytest.approx(np.mean(expected), abs=1e-12)
+    assert result.map_optimistic == pytest.approx(np.mean(best), abs=1e-12)
+    assert result.map_pessimistic == pytest.approx(np.mean(worst), abs=1e-12)
+
+
+def test_tie_aware_exact_on_a_tiny_case():
+    # one relevant item at distance 0, then a tie group of 4 items (1 relevant) cut at k = 3:
+    # the group's relevant item lands at position 2, 3 or outside, each w.p. 1/4, 1/4, 1/2
+    query = np.array([[0, 0]])
+    database = np.array([[0, 0], [0, 1], [0, 1], [1, 0], [1, 0]])
+    query_labels = np.array([0])
+    database_labels = np.array([0, 0, 1, 1, 1])
+    result = evaluate(query, database, query_labels, database_labels, topk=3)
+    expected = 0.25 * (1 + 2 / 2) / 2 + 0.25 * (1 + 2 / 3) / 2 + 0.5 * 1.0
+    assert result.map_tie_aware == pytest.approx(expected, abs=1e-15)
+    assert result.map == 1.0  # ties by index: relevant item 1 is at position 2
+    assert result.map_optimistic == 1.0
+    assert result.map_pessimistic == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_without_ties_all_variants_agree():
+    rng = np.random.default_rng(11)
+    # distinct distances: database item i at distance i from the all-zero query
+    bits = 40
+    database = np.tril(np.ones((bits, bits), dtype=bool), -1)[rng.permutation(bits)]
+    query = np.zeros((1, bits), dtype=bool)
+    labels = rng.integers(0, 3, bits)
+    result = evaluate(query, database, np.array([labels[0]]), labels, topk=15)
+    assert result.map == pytest.approx(result.map_tie_aware, abs=1e-12)
+    assert result.map_optimistic == pytest.approx(result.map, abs=1e-12)
+    assert result.map_pessimistic == pytest.approx(result.map, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# input errors
+
+
+def test_input_errors_are_user_errors():
+    rng = np.random.default_rng(12)
+    query_bits, database_bits, query_labels, database_labels = random_problem(rng, 4, 20, 8)
+    with pytest.raises(UserError, match="query codes have 4 rows but query labels have 3"):
+        evaluate(query_bits, database_bits, query_labels[:3], database_labels)
+    with pytest.raises(UserError, match="database codes have 20 rows"):
+        evaluate(query_bits, database_bits, query_labels, database_labels[:5])
+    with pytest.raises(UserError, match="8 bits but database codes have 9"):
+        evaluate(query_bits, np.ones((20, 9)), query_labels, database_labels)
+    with pytest.raises(UserError, match="zero"):
+        evaluate(
+            np.where(query_bits, 1, 0) - np.where(query_bits, 0, 1) * (rng.random((4, 8)) < 0.5),
+            database_bits,
+            query_labels,
+            database_labels,
+        )
+    with pytest.raises(UserError, match="NaN"):
+        evaluate(np.full((4, 8), np.nan), database_bits, query_labels, database_labels)
+    with pytest.raises(UserError, match="bit-packed"):
+        evaluate(pack(query_bits), pack(database_bits), query_labels, database_labels)
+    with pytest.raises(UserError, match="classes"):
+        evaluate(
+            query_bits, database_bits, multi_hot(query_labels, 5), multi_hot(database_labels, 6)
+        )
+    with pytest.raises(UserError, match="topk"):
+        evaluate(query_bits, database_bits, query_labels, database_labels, topk=0)
+    with pytest.raises(UserError, match="ks"):
+        evaluate(query_bits, database_bits, query_labels, database_labels, ks=(1, -3))
+    with pytest.raises(UserError, match="empty"):
+        evaluate(query_bits, database_bits[:0], query_labels, database_labels[:0])
+
+
+# --------------------------------------------------------------------------------------------
+# properties
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    bits=st.integers(1, 10),
+    queries=st.integers(1, 6),
+    database=st.integers(1, 40),
+    topk=st.one_of(st.none(), st.integers(1, 60)),
+    multi_label=st.booleans(),
+    bias=st.sampled_from([0.1, 0.5, 0.9]),
+)
+def test_property_matches_reference(seed, bits, queries, database, topk, multi_label, bias):
+    rng = np.random.default_rng(seed)
+    problem = random_problem(
+        rng, queries, database, bits, classes=3, multi_label=multi_label, empty_rows=0.2, bias=bias
+    )
+    result = assert_matches_reference(problem, classes=3, topk=topk, ks=(1, 3, 50))
+    assert 0.0 <= result.map_pessimistic <= result.map_tie_aware <= result.map_optimistic <= 1.0
+    assert result.map_pessimistic - 1e-12 <= result.map <= result.map_optimistic + 1e-12
