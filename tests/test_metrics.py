@@ -450,5 +450,7 @@ def test_property_matches_reference(seed, bits, queries, database, topk, multi_l
         rng, queries, database, bits, classes=3, multi_label=multi_label, empty_rows=0.2, bias=bias
     )
     result = assert_matches_reference(problem, classes=3, topk=topk, ks=(1, 3, 50))
-    assert 0.0 <= result.map_pessimistic <= result.map_tie_aware <= result.map_optimistic <= 1.0
+    tolerance = 1e-12  # closed forms and direct sums round differently
+    assert -tolerance <= result.map_pessimistic <= result.map_tie_aware + tolerance
+    assert result.map_tie_aware <= result.map_optimistic + tolerance <= 1.0 + 2 * tolerance
     assert result.map_pessimistic - 1e-12 <= result.map <= result.map_optimistic + 1e-12
