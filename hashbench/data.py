@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,9 @@ class DatasetArrays:
     # Set by the harness after loading: which dataset this is (methods pick per-dataset
     # defaults from it, e.g. a small backbone for tiny images).
     dataset: str = ""
+    # Where the data came from and what loading did to it (source files, rows dropped by
+    # --drop-bad-rows, ...); the runner stores it under "data" in every run record.
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def image_shape(self) -> tuple[int, ...] | None:
@@ -106,8 +110,13 @@ class HashingDataset(abc.ABC):
     default_protocol: ClassVar[str] = "standard"
 
     @abc.abstractmethod
-    def load(self, root: Path) -> DatasetArrays:
-        """Load the dataset from ``root`` (the data root); raise UserError when files are missing."""
+    def load(self, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False) -> DatasetArrays:
+        """Load the dataset from ``root`` (the data root); raise UserError when files are missing.
+
+        ``cache_dir`` is where decoded images and features may be cached; ``drop_bad_rows``
+        asks to drop rows that fail validation (missing images, all-zero labels, ...) instead
+        of refusing the dataset. Plugins that need neither may accept ``root`` alone.
+        """
 
     def protocol(self, name: str | None):
         """The named split protocol (the default one when ``name`` is None)."""
@@ -116,3 +125,17 @@ class HashingDataset(abc.ABC):
             known = ", ".join(sorted(self.protocols))
             raise UserError(f"dataset {self.name} has no protocol {name!r}; its protocols: {known}")
         return self.protocols[name]
+
+
+def load_dataset(
+    plugin: HashingDataset, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False
+) -> DatasetArrays:
+    """``plugin.load(root, ...)`` with the keyword options its signature accepts.
+
+    Plugins written before the options existed (``load(self, root)``) keep working.
+    """
+    options = {"cache_dir": cache_dir, "drop_bad_rows": drop_bad_rows}
+    parameters = inspect.signature(plugin.load).parameters
+    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+        options = {name: value for name, value in options.items() if name in parameters}
+    return plugin.load(Path(root), **options)
