@@ -11,6 +11,14 @@ from rich.table import Table
 from hashbench import registry
 
 
+def _default(field: dataclasses.Field):
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return "required"
+
+
 @click.command("list")
 def list_command() -> None:
     """Show registered methods and datasets with one-line descriptions."""
@@ -20,9 +28,7 @@ def list_command() -> None:
         methods.add_column(column)
     for name in registry.methods.names():
         cls = registry.get_method(name)
-        params = ", ".join(
-            f"{field.name}={field.default!r}" for field in dataclasses.fields(cls.Params)
-        )
+        params = ", ".join(f"{field.name}={_default(field)!r}" for field in dataclasses.fields(cls.Params))
         methods.add_row(name, cls.input, params or "-", cls.description)
     console.print(methods)
     datasets = Table(title="datasets", title_justify="left")
