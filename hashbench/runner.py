@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from hashbench import atomic, registry
+from hashbench.cache import default_cache_dir
 from hashbench.codes import pack
-from hashbench.data import DatasetArrays, DataSplit, HashingDataset
+from hashbench.data import DatasetArrays, DataSplit, HashingDataset, load_dataset
 from hashbench.environment import describe_environment, resolve_device, seed_everything
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, RunContext
@@ -45,6 +46,8 @@ class GridSpec:
     results: Path = Path("results")
     device: str = "auto"
     force: bool = False
+    cache_dir: Path | None = None  # decoded images and backbone features; None: beside the data
+    drop_bad_rows: bool = False  # run without the rows `hashbench data check` flags, instead of refusing
 
 
 @dataclass
@@ -129,12 +132,18 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
     return cells
 
 
-def prepare_dataset(name: str, protocol_name: str, spec: GridSpec) -> PreparedDataset:
+def prepare_dataset(name: str, protocol_name: str, spec: GridSpec, device: str = "cpu") -> PreparedDataset:
+    from hashbench.features import attach_backbone_features
+
     plugin = registry.get_dataset(name)()
     protocol = plugin.protocol(protocol_name)
-    arrays = plugin.load(Path(spec.data_root))
+    cache_dir = spec.cache_dir if spec.cache_dir is not None else default_cache_dir(Path(spec.data_root))
+    arrays = load_dataset(plugin, Path(spec.data_root), cache_dir=cache_dir, drop_bad_rows=spec.drop_bad_rows)
     arrays.dataset = name
     manifest = draw_split(name, protocol, arrays, spec.split_seed)
+    # Natural-image datasets carry no feature vectors: feature-input methods get cached
+    # backbone features of the manifest's items, computed only when first asked for.
+    attach_backbone_features(arrays, manifest, cache_dir, device)
     return PreparedDataset(name, plugin, protocol, arrays, manifest)
 
 
@@ -204,6 +213,7 @@ def run_cell(cell: Cell, data: PreparedDataset, store: ResultsStore, device: str
                 "hash": data.manifest.hash,
                 "sizes": {name: int(indices.size) for name, indices in data.manifest.splits.items()},
             },
+            "data": data.arrays.provenance,
             "status": "running",
             "started": _now(),
             "environment": describe_environment(device),
@@ -263,7 +273,7 @@ def run_grid(
     prepared: dict[tuple[str, str], PreparedDataset] = {}
     for cell in cells:
         if (cell.dataset, cell.protocol) not in prepared:
-            prepared[cell.dataset, cell.protocol] = prepare_dataset(cell.dataset, cell.protocol, spec)
+            prepared[cell.dataset, cell.protocol] = prepare_dataset(cell.dataset, cell.protocol, spec, device)
     preflight(cells, prepared)
     # Only now, with every input checked, is anything written.
     store.ensure_writable()

@@ -39,12 +39,13 @@ def cli(plugins: tuple[str, ...]) -> None:
 
 
 def _register_commands() -> None:
+    from hashbench.cli.data import data_command
     from hashbench.cli.eval import eval_command
     from hashbench.cli.listing import list_command
     from hashbench.cli.report import report_command
     from hashbench.cli.run import run_command
 
-    for command in (list_command, run_command, report_command, eval_command):
+    for command in (list_command, run_command, report_command, eval_command, data_command):
         cli.add_command(command)
 
 

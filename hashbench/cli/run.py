@@ -53,6 +53,8 @@ def build_spec(options: dict, config_path: Path | None) -> GridSpec:
         results=Path(settings["results"]),
         device=settings["device"],
         force=bool(settings.get("force", False)),
+        cache_dir=Path(settings["cache"]) if settings.get("cache") else None,
+        drop_bad_rows=bool(settings.get("drop_bad_rows", False)),
     )
 
 
@@ -103,6 +105,16 @@ def summary_table(outcomes: list[CellOutcome]) -> Table:
     "--data-root",
     type=click.Path(file_okay=False, path_type=Path),
     help="Where datasets live. Default: $HASHBENCH_DATA or ./data.",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cache of decoded images and backbone features. Default: <data root>/.hashbench-cache.",
+)
+@click.option(
+    "--drop-bad-rows",
+    is_flag=True,
+    help="Run without the rows `hashbench data check` flags (missing images, all-zero labels, ...) instead of refusing; the run record says how many.",
 )
 @click.option("--set", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE", help="Override a hyperparameter. Repeatable.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML file with the same settings.")

@@ -1,0 +1,130 @@
+"""CIFAR-10: 60,000 32×32 colour images in 10 classes, from torchvision's layout.
+
+Files: ``<data root>/cifar-10-batches-py/`` with the pickled batches ``data_batch_1`` …
+``data_batch_5`` and ``test_batch`` (the python version of the release, as torchvision
+downloads it; ``hashbench data get cifar10`` does that when online). Canonical order: the
+five training batches then the test batch; ``groups`` holds ``train`` (50,000) and ``test``
+(10,000). Images stay in memory (180 MB); feature-input methods get VGG-16 features.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hashbench.data import DatasetArrays
+from hashbench.errors import UserError
+from hashbench.splits import SampledProtocol, SplitProtocol, sample_per_class
+
+from ._official import OfficialSplitDataset
+
+FOLDER_NAME = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
+TEST_BATCH = "test_batch"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch → (uint8 images (n, 32, 32, 3), class ids (n,))."""
+    try:
+        with open(path, "rb") as handle:
+            batch = pickle.load(handle, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"] if "labels" in batch else batch["fine_labels"], dtype=np.int64)
+    except FileNotFoundError:
+        raise UserError(
+            f"CIFAR-10 file {path} not found; run `hashbench data get cifar10` or extract "
+            f"cifar-10-python.tar.gz so that {path.parent.name}/ lies under the data root"
+        ) from None
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+        raise UserError(f"CIFAR-10 file {path} is not a CIFAR python batch ({type(error).__name__}: {error})") from error
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.size:
+        raise UserError(f"CIFAR-10 file {path}: expected data (n, 3072) and n labels, got {data.shape} and {labels.size}")
+    # Rows are channel-planar (1024 R, 1024 G, 1024 B), as torchvision reads them.
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+@dataclass(frozen=True)
+class CIBHashCodeProtocol(SplitProtocol):
+    """The split of CIBHash's released code: train = 500 per class of the training images,
+    database = all training images, test images shuffled: first half val, second half query."""
+
+    name: str = "cibhash-code"
+    description: str = (
+        "CIBHash's released code: query = second half of the shuffled 10,000 test images, val = first half, "
+        "train = 500 per class from the 50,000 training images, database = the 50,000 training images"
+    )
+    topk: int = 1000
+    train_per_class: int = 500
+
+    def draw(self, arrays: DatasetArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        train_pool, test = np.sort(arrays.groups["train"]), np.sort(arrays.groups["test"])
+        train = sample_per_class(arrays.labels, train_pool, self.train_per_class, rng, "train")
+        shuffled = rng.permutation(test)
+        half = shuffled.size // 2
+        return {"query": shuffled[half:], "val": shuffled[:half], "train": train, "database": train_pool}
+
+    def summary(self) -> str:
+        return f"{self.description}; mAP@{self.topk}"
+
+
+@dataclass(frozen=True)
+class TBHCodeProtocol(SplitProtocol):
+    """The split of TBH's released code: query = test images, train = database = training images."""
+
+    name: str = "tbh-code"
+    description: str = "TBH's released code: query = the 10,000 test images, train = database = the 50,000 training images"
+    topk: int = 1000
+
+    def draw(self, arrays: DatasetArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        train, test = np.sort(arrays.groups["train"]), np.sort(arrays.groups["test"])
+        return {"query": test, "database": train, "train": train}
+
+    def summary(self) -> str:
+        return f"{self.description}; mAP@{self.topk}"
+
+
+class CIFAR10(OfficialSplitDataset):
+    name = "cifar10"
+    description = "CIFAR-10: 60,000 32x32 colour images, 10 classes (torchvision's cifar-10-batches-py)"
+    classes = CLASSES
+    multi_label = False
+    official_sizes = {"train": 50000, "test": 10000}
+    torchvision_class = "CIFAR10"
+    layout_help = (
+        "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it "
+        f"so that {FOLDER_NAME}/ (data_batch_1..5, test_batch) lies under the data root"
+    )
+    protocols = {
+        "standard": SampledProtocol(
+            name="standard",
+            description="1,000 queries (100 per class) from all 60,000, database = the other 59,000, 5,000 training images (500 per class) from the database",
+            topk=1000,
+            query_per_class=100,
+            train_per_class=500,
+        ),
+        "standard-val": SampledProtocol(
+            name="standard-val",
+            description="standard plus 1,000 validation images (100 per class) from the database, disjoint from train",
+            topk=1000,
+            query_per_class=100,
+            train_per_class=500,
+            val_per_class=100,
+        ),
+        "cibhash-code": CIBHashCodeProtocol(),
+        "tbh-code": TBHCodeProtocol(),
+    }
+    default_protocol = "standard"
+
+    def load(self, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False) -> DatasetArrays:
+        folder = Path(root) / FOLDER_NAME
+        if not folder.is_dir():
+            raise UserError(f"CIFAR-10 not found: no folder {folder}; run `hashbench data get cifar10` or {self.layout_help}")
+        parts = [read_batch(folder / name) for name in (*TRAIN_BATCHES, TEST_BATCH)]
+        images = np.concatenate([images for images, _ in parts])
+        class_ids = np.concatenate([ids for _, ids in parts])
+        train_count = sum(ids.size for _, ids in parts[: len(TRAIN_BATCHES)])
+        return self._arrays(images, class_ids, train_count, str(folder), provenance={"folder": str(folder)})

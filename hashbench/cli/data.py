@@ -1,0 +1,95 @@
+"""``hashbench data``: check user-supplied dataset files, or download the downloadable ones."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hashbench import registry
+from hashbench.errors import UserError
+from hashbench.validate import CheckReport, check_dataset
+
+DATA_ROOT_HELP = "Where datasets live. Default: $HASHBENCH_DATA or ./data."
+
+
+def resolve_data_root(option: Path | None) -> Path:
+    return option if option is not None else Path(os.environ.get("HASHBENCH_DATA") or "data")
+
+
+@click.group("data")
+def data_command() -> None:
+    """Check or obtain dataset files."""
+
+
+def print_report(report: CheckReport, console: Console) -> None:
+    counts = Table(title=f"{report.dataset} under {report.root}", title_justify="left", show_header=False)
+    counts.add_column("what")
+    counts.add_column("count", justify="right")
+    for what, count in report.counts.items():
+        if what.startswith("source: "):
+            counts.add_row(what.removeprefix("source: "), "source")
+        else:
+            counts.add_row(what, f"{count:,}")
+    if report.counts:
+        console.print(counts)
+    style = {"error": "[red]error[/red]", "warning": "[yellow]warning[/yellow]", "info": "info"}
+    for finding in report.findings:
+        console.print(f"{style[finding.severity]}: {finding.message}", highlight=False)
+        for example in finding.examples:
+            console.print(f"    {example}", highlight=False, markup=False)
+        if finding.count > len(finding.examples) and finding.examples:
+            console.print(f"    ... and {finding.count - len(finding.examples)} more", highlight=False)
+    if report.ok:
+        console.print(f"[green]OK[/green]: {report.dataset} is ready to run.")
+    else:
+        problems = sum(finding.count or 1 for finding in report.errors)
+        console.print(
+            f"[red]FAILED[/red]: {problems} problem(s). Fix the files, or run with --drop-bad-rows to leave the bad rows out.",
+            highlight=False,
+        )
+
+
+@data_command.command("check")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), help=DATA_ROOT_HELP)
+@click.option("--protocol", help="Split protocol to check that the files support. Default: the dataset's default.")
+@click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the trial split draw.")
+@click.option("--no-decode", is_flag=True, help="Only check that image files exist; do not decode them (faster).")
+def check_command(name: str, data_root: Path | None, protocol: str | None, split_seed: int, no_decode: bool) -> None:
+    """Validate the files of dataset NAME: counts, missing/unreadable images, labels, paths, protocol.
+
+    Exit status 0 when the dataset can be run as it is, 1 when it has problems.
+    """
+    plugin = registry.get_dataset(name)()
+    if protocol is not None:
+        plugin.protocol(protocol)  # an unknown protocol is a usage error, not a data problem
+    report = check_dataset(plugin, resolve_data_root(data_root), protocol=protocol, decode=not no_decode, split_seed=split_seed)
+    print_report(report, Console(soft_wrap=True))
+    sys.exit(0 if report.ok else 1)
+
+
+@data_command.command("get")
+@click.argument("name")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), help=DATA_ROOT_HELP)
+def get_command(name: str, data_root: Path | None) -> None:
+    """Download dataset NAME into the data root (cifar10, mnist, fashion-mnist; needs internet)."""
+    plugin = registry.get_dataset(name)()
+    root = resolve_data_root(data_root)
+    download = getattr(plugin, "download", None)
+    if download is None:
+        where = getattr(plugin, "layout_help", "") or "see the dataset's documentation"
+        raise UserError(f"{name} cannot be downloaded by hashbench; {where}")
+    try:
+        plugin.load(root)
+        click.echo(f"{name} is already present under {root}.")
+        return
+    except UserError:
+        pass
+    download(root)
+    plugin.load(root)  # prove the download is readable
+    click.echo(f"{name} downloaded to {root}; check it with `hashbench data check {name}`.")

@@ -1,0 +1,244 @@
+"""Validation of user-supplied dataset files: the checks behind ``hashbench data check``.
+
+Community list files and raw annotations are not trusted: published NUS-WIDE and COCO lists
+disagree with each other, some carry all-zero label rows, and images go missing. Each row of
+a dataset's image table is checked for
+
+- a path that escapes the dataset folder (absolute, or with ``..``),
+- a missing image file, or (when decoding) an image that cannot be decoded,
+- duplicate paths, labels of the wrong width or with values other than 0/1,
+- all-zero label rows, and, for list files, query images that also appear in the database or
+  the training list, or one image listed with different labels in two files.
+
+Loading runs the same checks (without decoding every image unless bad rows are to be
+dropped) and refuses a dataset with faults, unless ``--drop-bad-rows`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Literal
+
+import numpy as np
+
+from hashbench.errors import UserError
+
+# Fault kinds, in the order they are reported, with what a count of them means.
+FAULTS: dict[str, str] = {
+    "escaping": "rows whose path escapes the dataset folder (absolute or with ..)",
+    "missing": "rows whose image file is missing",
+    "unreadable": "rows whose image cannot be decoded",
+    "duplicate": "rows repeating a path already listed in the same file",
+    "label_width": "rows with the wrong number of labels",
+    "label_values": "rows with labels other than 0/1",
+    "zero_labels": "rows with all-zero labels",
+    "leak": "database/train rows whose image is also a query (test list)",
+    "conflict": "rows listing an image with other labels than its first listing",
+}
+MAX_EXAMPLES = 20
+
+
+@dataclass
+class Finding:
+    """One thing `data check` found: an error fails the check, a warning does not."""
+
+    severity: Literal["error", "warning", "info"]
+    kind: str
+    message: str
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Inspection:
+    """What a dataset plugin reports about the files under the data root."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    arrays: Any = None  # DatasetArrays with bad rows dropped, when the files could be read at all
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    root: Path
+    counts: dict[str, int]
+    findings: list[Finding]
+
+    @property
+    def ok(self) -> bool:
+        return not any(finding.severity == "error" for finding in self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [finding for finding in self.findings if finding.severity == "error"]
+
+
+def escapes_folder(relative: str) -> bool:
+    """True for an absolute path (POSIX or Windows) or one that climbs out with ``..``."""
+    if not relative:
+        return True
+    posix = PurePosixPath(relative)
+    windows = PureWindowsPath(relative)
+    return posix.is_absolute() or windows.is_absolute() or bool(windows.drive) or ".." in posix.parts or ".." in windows.parts
+
+
+class RowFaults:
+    """Per-row fault masks of an image table, and their summary."""
+
+    def __init__(self, origins: Sequence[str]) -> None:
+        self.origins = list(origins)  # where each row came from, e.g. "test.txt:12"
+        self.masks: dict[str, np.ndarray] = {}
+        self.details: dict[str, dict[int, str]] = {}  # kind → row → extra text (e.g. decoder error)
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def add(self, kind: str, mask: np.ndarray, details: dict[int, str] | None = None) -> None:
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault kind {kind}")
+        mask = np.asarray(mask, dtype=bool)
+        self.masks[kind] = self.masks[kind] | mask if kind in self.masks else mask
+        if details:
+            self.details.setdefault(kind, {}).update(details)
+
+    def mask(self, kind: str) -> np.ndarray:
+        return self.masks.get(kind, np.zeros(len(self), dtype=bool))
+
+    @property
+    def bad(self) -> np.ndarray:
+        bad = np.zeros(len(self), dtype=bool)
+        for mask in self.masks.values():
+            bad |= mask
+        return bad
+
+    def counts(self) -> dict[str, int]:
+        return {kind: int(self.masks[kind].sum()) for kind in FAULTS if kind in self.masks and self.masks[kind].any()}
+
+    def summary(self) -> str:
+        """'2 rows whose image file is missing, 1 rows with all-zero labels'."""
+        return ", ".join(f"{count} {FAULTS[kind]}" for kind, count in self.counts().items())
+
+    def findings(self, paths: Sequence[str]) -> list[Finding]:
+        found = []
+        for kind, count in self.counts().items():
+            rows = np.flatnonzero(self.masks[kind])
+            examples = []
+            for row in rows[:MAX_EXAMPLES]:
+                extra = self.details.get(kind, {}).get(int(row))
+                examples.append(f"{self.origins[row]}: {paths[row]}" + (f" ({extra})" if extra else ""))
+            found.append(Finding("error", kind, f"{count} {FAULTS[kind]}", count, examples))
+        return found
+
+
+def check_files(
+    folder: Path,
+    paths: Sequence[str],
+    faults: RowFaults,
+    *,
+    decode: bool = False,
+    size: int = 224,
+    workers: int | None = None,
+) -> None:
+    """Flag escaping, missing and (when ``decode``) undecodable image files."""
+    from hashbench.images import available_cpus, try_decode
+
+    escaping = np.array([escapes_folder(path) for path in paths], dtype=bool)
+    faults.add("escaping", escaping)
+    # Checking existence touches only the directory entries: cheap even for 200k files.
+    missing = np.array(
+        [not escaping[row] and not os.path.isfile(folder / path) for row, path in enumerate(paths)], dtype=bool
+    )
+    faults.add("missing", missing)
+    if not decode:
+        return
+    candidates = np.flatnonzero(~escaping & ~missing)
+    # Decode exactly as the image store will, so a file that passes here also loads there.
+    with ThreadPoolExecutor(max_workers=workers or available_cpus()) as pool:
+        results = list(pool.map(lambda row: try_decode(folder / paths[row], size)[1], candidates))
+    unreadable = np.zeros(len(paths), dtype=bool)
+    details = {}
+    for row, error in zip(candidates, results, strict=True):
+        if error is not None:
+            unreadable[row] = True
+            details[int(row)] = error
+    faults.add("unreadable", unreadable, details)
+
+
+def check_labels(labels: np.ndarray, faults: RowFaults) -> None:
+    """Flag rows whose (bool) labels are all zero."""
+    faults.add("zero_labels", ~np.asarray(labels, dtype=bool).any(axis=1))
+
+
+def duplicates_after_first(keys: Sequence[Any]) -> np.ndarray:
+    """True for every occurrence of a key after its first."""
+    seen: set[Any] = set()
+    mask = np.zeros(len(keys), dtype=bool)
+    for row, key in enumerate(keys):
+        if key in seen:
+            mask[row] = True
+        seen.add(key)
+    return mask
+
+
+def refuse_or_drop(dataset: str, faults: RowFaults, drop_bad_rows: bool) -> np.ndarray:
+    """The rows to keep: all of them when clean; refuse (UserError) unless dropping was asked for."""
+    bad = faults.bad
+    if bad.any() and not drop_bad_rows:
+        raise UserError(
+            f"dataset {dataset}: the supplied files have problems ({faults.summary()}); run "
+            f"`hashbench data check {dataset}` to list them, fix them, or pass --drop-bad-rows to run without those rows"
+        )
+    return ~bad
+
+
+def check_dataset(
+    plugin: Any, root: Path, *, protocol: str | None = None, decode: bool = True, split_seed: int = 0
+) -> CheckReport:
+    """Validate what the user supplied for ``plugin`` under the data root ``root``.
+
+    Plugins with an ``inspect(root, decode=...)`` method report their own file-level findings;
+    for every plugin the loaded labels are checked and the protocol is drawn once, to prove it
+    can be drawn from these files.
+    """
+    from hashbench.data import load_dataset
+    from hashbench.splits import draw_split
+
+    root = Path(root)
+    inspect = getattr(plugin, "inspect", None)
+    if inspect is not None:
+        try:
+            inspection = inspect(root, decode=decode)
+        except UserError as error:
+            return CheckReport(plugin.name, root, {}, [Finding("error", "unreadable-source", str(error))])
+    else:
+        try:
+            arrays = load_dataset(plugin, root)
+        except UserError as error:
+            return CheckReport(plugin.name, root, {}, [Finding("error", "unreadable-source", str(error))])
+        inspection = Inspection(counts={"images": len(arrays)}, arrays=arrays)
+        faults = RowFaults([f"row {row}" for row in range(len(arrays))])
+        check_labels(arrays.labels, faults)
+        inspection.findings.extend(faults.findings([""] * len(arrays)))
+    counts = dict(inspection.counts)
+    findings = list(inspection.findings)
+    arrays = inspection.arrays
+    if arrays is not None:
+        width = arrays.labels.shape[1]
+        if plugin.classes and width != len(plugin.classes):
+            findings.append(
+                Finding("error", "label_width", f"labels have {width} columns, the dataset has {len(plugin.classes)} classes")
+            )
+        try:
+            split_protocol = plugin.protocol(protocol)
+            manifest = draw_split(plugin.name, split_protocol, arrays, split_seed)
+            sizes = ", ".join(f"{name} {indices.size}" for name, indices in manifest.splits.items())
+            suffix = " (after dropping the bad rows)" if any(f.severity == "error" for f in findings) else ""
+            findings.append(Finding("info", "protocol", f"protocol {split_protocol.name} draws{suffix}: {sizes}"))
+        except (UserError, ValueError) as error:
+            findings.append(Finding("error", "protocol", f"the protocol cannot be drawn from these files: {error}"))
+    return CheckReport(plugin.name, root, counts, findings)
