@@ -206,8 +206,8 @@ class ImageFolderDataset(HashingDataset):
             "images": len(paths),
             "dropped_rows": int((~keep).sum()),
         }
-        if table.classes is not None:
-            provenance["classes"] = list(table.classes)
+        if table.classes is not None and tuple(table.classes) != tuple(self.classes):
+            provenance["classes"] = list(table.classes)  # derived from the annotations, differing from the usual
         if table.counts:
             provenance.update(table.counts)
         return DatasetArrays(labels=labels, images=images, groups=groups, provenance=provenance)
@@ -239,7 +239,8 @@ class ImageFolderDataset(HashingDataset):
         keep = ~table.faults.bad
         arrays = self._arrays(folder, source, table, keep, cache_dir=None)
         counts, findings = self._count_findings(source, table, arrays)
-        counts["source: list files" if source == "lists" else "source: raw annotations"] = 1
+        where = "the list files database.txt, test.txt, train.txt" if source == "lists" else "the raw annotations"
+        findings.insert(0, Finding("info", "source", f"read from {where} in {folder}"))
         return Inspection(counts=counts, findings=table.faults.findings(table.paths) + findings, arrays=arrays)
 
     def load(self, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False) -> DatasetArrays:

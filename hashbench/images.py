@@ -56,7 +56,7 @@ def decode_image(path: Path, size: int = IMAGE_SIZE) -> np.ndarray:
         rgb = image.convert("RGB")
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # a writable copy (torch.from_numpy wants one)
 
 
 def try_decode(path: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray | None, str | None]:

@@ -36,7 +36,7 @@ FAULTS: dict[str, str] = {
     "label_width": "rows with the wrong number of labels",
     "label_values": "rows with labels other than 0/1",
     "zero_labels": "rows with all-zero labels",
-    "leak": "database/train rows whose image is also a query (test list)",
+    "leak": "rows of database.txt or train.txt whose image is also a query (in test.txt)",
     "conflict": "rows listing an image with other labels than its first listing",
 }
 MAX_EXAMPLES = 20

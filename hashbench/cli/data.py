@@ -31,10 +31,7 @@ def print_report(report: CheckReport, console: Console) -> None:
     counts.add_column("what")
     counts.add_column("count", justify="right")
     for what, count in report.counts.items():
-        if what.startswith("source: "):
-            counts.add_row(what.removeprefix("source: "), "source")
-        else:
-            counts.add_row(what, f"{count:,}")
+        counts.add_row(what, f"{count:,}")
     if report.counts:
         console.print(counts)
     style = {"error": "[red]error[/red]", "warning": "[yellow]warning[/yellow]", "info": "info"}
