@@ -16,6 +16,7 @@ rebuilt (see :mod:`hashbench.cache` for the atomic write and the checks on open)
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Sequence
@@ -153,6 +154,10 @@ class ImageStore:
 
     # pickling (DataLoader workers): never ship the memory map or thread pool, reopen instead.
     def __getstate__(self) -> dict[str, Any]:
+        if self.cache_dir is not None:
+            # Build the cache here, in the parent, so that workers only open the memory map
+            # (a worker process cannot start the decoding workers of a build itself).
+            self.cached()
         state = dict(self.__dict__)
         state["_array"] = None
         state["_pool"] = None
@@ -215,6 +220,8 @@ class ImageStore:
 
         dataset = _DecodeFiles(self.folder, self.paths, self.size)
         workers = self.workers if self.workers is not None else available_cpus()
+        if multiprocessing.current_process().daemon:
+            workers = 0  # inside a DataLoader worker: no processes of our own
         # The cache is written to disk by this process, not sent to a GPU: no pinned memory.
         loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False, **loader_options("cpu", workers))
         log.info("decoding %d images into the cache %s", len(dataset), self.cache_dir)
