@@ -213,7 +213,7 @@ class ImageFolderDataset(HashingDataset):
         return DatasetArrays(labels=labels, images=images, groups=groups, provenance=provenance)
 
     def _count_findings(self, source: str, table: ImageTable, arrays: DatasetArrays) -> tuple[dict[str, int], list[Finding]]:
-        counts: dict[str, int] = {"rows read": len(table.paths), "images kept": len(arrays), "classes": arrays.labels.shape[1]}
+        counts: dict[str, int] = {"rows read": len(table.paths), "usable images": len(arrays), "classes": arrays.labels.shape[1]}
         findings: list[Finding] = list(table.notes or [])
         if source == "lists":
             for split_name, file_name in LIST_FILES.items():

@@ -209,3 +209,40 @@ def write_nuswide(root: Path, images: int = 50, seed: int = 0) -> dict[str, obje
     kept = labels[:, :21].any(axis=1)
     paths = [f"Flickr/{line.split('Flickr' + chr(92))[1].replace(chr(92), '/')}" for line in lines]
     return {"paths": [p for p, keep in zip(paths, kept, strict=True) if keep], "labels": labels[kept][:, :21]}
+
+
+# -- planted faults ------------------------------------------------------------------------------
+
+
+def plant(tmp_path: Path, fault: str) -> str:
+    """One fault of each kind in a NUS-WIDE list-file dataset (21 labels per row); returns the
+    path of the database image it concerns (one listed nowhere else)."""
+    folder = tmp_path / "nuswide"
+    database = (folder / "database.txt").read_text().splitlines()
+    train = (folder / "train.txt").read_text().splitlines()
+    in_train = {line.split()[0] for line in train}
+    victim = next(row for row, line in enumerate(database) if line.split()[0] not in in_train)
+    path = database[victim].split()[0]
+    if fault == "missing":
+        (folder / path).unlink()
+    elif fault == "unreadable":
+        corrupt_jpeg(folder / path)
+    elif fault == "zero_labels":
+        database[victim] = path + " 0" * 21
+    elif fault == "duplicate":
+        database.append(database[victim])
+    elif fault == "escaping":
+        write_image(tmp_path / "outside.jpg", np.random.default_rng(0))
+        database.append("../outside.jpg " + " ".join(["1"] + ["0"] * 20))
+    elif fault == "label_width":
+        database[victim] += " 1"
+    elif fault == "label_values":
+        database[victim] = path + " 2" + " 0" * 20
+    elif fault == "leak":
+        database.append((folder / "test.txt").read_text().splitlines()[0])
+    elif fault == "conflict":
+        first = train[0].split()
+        flipped = ["1" if value == "0" else "0" for value in first[1:]]
+        (folder / "train.txt").write_text("\n".join([f"{first[0]} {' '.join(flipped)}", *train[1:]]) + "\n")
+    (folder / "database.txt").write_text("\n".join(database) + "\n")
+    return path

@@ -6,13 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from dataset_fixtures import (
-    corrupt_jpeg,
-    write_coco,
-    write_image,
-    write_list_dataset,
-    write_nuswide,
-)
+from dataset_fixtures import plant, write_coco, write_list_dataset, write_nuswide
 from PIL import Image
 
 from hashbench.datasets.coco import COCO
@@ -84,40 +78,6 @@ def test_list_files_win_over_raw_annotations(tmp_path):
     write_coco(tmp_path, train_images=6, val_images=4)
     write_list_dataset(tmp_path / "coco", num_classes=80, database=12, test=4, train=5)
     assert COCO().load(tmp_path).provenance["source"] == "list files"
-
-
-def plant(tmp_path, fault: str) -> str:
-    """One fault of each kind in a NUS-WIDE list-file dataset (21 labels per row); returns the
-    path of the database image it concerns (one listed nowhere else)."""
-    folder = tmp_path / "nuswide"
-    database = (folder / "database.txt").read_text().splitlines()
-    train = (folder / "train.txt").read_text().splitlines()
-    in_train = {line.split()[0] for line in train}
-    victim = next(row for row, line in enumerate(database) if line.split()[0] not in in_train)
-    path = database[victim].split()[0]
-    if fault == "missing":
-        (folder / path).unlink()
-    elif fault == "unreadable":
-        corrupt_jpeg(folder / path)
-    elif fault == "zero_labels":
-        database[victim] = path + " 0" * 21
-    elif fault == "duplicate":
-        database.append(database[victim])
-    elif fault == "escaping":
-        write_image(tmp_path / "outside.jpg", np.random.default_rng(0))
-        database.append("../outside.jpg " + " ".join(["1"] + ["0"] * 20))
-    elif fault == "label_width":
-        database[victim] += " 1"
-    elif fault == "label_values":
-        database[victim] = path + " 2" + " 0" * 20
-    elif fault == "leak":
-        database.append((folder / "test.txt").read_text().splitlines()[0])
-    elif fault == "conflict":
-        first = train[0].split()
-        flipped = ["1" if value == "0" else "0" for value in first[1:]]
-        (folder / "train.txt").write_text("\n".join([f"{first[0]} {' '.join(flipped)}", *train[1:]]) + "\n")
-    (folder / "database.txt").write_text("\n".join(database) + "\n")
-    return path
 
 
 FAULTS = ["missing", "zero_labels", "duplicate", "escaping", "label_width", "label_values", "leak", "conflict"]

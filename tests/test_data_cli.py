@@ -1,0 +1,212 @@
+"""`hashbench data check/get` and `run` on user-supplied datasets, end to end through the CLI."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import urllib.error
+
+import numpy as np
+import pytest
+from dataset_fixtures import plant, write_cifar10, write_list_dataset
+
+FAULT_MESSAGES = {
+    "missing": "1 rows whose image file is missing",
+    "unreadable": "1 rows whose image cannot be decoded",
+    "zero_labels": "1 rows with all-zero labels",
+    "duplicate": "1 rows repeating a path already listed in the same file",
+    "escaping": "1 rows whose path escapes the dataset folder",
+    "label_width": "1 rows with the wrong number of labels",
+    "leak": "1 rows of database.txt or train.txt whose image is also a query",
+    "conflict": "1 rows listing an image with other labels than its first listing",
+}
+
+
+@pytest.fixture
+def nuswide_root(tmp_path):
+    write_list_dataset(tmp_path / "nuswide", num_classes=21, database=30, test=8, train=10)
+    return tmp_path
+
+
+def test_check_passes_clean_list_files(invoke, nuswide_root):
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
+    assert result.exit_code == 0, result.output
+    assert "OK: nuswide is ready to run." in result.output
+    assert "read from the list files" in result.output
+    assert "protocol lists draws: query 8, database 30, train 10" in result.output
+    # Counts against the published protocol are reported, as warnings only.
+    assert "warning: test.txt lists 8 usable images; the published protocol has 2100" in result.output
+
+
+@pytest.mark.parametrize("fault", sorted(FAULT_MESSAGES))
+def test_check_catches_each_planted_fault(invoke, nuswide_root, fault):
+    victim = plant(nuswide_root, fault)
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
+    assert result.exit_code == 1, result.output
+    assert f"error: {FAULT_MESSAGES[fault]}" in result.output
+    assert "FAILED: 1 problem(s)" in result.output
+    assert "--drop-bad-rows" in result.output
+    if fault in ("missing", "unreadable", "zero_labels", "label_width"):
+        assert "database.txt:" in result.output and victim in result.output  # the row is listed
+    if fault == "escaping":
+        assert "../outside.jpg" in result.output
+
+
+def test_check_lists_every_bad_row_with_a_count(invoke, nuswide_root):
+    folder = nuswide_root / "nuswide"
+    lines = (folder / "test.txt").read_text().splitlines()
+    for line in lines[:3]:
+        (folder / line.split()[0]).unlink()
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
+    assert result.exit_code == 1
+    assert "error: 3 rows whose image file is missing" in result.output
+    for number, line in enumerate(lines[:3], start=1):
+        assert f"test.txt:{number}: {line.split()[0]}" in result.output
+
+
+def test_no_decode_skips_the_decoding(invoke, nuswide_root):
+    plant(nuswide_root, "unreadable")
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists", "--no-decode")
+    assert result.exit_code == 0, result.output
+
+
+def test_check_reports_a_protocol_the_files_cannot_support(invoke, nuswide_root):
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root)
+    assert result.exit_code == 1
+    assert "the protocol cannot be drawn from these files" in result.output
+    assert "the protocol needs 100" in result.output
+
+
+def test_check_cifar10(invoke, tmp_path):
+    missing = invoke("data", "check", "cifar10", "--data-root", tmp_path)
+    assert missing.exit_code == 1 and "hashbench data get cifar10" in missing.output
+    write_cifar10(tmp_path)
+    result = invoke("data", "check", "cifar10", "--data-root", tmp_path, "--protocol", "tbh-code")
+    assert result.exit_code == 0, result.output
+    assert "the train part has 60 images; the official release has 50000" in result.output
+    assert "protocol tbh-code draws: query 40, database 60, train 60" in result.output
+
+
+def test_check_usage_errors(invoke, tmp_path):
+    unknown = invoke("data", "check", "cifar100", "--data-root", tmp_path)
+    assert unknown.exit_code == 2 and "unknown dataset 'cifar100'" in unknown.output
+    protocol = invoke("data", "check", "cifar10", "--data-root", tmp_path, "--protocol", "paper")
+    assert protocol.exit_code == 2 and "has no protocol 'paper'" in protocol.output
+
+
+def test_get_offline_is_one_clear_line(invoke, tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *args, **kwargs):
+            raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
+    result = invoke("data", "get", "cifar10", "--data-root", tmp_path)
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert "cannot download cifar10 ([Errno -3] Temporary failure in name resolution)" in lines[0]
+    assert "cifar-10-batches-py/" in lines[0]
+
+
+def test_get_when_present_and_for_datasets_that_cannot_be_downloaded(invoke, tmp_path):
+    write_cifar10(tmp_path)
+    present = invoke("data", "get", "cifar10", "--data-root", tmp_path)
+    assert present.exit_code == 0 and "already present" in present.output
+    coco = invoke("data", "get", "coco", "--data-root", tmp_path)
+    assert coco.exit_code == 2 and "coco cannot be downloaded by hashbench" in coco.output
+
+
+IMAGE_METHOD = textwrap.dedent(
+    '''
+    import numpy as np
+
+    from hashbench.method import HashingMethod
+    from hashbench.registry import register_method
+
+
+    @register_method
+    class MeanColour(HashingMethod):
+        """Thresholds a few pixels of the images at the training median: an images-input method."""
+
+        name = "pixelbits"
+        input = "images"
+
+        def _pixels(self, split):
+            flat = split.images().reshape(len(split), -1).astype(np.float32)
+            return flat[:, :: flat.shape[1] // self.bits][:, : self.bits]
+
+        def fit(self, train, val=None):
+            self.median = np.median(self._pixels(train), axis=0)
+
+        def encode(self, split):
+            return self._pixels(split) > self.median
+    '''
+)
+
+
+@pytest.fixture
+def image_plugin(tmp_path):
+    path = tmp_path / "pixelbits.py"
+    path.write_text(IMAGE_METHOD)
+    return path
+
+
+def run_args(root, results, plugin, *extra):
+    return ("--plugin", plugin, "run", "--methods", "pixelbits", "--datasets", "nuswide", "--protocol", "lists",
+            "--bits", "4", "--data-root", root, "--results", results, "--cache", root / "cache", *extra)  # fmt: skip
+
+
+def test_run_refuses_bad_files_unless_told_to_drop_them(invoke, nuswide_root, results, image_plugin):
+    plant(nuswide_root, "zero_labels")
+    refused = invoke(*run_args(nuswide_root, results, image_plugin))
+    assert refused.exit_code == 2
+    assert "rows with all-zero labels" in refused.output and "--drop-bad-rows" in refused.output
+    assert not results.exists()
+    done = invoke(*run_args(nuswide_root, results, image_plugin, "--drop-bad-rows"))
+    assert done.exit_code == 0, done.output
+    (record_path,) = list(results.glob("runs/*/run.json"))
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "ok"
+    assert record["data"]["dropped_rows"] == 1
+    assert record["data"]["dropped_by_reason"] == {"zero_labels": 1}
+    assert record["split"]["sizes"] == {"query": 8, "database": 29, "train": 10}
+    # The images were decoded once into the cache under --cache.
+    assert list((nuswide_root / "cache" / "nuswide").glob("images-224px.npy"))
+
+
+def test_feature_methods_get_cached_backbone_features(invoke, nuswide_root, results, monkeypatch):
+    """LSH on a dataset without feature vectors: backbone features, cached under --cache."""
+    import torch
+
+    import hashbench.backbones
+    import hashbench.features
+
+    class TinyBackbone(torch.nn.Module):
+        feature_dim = 6
+
+        def forward(self, images):
+            pooled = images.mean(dim=(2, 3))
+            return torch.cat([pooled, pooled**2], dim=1)
+
+    built = []
+
+    def factory(backbone, weights, pretrained, image_shape):
+        def build():
+            built.append(backbone)
+            return TinyBackbone(), lambda images, device: images.to(device).permute(0, 3, 1, 2).float() / 255.0
+
+        return build
+
+    monkeypatch.setattr(hashbench.features, "_default_factory", factory)
+    monkeypatch.setattr(hashbench.backbones, "weights_id", lambda *args, **kwargs: "tiny-test")
+    args = ("run", "--methods", "lsh", "--datasets", "nuswide", "--protocol", "lists", "--bits", "4,6",
+            "--data-root", nuswide_root, "--results", results, "--cache", nuswide_root / "cache")  # fmt: skip
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    records = [json.loads(path.read_text()) for path in results.glob("runs/*/run.json")]
+    assert len(records) == 2 and all(record["status"] == "ok" for record in records)
+    assert built == ["vgg16"]  # computed once for both code lengths
+    (cached,) = (nuswide_root / "cache" / "features").glob("nuswide-*-vgg16-tiny-test.npy")
+    assert np.load(cached).shape == (38, 6)
