@@ -12,7 +12,7 @@ float32 matrix, so nothing is computed until a feature-input method asks.
 
 from __future__ import annotations
 
-import logging
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +26,6 @@ from hashbench.images import ImageStore, available_cpus, loader_options
 FEATURE_BACKBONE = "vgg16"
 # Bump when the feature computation changes (preprocessing, layer): old caches become stale.
 FEATURES_VERSION = 1
-
-log = logging.getLogger(__name__)
 
 # (network, preprocess) where preprocess maps uint8 (n, H, W, C) and a device to the input.
 NetworkFactory = Callable[[], tuple[Any, Callable[[Any, Any], Any]]]
@@ -148,6 +146,7 @@ class BackboneFeatures:
         )
 
         def fill(array: np.ndarray) -> None:
+            print(f"computing {self.backbone} features of {self.covered.size} images on {self.device} (cached for later runs)", file=sys.stderr)
             start = time.perf_counter()
             position = 0
             with torch.inference_mode():
@@ -155,7 +154,7 @@ class BackboneFeatures:
                     output = network(prepare(batch, self.device)).float().cpu().numpy()
                     array[position : position + output.shape[0]] = output
                     position += output.shape[0]
-            log.info("%s features of %d images in %.1f s", self.backbone, position, time.perf_counter() - start)
+            print(f"{self.backbone} features of {position} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
         return entry.get_or_build((int(self.covered.size), dimension), np.float32, fill, what=f"feature cache {entry.path}")
 

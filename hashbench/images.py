@@ -15,9 +15,9 @@ rebuilt (see :mod:`hashbench.cache` for the atomic write and the checks on open)
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +32,6 @@ from hashbench.errors import UserError
 IMAGE_SIZE = 224
 # Bump when decoding changes (resampling, colour conversion): old caches become stale.
 DECODER_VERSION = 1
-
-log = logging.getLogger(__name__)
 
 
 def available_cpus() -> int:
@@ -121,6 +119,9 @@ class ImageStore:
         self.cache_name = cache_name
         self.workers = workers
         self._array: np.ndarray | None = None
+        # Set once the cache entry is verified: copies sent to worker processes open it
+        # directly instead of re-stating every image file to recompute the key.
+        self._verified_path: Path | None = None
         self._pool: ThreadPoolExecutor | None = None
 
     # -- the array interface ------------------------------------------------------------------
@@ -210,9 +211,12 @@ class ImageStore:
 
     def cached(self) -> np.ndarray:
         """The memory-mapped cache of every image, built on first use."""
+        if self._array is None and self._verified_path is not None:
+            self._array = np.load(self._verified_path, mmap_mode="r")
         if self._array is None:
             entry = self.cache_entry()
             self._array = entry.get_or_build(self.shape, np.uint8, self._fill, what=f"image cache {entry.path}")
+            self._verified_path = entry.path
         return self._array
 
     def _fill(self, array: np.ndarray) -> None:
@@ -224,7 +228,8 @@ class ImageStore:
             workers = 0  # inside a DataLoader worker: no processes of our own
         # The cache is written to disk by this process, not sent to a GPU: no pinned memory.
         loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False, **loader_options("cpu", workers))
-        log.info("decoding %d images into the cache %s", len(dataset), self.cache_dir)
+        # Minutes for a full dataset: say so (rich progress bars show it above themselves).
+        print(f"decoding {len(dataset)} images of {self.folder} into the cache {self.cache_dir} (once)", file=sys.stderr)
         start = time.perf_counter()
         failed: list[str] = []
         position = 0
@@ -239,7 +244,7 @@ class ImageStore:
                 f"{len(failed)} image(s) under {self.folder} cannot be decoded ({shown}); "
                 "run `hashbench data check` on this dataset to list them, then fix them or run with --drop-bad-rows"
             )
-        log.info("image cache built: %d images in %.1f s", len(dataset), time.perf_counter() - start)
+        print(f"image cache built: {len(dataset)} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
 
     def cache_digest(self) -> str:
         return key_digest(self.cache_key())
