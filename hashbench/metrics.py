@@ -21,6 +21,7 @@ relevant item (N+ = 0); precision within a radius is 0 when no item lies within 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -193,62 +194,50 @@ def _label_matrices(query_labels: Any, database_labels: Any) -> tuple[np.ndarray
 
 
 class _Relevance:
-    """Relevance (share >= 1 label) between query rows and database rows.
+    """Relevance (share >= 1 label) of database items to queries, as bit rows.
 
-    Single-label data (exactly one label per row on both sides) is compared as class ids;
-    otherwise labels are packed into uint64 words and intersected.
+    The database side is kept as one bitmap over the database per class; a query's relevance
+    row is the OR of the bitmaps of its classes (one for single-label data), so a whole chunk
+    costs (labels per query) x N / 8 byte operations instead of N x classes.
     """
 
     def __init__(self, query_multi_hot: np.ndarray, database_multi_hot: np.ndarray) -> None:
-        self.single = bool(
-            query_multi_hot.shape[1] < 2**15
-            and (query_multi_hot.sum(1) == 1).all()
-            and (database_multi_hot.sum(1) == 1).all()
-        )
-        if self.single:
-            dtype = np.uint8 if query_multi_hot.shape[1] <= 256 else np.uint16
-            self.query = query_multi_hot.argmax(1).astype(dtype)
-            self.database = database_multi_hot.argmax(1).astype(dtype)
-        else:
-            self.query = _bool_words(query_multi_hot)
-            self.database = _bool_words(database_multi_hot)
+        self.size = database_multi_hot.shape[0]
+        self.row_bytes = -(-self.size // 8)
+        # one bitmap per class, padded to whole uint64 words so ORs run 8 bytes at a time
+        words = -(-self.row_bytes // 8)
+        bitmaps = np.zeros((database_multi_hot.shape[1], words * 8), dtype=np.uint8)
+        bitmaps[:, : self.row_bytes] = np.packbits(database_multi_hot.T, axis=1)
+        self.bitmaps = bitmaps.view(np.uint64)
+        self.label_count = query_multi_hot.sum(1)
+        # each query's classes first, in a (queries, max labels) table
+        self.query_classes = np.argsort(~query_multi_hot, axis=1, kind="stable")[
+            :, : max(1, int(self.label_count.max(initial=0)))
+        ]
 
-    def pairwise(self, query_rows: slice, out: np.ndarray) -> np.ndarray:
-        """Fill ``out`` (c, N) bool with relevance of the query rows to every database item."""
-        if self.single:
-            np.equal(self.query[query_rows, None], self.database[None, :], out=out)
-            return out
-        query = self.query[query_rows]
-        words = query.shape[1]
-        out[...] = False
-        tile = 16384
-        buffer = np.empty((query.shape[0], min(tile, self.database.shape[0])), dtype=np.uint64)
-        hit = np.empty(buffer.shape, dtype=bool)
-        for start in range(0, self.database.shape[0], tile):
-            stop = min(start + tile, self.database.shape[0])
-            buf = buffer[:, : stop - start]
-            part = hit[:, : stop - start]
-            for w in range(words):
-                np.bitwise_and(query[:, w, None], self.database[None, start:stop, w], out=buf)
-                np.not_equal(buf, 0, out=part)
-                np.logical_or(out[:, start:stop], part, out=out[:, start:stop])
-        return out
+    def bit_rows(self, rows: slice) -> np.ndarray:
+        """Relevance of every database item to the queries ``rows``: packed bits (c, N/8)."""
+        classes = self.query_classes[rows]
+        label_count = self.label_count[rows]
+        out = np.zeros((classes.shape[0], self.bitmaps.shape[1]), dtype=np.uint64)
+        for slot in range(int(label_count.max(initial=0))):
+            members = label_count > slot
+            if members.all():
+                out |= self.bitmaps[classes[:, slot]]
+            else:
+                out[members] |= self.bitmaps[classes[members, slot]]
+        return out.view(np.uint8)[:, : self.row_bytes]
 
-    def pairs(self, query_index: np.ndarray, database_index: np.ndarray) -> np.ndarray:
-        """Relevance of matched pairs (M,) -> bool (M,)."""
-        if self.single:
-            return self.query[query_index] == self.database[database_index]
-        query = self.query[query_index]
-        database = self.database[database_index]
-        return (query & database).any(axis=1)
+    def dense(self, bit_rows: np.ndarray) -> np.ndarray:
+        """Packed relevance rows -> bool (c, N)."""
+        return np.unpackbits(bit_rows, axis=1, count=self.size).view(bool)
 
 
-def _bool_words(matrix: np.ndarray) -> np.ndarray:
-    packed = np.packbits(matrix, axis=1)
-    words = max(1, -(-packed.shape[1] // 8))
-    padded = np.zeros((matrix.shape[0], words * 8), dtype=np.uint8)
-    padded[:, : packed.shape[1]] = packed
-    return padded.view(np.uint64)
+def _lookup_bits(bit_rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Bits ``columns`` (c, m) of each packed row (big-endian inside each byte, as packbits)."""
+    byte = np.take_along_axis(bit_rows, columns >> 3, axis=1)
+    shift = (7 - (columns & 7)).astype(np.uint8)
+    return ((byte >> shift) & 1).view(bool)
 
 
 @dataclass
@@ -268,9 +257,15 @@ class _Inputs:
 
 
 def _prepare(
-    query_codes: Any, database_codes: Any, query_labels: Any, database_labels: Any, bits: int | None
+    query_codes: Any,
+    database_codes: Any,
+    query_labels: Any,
+    database_labels: Any,
+    bits: int | None,
 ) -> _Inputs:
-    if bits is not None and (not isinstance(bits, (int, np.integer)) or bits < 1):
+    if bits is not None and (
+        isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1
+    ):
         raise UserError(f"bits must be a positive integer; got {bits!r}")
     query_words, query_bits = _packed_words(query_codes, bits, "query codes")
     database_words, database_bits = _packed_words(database_codes, bits, "database codes")
@@ -346,73 +341,108 @@ def _distance_dtype(bits: int) -> type:
     return np.uint8 if bits <= 255 else np.uint16
 
 
-def _histograms(
-    distances: np.ndarray, relevant: np.ndarray | None, groups: int
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-query counts of items (and of relevant items) at each distance: (c, groups) int64."""
+def _row_histograms(values: np.ndarray, bins: int) -> np.ndarray:
+    """Per-row counts of small non-negative integers: (c, bins) int64.
+
+    One bincount per row: the intp copy bincount makes of one row stays in cache, which is
+    faster than one bincount over the chunk with row offsets.
+    """
+    out = np.empty((values.shape[0], bins), dtype=np.int64)
+    for row in range(values.shape[0]):
+        out[row] = np.bincount(values[row], minlength=bins)
+    return out
+
+
+def _distance_histograms(
+    distances: np.ndarray, relevant: np.ndarray, groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Items and relevant items at each distance per query: two (c, groups) int64 arrays."""
     count = distances.shape[0]
-    width = groups * (2 if relevant is not None else 1)
-    offsets = (np.arange(count, dtype=np.intp) * width)[:, None]
-    if relevant is not None:
-        keys = distances.astype(np.intp) * 2
-        keys += relevant
-    else:
-        keys = distances.astype(np.intp)
-    keys += offsets
-    counts = np.bincount(keys.ravel(), minlength=count * width).reshape(count, groups, -1)
-    if relevant is None:
-        return counts[:, :, 0], None
+    counts = np.empty((count, 2 * groups), dtype=np.int64)
+    # key = 2 * distance + relevant, built one row at a time so it stays in cache
+    key = np.empty(distances.shape[1], dtype=np.uint8 if groups <= 128 else np.uint16)
+    flags = relevant.view(np.uint8)
+    for row in range(count):
+        np.left_shift(distances[row], 1, out=key, dtype=key.dtype)
+        np.bitwise_or(key, flags[row], out=key)
+        counts[row] = np.bincount(key, minlength=2 * groups)
+    counts = counts.reshape(count, groups, 2)
     return counts.sum(2), counts[:, :, 1]
 
 
-def _top_ranked(
-    distances: np.ndarray,
-    cumulative: np.ndarray,
-    depth: int,
-    relevance_of: Any,
-) -> np.ndarray:
-    """Relevance (c, depth) bool of the first ``depth`` ranked items of each query.
+def _guess_thresholds(distances: np.ndarray, depth: int, groups: int) -> np.ndarray:
+    """A distance per query that very likely has >= depth items at or below it.
 
-    Only items at distance <= the distance of the depth-th item are looked at; a stable radix
-    sort on (query, distance) keeps database-index order inside each distance.
+    From the histogram of a systematic 1/8 sample, with a margin of about four standard
+    deviations; a query where the guess falls short is redone exactly by the caller.
+    """
+    size = distances.shape[1]
+    stride = 8 if size >= 64 * 8 else 1
+    sample = np.ascontiguousarray(distances[:, ::stride])
+    cumulative = np.cumsum(_row_histograms(sample, groups), axis=1)
+    expected = sample.shape[1] * depth / size
+    needed = expected + 4.0 * math.sqrt(expected) + 1.0
+    guess = np.argmax(cumulative >= needed, axis=1)
+    guess[cumulative[:, -1] < needed] = groups - 1
+    return guess
+
+
+def _ranked_head(distances: np.ndarray, thresholds: np.ndarray, depth: int) -> np.ndarray | None:
+    """Flat indices (c, depth) into ``distances`` of the first ``depth`` ranked items per query.
+
+    Looks only at the items within each query's threshold distance; a stable radix sort on
+    (query, distance) keeps database-index order inside equal distances. Returns None for a
+    query with fewer than ``depth`` items within its threshold.
     """
     count, size = distances.shape
-    groups = cumulative.shape[1]
-    threshold = np.argmax(cumulative >= depth, axis=1)
-    mask = distances <= threshold.astype(distances.dtype)[:, None]
-    flat = np.flatnonzero(mask)
-    rows, cols = np.divmod(flat, size)
-    keys = rows * groups + distances.ravel()[flat]
-    key_dtype = (
-        np.uint16 if count * groups <= 2**16 else np.uint32 if count * groups <= 2**32 else np.int64
-    )
-    order = np.argsort(keys.astype(key_dtype), kind="stable")
-    candidates = cumulative[np.arange(count), threshold]
-    starts = np.concatenate(([0], np.cumsum(candidates)[:-1]))
-    # positions 0..depth-1 of each query inside the sorted candidate list
-    take = order[(starts[:, None] + np.arange(depth)[None, :]).ravel()]
-    relevant = relevance_of(rows[take], cols[take])
-    return relevant.reshape(count, depth)
+    groups = int(thresholds.max()) + 1
+    flat = np.flatnonzero(distances <= thresholds.astype(distances.dtype)[:, None])
+    bounds = np.searchsorted(flat, np.arange(count + 1, dtype=np.intp) * size)
+    per_row = np.diff(bounds)
+    if (per_row < depth).any():
+        return None
+    head = np.empty((count, depth), dtype=np.intp)
+    # rows in blocks small enough for 16-bit keys, which numpy sorts by radix
+    block = max(1, 2**16 // groups)
+    for first in range(0, count, block):
+        last = min(first + block, count)
+        part = flat[bounds[first] : bounds[last]]
+        rows = np.repeat(np.arange(last - first, dtype=np.uint16), per_row[first:last])
+        keys = distances.ravel()[part].astype(np.uint16)
+        keys += rows * np.uint16(groups)  # < 2**16 by the choice of block
+        order = np.argsort(keys, kind="stable")
+        starts = bounds[first:last] - bounds[first]
+        head[first:last] = part[order[(starts[:, None] + np.arange(depth)[None, :])]]
+    return head
 
 
 def _prefix_metrics(
-    top_relevant: np.ndarray, map_cuts: Sequence[int], ks: Sequence[int]
+    top_relevant: np.ndarray, map_cut: int | None, ks: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """AP at each cut in ``map_cuts`` (c, len) and R_k at each k (c, len)."""
+    """AP at ``map_cut`` (c,) and R_k at each k (c, len(ks)) from the ranked head (c, depth)."""
+    count = top_relevant.shape[0]
     hits = np.cumsum(top_relevant, axis=1, dtype=np.int32)
-    positions = np.arange(1, top_relevant.shape[1] + 1, dtype=np.float64)
-    precision_sum = np.cumsum(np.where(top_relevant, hits / positions, 0.0), axis=1)
-    aps = np.zeros((top_relevant.shape[0], len(map_cuts)))
-    for j, cut in enumerate(map_cuts):
-        hit = hits[:, cut - 1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            aps[:, j] = np.where(hit > 0, precision_sum[:, cut - 1] / hit, 0.0)
-    r_at_k = (
-        np.stack([hits[:, k - 1] for k in ks], axis=1)
-        if ks
-        else np.zeros((top_relevant.shape[0], 0))
-    )
-    return aps, r_at_k
+    r_at_k = np.stack([hits[:, k - 1] for k in ks], axis=1) if ks else np.zeros((count, 0))
+    if map_cut is None:
+        return np.zeros(count), r_at_k
+    cut_hits = hits[:, :map_cut]
+    positions = np.arange(1, map_cut + 1, dtype=np.float64)
+    precision_sum = np.where(top_relevant[:, :map_cut], cut_hits / positions, 0.0).sum(1)
+    found = cut_hits[:, -1]
+    ap = np.divide(precision_sum, found, out=np.zeros(count), where=found > 0)
+    return ap, r_at_k
+
+
+def _ap_whole_ranking(distances: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """AP over the whole ranking per query (c,): one stable radix argsort per query row."""
+    out = np.zeros(distances.shape[0])
+    for row in range(distances.shape[0]):
+        order = np.argsort(distances[row], kind="stable")
+        positions = np.flatnonzero(relevant[row][order])
+        if positions.size:
+            hits = np.arange(1, positions.size + 1, dtype=np.float64)
+            out[row] = (hits / (positions + 1)).sum() / positions.size
+    return out
 
 
 class _Tables:
@@ -519,10 +549,13 @@ def _tie_aware(
 # evaluation
 
 
+# evaluation
+
+
 @dataclass
 class _ChunkResult:
-    ap: np.ndarray  # (c,) AP@map_k, index ties
-    ap_all: np.ndarray  # (c,) AP@all, index ties
+    ap: np.ndarray  # (c,) AP@map_k, ties by index
+    ap_all: np.ndarray  # (c,) AP over the whole ranking, ties by index
     tie: np.ndarray
     optimistic: np.ndarray
     pessimistic: np.ndarray
@@ -554,6 +587,22 @@ def _run_chunks(function: Any, slices: Iterable[slice]) -> list[Any]:
         return list(pool.map(function, slices))
 
 
+def _head_relevance(
+    distances: np.ndarray,
+    thresholds: np.ndarray,
+    depth: int,
+    relevant_at: Any,
+) -> np.ndarray:
+    """Relevance (c, depth) of the first ``depth`` ranked items of each query."""
+    head = _ranked_head(distances, thresholds, depth)
+    if head is None:
+        # a guessed threshold fell short for some query: use exact thresholds
+        groups = int(distances.max()) + 1
+        cumulative = np.cumsum(_row_histograms(distances, groups), axis=1)
+        head = _ranked_head(distances, np.argmax(cumulative >= depth, axis=1), depth)
+    return relevant_at(head)
+
+
 def evaluate(
     query_codes: Any,
     database_codes: Any,
@@ -572,9 +621,10 @@ def evaluate(
     (n, ceil(bits/8)) as produced by :func:`hashbench.codes.pack` together with ``bits``.
     Labels: class ids (n,) or multi-hot (n, classes); query and database must use the same
     classes. ``topk`` is the mAP cut-off (None: the whole database); ``ks`` the cut-offs of
-    P@k / R@k; any cut-off larger than the database is clipped to the database size.
-    ``radius`` is the headline Hamming radius; ``chunk_size`` the number of queries handled
-    at once (memory grows with it; results do not depend on it).
+    P@k / R@k; any cut-off larger than the database is clipped to the database size (so
+    P@k divides by the database size there). ``radius`` is the headline Hamming radius;
+    ``chunk_size`` the number of queries handled at once (memory grows with it; results do
+    not depend on it).
     """
     inputs = _prepare(query_codes, database_codes, query_labels, database_labels, bits)
     size = inputs.num_database
@@ -589,6 +639,8 @@ def evaluate(
     groups = inputs.bits + 1
     tables = _Tables(size)
     dtype = _distance_dtype(inputs.bits)
+    # the whole-ranking pass already gives mAP when the cut-off is the database size
+    head_depth = max((*ks_clipped, 0 if map_k == size else map_k))
 
     def run(rows: slice) -> _ChunkResult:
         query_words = inputs.query_words[rows]
@@ -596,25 +648,22 @@ def evaluate(
         distances = _hamming(
             query_words, inputs.database_words, np.empty((count, size), dtype=dtype)
         )
-        relevant = inputs.relevance.pairwise(rows, np.empty((count, size), dtype=bool))
-        counts, relevant_counts = _histograms(distances, relevant, groups)
+        relevant = inputs.relevance.dense(inputs.relevance.bit_rows(rows))
+        counts, relevant_counts = _distance_histograms(distances, relevant, groups)
         cumulative = np.cumsum(counts, axis=1)
-        flat_relevant = relevant.ravel()
-
-        def relevance_of(query_index: np.ndarray, database_index: np.ndarray) -> np.ndarray:
-            return flat_relevant[query_index * size + database_index]
-
-        depth = max((map_k, *ks_clipped))
-        top = _top_ranked(distances, cumulative, depth, relevance_of)
-        aps, r_at_k = _prefix_metrics(top, (map_k,), ks_clipped)
-        del top
-        if map_k == size:
-            ap_all = aps[:, 0]
+        ap_all = _ap_whole_ranking(distances, relevant)
+        if head_depth:
+            thresholds = np.argmax(cumulative >= head_depth, axis=1)
+            head = _ranked_head(distances, thresholds, head_depth)
+            top = relevant.ravel()[head]
+            ap, r_at_k = _prefix_metrics(top, None if map_k == size else map_k, ks_clipped)
         else:
-            ap_all = _ap_all(distances, cumulative, relevance_of, size)
+            ap, r_at_k = ap_all, np.zeros((count, 0))
+        if map_k == size:
+            ap = ap_all
         tie, optimistic, pessimistic = _tie_aware(counts, relevant_counts, map_k, tables)
         return _ChunkResult(
-            ap=aps[:, 0],
+            ap=ap,
             ap_all=ap_all,
             tie=tie,
             optimistic=optimistic,
@@ -630,14 +679,17 @@ def evaluate(
     def joined(name: str) -> np.ndarray:
         return np.concatenate([getattr(part, name) for part in parts])
 
-    positives = joined("positives").astype(np.float64)
+    positives = joined("positives").astype(np.float64)[:, None]
     within = joined("within").astype(np.float64)
     relevant_within = joined("relevant_within").astype(np.float64)
     r_at_k = joined("r_at_k").astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        recall_radius = np.where(positives[:, None] > 0, relevant_within / positives[:, None], 0.0)
-        precision_radius = np.where(within > 0, relevant_within / within, 0.0)
-        recall_k = np.where(positives[:, None] > 0, r_at_k / positives[:, None], 0.0)
+    recall_radius = np.divide(
+        relevant_within, positives, out=np.zeros_like(relevant_within), where=positives > 0
+    )
+    precision_radius = np.divide(
+        relevant_within, within, out=np.zeros_like(within), where=within > 0
+    )
+    recall_k = np.divide(r_at_k, positives, out=np.zeros_like(r_at_k), where=positives > 0)
     precision_k = r_at_k / np.array(ks_clipped, dtype=np.float64)[None, :] if ks else r_at_k
     headline = min(int(radius), inputs.bits)
     ap = joined("ap")
@@ -664,25 +716,6 @@ def evaluate(
     )
 
 
-def _ap_all(
-    distances: np.ndarray, cumulative: np.ndarray, relevance_of: Any, size: int
-) -> np.ndarray:
-    """AP over the whole ranking, in sub-chunks so the (rows, N) rank matrix stays small."""
-    rows = max(1, _CHUNK_BYTES // (16 * size))
-    out = []
-    for start in range(0, distances.shape[0], rows):
-        part = slice(start, min(start + rows, distances.shape[0]))
-
-        def shifted(
-            query_index: np.ndarray, database_index: np.ndarray, offset: int = start
-        ) -> np.ndarray:
-            return relevance_of(query_index + offset, database_index)
-
-        top = _top_ranked(distances[part], cumulative[part], size, shifted)
-        out.append(_prefix_metrics(top, (size,), ())[0][:, 0])
-    return np.concatenate(out)
-
-
 def mean_average_precision(
     query_codes: Any,
     database_codes: Any,
@@ -696,7 +729,8 @@ def mean_average_precision(
     """mAP@topk only (ties by database index), the cheap metric for per-epoch monitoring.
 
     Same inputs and conventions as :func:`evaluate`; equal to ``evaluate(...).map``.
-    Relevance is computed only for the items that can enter the top ``topk``.
+    Relevance is looked up only for the items that enter the top ``topk``, and the distance
+    of the topk-th item is found from a sample of the distances instead of a full histogram.
     """
     inputs = _prepare(query_codes, database_codes, query_labels, database_labels, bits)
     size = inputs.num_database
@@ -713,13 +747,16 @@ def mean_average_precision(
         distances = _hamming(
             query_words, inputs.database_words, np.empty((count, size), dtype=dtype)
         )
-        counts, _ = _histograms(distances, None, groups)
-        cumulative = np.cumsum(counts, axis=1)
+        bit_rows = inputs.relevance.bit_rows(rows)
+        if map_k == size:
+            return _ap_whole_ranking(distances, inputs.relevance.dense(bit_rows))
 
-        def relevance_of(query_index: np.ndarray, database_index: np.ndarray) -> np.ndarray:
-            return inputs.relevance.pairs(query_index + rows.start, database_index)
+        def relevant_at(head: np.ndarray) -> np.ndarray:
+            columns = head - (np.arange(count, dtype=np.intp) * size)[:, None]
+            return _lookup_bits(bit_rows, columns)
 
-        top = _top_ranked(distances, cumulative, map_k, relevance_of)
-        return _prefix_metrics(top, (map_k,), ())[0][:, 0]
+        thresholds = _guess_thresholds(distances, map_k, groups)
+        top = _head_relevance(distances, thresholds, map_k, relevant_at)
+        return _prefix_metrics(top, map_k, ())[0]
 
     return float(np.concatenate(_run_chunks(run, _chunks(inputs.num_queries, chunk))).mean())
