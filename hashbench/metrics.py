@@ -228,17 +228,6 @@ class _Relevance:
                 out[members] |= self.bitmaps[classes[members, slot]]
         return out.view(np.uint8)[:, : self.row_bytes]
 
-    def dense(self, bit_rows: np.ndarray) -> np.ndarray:
-        """Packed relevance rows -> bool (c, N)."""
-        return np.unpackbits(bit_rows, axis=1, count=self.size).view(bool)
-
-
-def _lookup_bits(bit_rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-    """Bits ``columns`` (c, m) of each packed row (big-endian inside each byte, as packbits)."""
-    byte = np.take_along_axis(bit_rows, columns >> 3, axis=1)
-    shift = (7 - (columns & 7)).astype(np.uint8)
-    return ((byte >> shift) & 1).view(bool)
-
 
 @dataclass
 class _Inputs:
@@ -353,23 +342,6 @@ def _row_histograms(values: np.ndarray, bins: int) -> np.ndarray:
     return out
 
 
-def _distance_histograms(
-    distances: np.ndarray, relevant: np.ndarray, groups: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Items and relevant items at each distance per query: two (c, groups) int64 arrays."""
-    count = distances.shape[0]
-    counts = np.empty((count, 2 * groups), dtype=np.int64)
-    # key = 2 * distance + relevant, built one row at a time so it stays in cache
-    key = np.empty(distances.shape[1], dtype=np.uint8 if groups <= 128 else np.uint16)
-    flags = relevant.view(np.uint8)
-    for row in range(count):
-        np.left_shift(distances[row], 1, out=key, dtype=key.dtype)
-        np.bitwise_or(key, flags[row], out=key)
-        counts[row] = np.bincount(key, minlength=2 * groups)
-    counts = counts.reshape(count, groups, 2)
-    return counts.sum(2), counts[:, :, 1]
-
-
 def _guess_thresholds(distances: np.ndarray, depth: int, groups: int) -> np.ndarray:
     """A distance per query that very likely has >= depth items at or below it.
 
@@ -387,62 +359,112 @@ def _guess_thresholds(distances: np.ndarray, depth: int, groups: int) -> np.ndar
     return guess
 
 
-def _ranked_head(distances: np.ndarray, thresholds: np.ndarray, depth: int) -> np.ndarray | None:
-    """Flat indices (c, depth) into ``distances`` of the first ``depth`` ranked items per query.
+def _sort_keys(
+    distances: np.ndarray, index: np.ndarray, relevant: np.ndarray, key_type: type, shift: int
+) -> np.ndarray:
+    """Keys (distance, database index, relevant) packed so that sorting them ranks the items
+    with ties broken by index, the relevance bit riding along in the lowest bit."""
+    keys = np.left_shift(distances, shift, dtype=key_type)
+    keys |= np.left_shift(index.astype(key_type), key_type(1))
+    keys |= relevant
+    return keys
 
-    Looks only at the items within each query's threshold distance; a stable radix sort on
-    (query, distance) keeps database-index order inside equal distances. Returns None for a
-    query with fewer than ``depth`` items within its threshold.
+
+def _key_layout(size: int, groups: int) -> tuple[type, int]:
+    shift = max(1, (size - 1).bit_length()) + 1
+    key_type = np.uint32 if shift + max(1, (groups - 1).bit_length()) <= 32 else np.uint64
+    return key_type, shift
+
+
+def _head_average_precision(
+    distances: np.ndarray, bit_rows: np.ndarray, thresholds: np.ndarray, depth: int
+) -> np.ndarray:
+    """AP@depth per query (c,) from the items within each query's threshold distance only.
+
+    A threshold with fewer than ``depth`` items within it (a sampled guess that fell short)
+    is replaced by the exact one for that query.
     """
     count, size = distances.shape
-    groups = int(thresholds.max()) + 1
-    flat = np.flatnonzero(distances <= thresholds.astype(distances.dtype)[:, None])
-    bounds = np.searchsorted(flat, np.arange(count + 1, dtype=np.intp) * size)
-    per_row = np.diff(bounds)
-    if (per_row < depth).any():
-        return None
-    head = np.empty((count, depth), dtype=np.intp)
-    # rows in blocks small enough for 16-bit keys, which numpy sorts by radix
-    block = max(1, 2**16 // groups)
-    for first in range(0, count, block):
-        last = min(first + block, count)
-        part = flat[bounds[first] : bounds[last]]
-        rows = np.repeat(np.arange(last - first, dtype=np.uint16), per_row[first:last])
-        keys = distances.ravel()[part].astype(np.uint16)
-        keys += rows * np.uint16(groups)  # < 2**16 by the choice of block
-        order = np.argsort(keys, kind="stable")
-        starts = bounds[first:last] - bounds[first]
-        head[first:last] = part[order[(starts[:, None] + np.arange(depth)[None, :])]]
-    return head
-
-
-def _prefix_metrics(
-    top_relevant: np.ndarray, map_cut: int | None, ks: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """AP at ``map_cut`` (c,) and R_k at each k (c, len(ks)) from the ranked head (c, depth)."""
-    count = top_relevant.shape[0]
-    hits = np.cumsum(top_relevant, axis=1, dtype=np.int32)
-    r_at_k = np.stack([hits[:, k - 1] for k in ks], axis=1) if ks else np.zeros((count, 0))
-    if map_cut is None:
-        return np.zeros(count), r_at_k
-    cut_hits = hits[:, :map_cut]
-    positions = np.arange(1, map_cut + 1, dtype=np.float64)
-    precision_sum = np.where(top_relevant[:, :map_cut], cut_hits / positions, 0.0).sum(1)
-    found = cut_hits[:, -1]
-    ap = np.divide(precision_sum, found, out=np.zeros(count), where=found > 0)
-    return ap, r_at_k
-
-
-def _ap_whole_ranking(distances: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """AP over the whole ranking per query (c,): one stable radix argsort per query row."""
-    out = np.zeros(distances.shape[0])
-    for row in range(distances.shape[0]):
-        order = np.argsort(distances[row], kind="stable")
-        positions = np.flatnonzero(relevant[row][order])
+    key_type, shift = _key_layout(size, int(distances.max(initial=0)) + 1)
+    ranks = np.arange(1, depth + 1, dtype=np.float64)
+    out = np.zeros(count)
+    for row in range(count):
+        row_distances = distances[row]
+        index = np.flatnonzero(row_distances <= thresholds[row])
+        if index.size < depth:
+            cumulative = np.cumsum(np.bincount(row_distances))
+            exact = int(np.argmax(cumulative >= depth))
+            index = np.flatnonzero(row_distances <= exact)
+        # relevance bits of the candidates only (np.packbits order: big-endian in a byte)
+        relevant = bit_rows[row][index >> 3] >> (7 - (index & 7)).astype(np.uint8)
+        relevant &= 1
+        keys = _sort_keys(row_distances[index], index, relevant, key_type, shift)
+        keys.sort()
+        positions = np.flatnonzero(keys[:depth] & 1)
         if positions.size:
-            hits = np.arange(1, positions.size + 1, dtype=np.float64)
-            out[row] = (hits / (positions + 1)).sum() / positions.size
+            out[row] = (ranks[: positions.size] / (positions + 1.0)).sum() / positions.size
     return out
+
+
+@dataclass
+class _Ranking:
+    """What one query chunk's whole rankings give (ties by database index)."""
+
+    counts: np.ndarray  # (c, groups) items at each distance
+    relevant_counts: np.ndarray  # (c, groups) relevant items at each distance
+    ap: np.ndarray  # (c,) AP@map_k
+    ap_all: np.ndarray  # (c,) AP over the whole ranking
+    r_at_k: np.ndarray  # (c, len(ks)) relevant items in the top k
+
+
+def _whole_ranking(
+    distances: np.ndarray,
+    bit_rows: np.ndarray,
+    groups: int,
+    map_k: int,
+    ks: Sequence[int],
+) -> _Ranking:
+    """Rank the whole database for each query of a chunk, one sort per query.
+
+    The sort key of item i is (distance, i, relevant) packed into one unsigned integer, so a
+    plain (SIMD) sort of distinct keys yields the stable ranking with the relevance bit
+    riding along. From the sorted keys, the group boundaries (searchsorted on distance) give
+    the per-distance counts and the positions of the relevant items give AP@k, AP@all and
+    R_k, all without a per-item Python loop.
+    """
+    count, size = distances.shape
+    key_type, shift = _key_layout(size, groups)
+    base = np.arange(size, dtype=key_type) << key_type(1)
+    group_keys = np.arange(groups + 1, dtype=key_type) << key_type(shift)
+    ranks = np.arange(1, size + 1, dtype=np.float64)
+    ks_array = np.asarray(ks, dtype=np.intp)
+    keys = np.empty(size, dtype=key_type)
+    flags = np.empty(size, dtype=bool)
+    counts = np.empty((count, groups), dtype=np.int64)
+    relevant_counts = np.empty((count, groups), dtype=np.int64)
+    ap = np.zeros(count)
+    ap_all = np.zeros(count)
+    r_at_k = np.empty((count, ks_array.size), dtype=np.int64)
+    for row in range(count):
+        np.left_shift(distances[row], shift, out=keys, dtype=key_type)
+        np.bitwise_or(keys, base, out=keys)
+        np.bitwise_or(keys, np.unpackbits(bit_rows[row], count=size), out=keys)
+        keys.sort()
+        starts = np.searchsorted(keys, group_keys)
+        counts[row] = np.diff(starts)
+        np.bitwise_and(keys, 1, out=flags, casting="unsafe")
+        positions = np.flatnonzero(flags)  # 0-based ranks of the relevant items
+        relevant_counts[row] = np.diff(np.searchsorted(positions, starts))
+        r_at_k[row] = np.searchsorted(positions, ks_array)
+        if positions.size:
+            # precision at the t-th relevant item: t / (its rank)
+            precision = positions + 1.0
+            np.divide(ranks[: positions.size], precision, out=precision)
+            ap_all[row] = precision.sum() / positions.size
+            found = int(np.searchsorted(positions, map_k))
+            if found:
+                ap[row] = precision[:found].sum() / found
+    return _Ranking(counts, relevant_counts, ap, ap_all, r_at_k)
 
 
 class _Tables:
@@ -587,22 +609,6 @@ def _run_chunks(function: Any, slices: Iterable[slice]) -> list[Any]:
         return list(pool.map(function, slices))
 
 
-def _head_relevance(
-    distances: np.ndarray,
-    thresholds: np.ndarray,
-    depth: int,
-    relevant_at: Any,
-) -> np.ndarray:
-    """Relevance (c, depth) of the first ``depth`` ranked items of each query."""
-    head = _ranked_head(distances, thresholds, depth)
-    if head is None:
-        # a guessed threshold fell short for some query: use exact thresholds
-        groups = int(distances.max()) + 1
-        cumulative = np.cumsum(_row_histograms(distances, groups), axis=1)
-        head = _ranked_head(distances, np.argmax(cumulative >= depth, axis=1), depth)
-    return relevant_at(head)
-
-
 def evaluate(
     query_codes: Any,
     database_codes: Any,
@@ -639,8 +645,6 @@ def evaluate(
     groups = inputs.bits + 1
     tables = _Tables(size)
     dtype = _distance_dtype(inputs.bits)
-    # the whole-ranking pass already gives mAP when the cut-off is the database size
-    head_depth = max((*ks_clipped, 0 if map_k == size else map_k))
 
     def run(rows: slice) -> _ChunkResult:
         query_words = inputs.query_words[rows]
@@ -648,30 +652,22 @@ def evaluate(
         distances = _hamming(
             query_words, inputs.database_words, np.empty((count, size), dtype=dtype)
         )
-        relevant = inputs.relevance.dense(inputs.relevance.bit_rows(rows))
-        counts, relevant_counts = _distance_histograms(distances, relevant, groups)
-        cumulative = np.cumsum(counts, axis=1)
-        ap_all = _ap_whole_ranking(distances, relevant)
-        if head_depth:
-            thresholds = np.argmax(cumulative >= head_depth, axis=1)
-            head = _ranked_head(distances, thresholds, head_depth)
-            top = relevant.ravel()[head]
-            ap, r_at_k = _prefix_metrics(top, None if map_k == size else map_k, ks_clipped)
-        else:
-            ap, r_at_k = ap_all, np.zeros((count, 0))
-        if map_k == size:
-            ap = ap_all
-        tie, optimistic, pessimistic = _tie_aware(counts, relevant_counts, map_k, tables)
+        ranking = _whole_ranking(
+            distances, inputs.relevance.bit_rows(rows), groups, map_k, ks_clipped
+        )
+        tie, optimistic, pessimistic = _tie_aware(
+            ranking.counts, ranking.relevant_counts, map_k, tables
+        )
         return _ChunkResult(
-            ap=ap,
-            ap_all=ap_all,
+            ap=ranking.ap,
+            ap_all=ranking.ap_all,
             tie=tie,
             optimistic=optimistic,
             pessimistic=pessimistic,
-            r_at_k=r_at_k,
-            positives=relevant_counts.sum(1),
-            within=cumulative,
-            relevant_within=np.cumsum(relevant_counts, axis=1),
+            r_at_k=ranking.r_at_k,
+            positives=ranking.relevant_counts.sum(1),
+            within=np.cumsum(ranking.counts, axis=1),
+            relevant_within=np.cumsum(ranking.relevant_counts, axis=1),
         )
 
     parts = _run_chunks(run, _chunks(inputs.num_queries, chunk))
@@ -749,14 +745,8 @@ def mean_average_precision(
         )
         bit_rows = inputs.relevance.bit_rows(rows)
         if map_k == size:
-            return _ap_whole_ranking(distances, inputs.relevance.dense(bit_rows))
-
-        def relevant_at(head: np.ndarray) -> np.ndarray:
-            columns = head - (np.arange(count, dtype=np.intp) * size)[:, None]
-            return _lookup_bits(bit_rows, columns)
-
+            return _whole_ranking(distances, bit_rows, groups, map_k, ()).ap
         thresholds = _guess_thresholds(distances, map_k, groups)
-        top = _head_relevance(distances, thresholds, map_k, relevant_at)
-        return _prefix_metrics(top, map_k, ())[0]
+        return _head_average_precision(distances, bit_rows, thresholds, map_k)
 
     return float(np.concatenate(_run_chunks(run, _chunks(inputs.num_queries, chunk))).mean())

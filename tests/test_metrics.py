@@ -255,6 +255,21 @@ def test_mean_average_precision_equals_evaluate_map():
             )
 
 
+def test_map_only_does_not_depend_on_the_cutoff_guess(monkeypatch):
+    import hashbench.metrics as metrics
+
+    rng = np.random.default_rng(13)
+    problem = random_problem(rng, 20, 400, 10, multi_label=True)
+    expected = evaluate(*problem, topk=40).map
+    for guess in (0, 3, 10):  # too small (exact fallback), about right, everything
+
+        def fixed(distances, depth, groups, value=guess):
+            return np.full(distances.shape[0], value, dtype=np.intp)
+
+        monkeypatch.setattr(metrics, "_guess_thresholds", fixed)
+        assert mean_average_precision(*problem, topk=40) == pytest.approx(expected, abs=1e-15)
+
+
 def test_k_above_database_size_is_clipped():
     rng = np.random.default_rng(9)
     problem = random_problem(rng, 10, 30, 8)
