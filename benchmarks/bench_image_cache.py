@@ -29,21 +29,28 @@ from PIL import Image
 from hashbench.images import ImageStore
 
 
+def _write_one(folder: Path, path: str, index: int, size: int, seed: int) -> None:
+    target = folder / path
+    if target.exists():
+        return
+    rng = np.random.default_rng([seed, index])
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = rng.uniform(0, 255, size=(3, 3))
+    field = base[0] + base[1] * np.sin(6 * xs[..., None] + base[2]) * 0.3 + 60 * np.cos(9 * ys[..., None] * base[2, 0] / 255)
+    pixels = np.clip(field + rng.normal(0, 18, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(target, quality=90)
+
+
 def write_photo_like_jpegs(folder: Path, count: int, size: int = 256, seed: int = 0) -> list[str]:
     """Smooth colour fields plus grain: JPEGs of about the size and decoding cost of photos."""
-    rng = np.random.default_rng(seed)
-    paths = []
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    for index in range(count):
-        path = f"images/{index // 1000:02d}/{index:06d}.jpg"
-        target = folder / path
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            base = rng.uniform(0, 255, size=(3, 3))
-            field = base[0] + base[1] * np.sin(6 * xs[..., None] + base[2]) * 0.3 + 60 * np.cos(9 * ys[..., None] * base[2, 0] / 255)
-            pixels = np.clip(field + rng.normal(0, 18, size=(size, size, 3)), 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(target, quality=90)
-        paths.append(path)
+    from concurrent.futures import ProcessPoolExecutor
+
+    from hashbench.images import available_cpus
+
+    paths = [f"images/{index // 1000:02d}/{index:06d}.jpg" for index in range(count)]
+    with ProcessPoolExecutor(max_workers=available_cpus()) as pool:
+        list(pool.map(_write_one, [folder] * count, paths, range(count), [size] * count, [seed] * count, chunksize=64))
     return paths
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hashbench.cache import CacheEntry, key_digest
+from hashbench.cache import CacheEntry
 from hashbench.errors import UserError
 
 IMAGE_SIZE = 224
@@ -76,25 +76,39 @@ def loader_options(device: str, workers: int | None = None) -> dict[str, Any]:
     return options
 
 
-class _DecodeFiles:
-    """torch Dataset over image files: item i → (image tensor, ok). Failures are reported, not raised,
-    so the main process can name every bad file in one clear message."""
+class _DecodeInto:
+    """torch Dataset whose item b decodes the b-th batch of files straight into the cache file.
 
-    def __init__(self, folder: Path, paths: Sequence[str], size: int) -> None:
+    Each worker maps the (temporary) cache file itself and writes its rows there, so pixels
+    never travel between processes; an item returns only the rows that failed to decode, so
+    the main process can name every bad file in one clear message.
+    """
+
+    def __init__(self, folder: Path, paths: Sequence[str], size: int, target: np.memmap, batch_size: int) -> None:
         self.folder = folder
         self.paths = paths
         self.size = size
+        self.filename, self.offset, self.shape = target.filename, target.offset, target.shape
+        self.batch_size = batch_size
+        self._out: np.memmap | None = None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return -(-len(self.paths) // self.batch_size)
 
-    def __getitem__(self, index: int):
-        import torch
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_out": None}
 
-        image, _ = try_decode(self.folder / self.paths[index], self.size)
-        if image is None:
-            return torch.zeros((self.size, self.size, 3), dtype=torch.uint8), False
-        return torch.from_numpy(image), True
+    def __getitem__(self, batch: int) -> list[int]:
+        if self._out is None:
+            self._out = np.memmap(self.filename, dtype=np.uint8, mode="r+", offset=self.offset, shape=self.shape)
+        failed = []
+        for row in range(batch * self.batch_size, min((batch + 1) * self.batch_size, len(self.paths))):
+            image, _ = try_decode(self.folder / self.paths[row], self.size)
+            if image is None:
+                failed.append(row)
+            else:
+                self._out[row] = image
+        return failed
 
 
 class ImageStore:
@@ -222,29 +236,22 @@ class ImageStore:
     def _fill(self, array: np.ndarray) -> None:
         import torch
 
-        dataset = _DecodeFiles(self.folder, self.paths, self.size)
+        dataset = _DecodeInto(self.folder, self.paths, self.size, array, batch_size=64)
         workers = self.workers if self.workers is not None else available_cpus()
         if multiprocessing.current_process().daemon:
             workers = 0  # inside a DataLoader worker: no processes of our own
-        # The cache is written to disk by this process, not sent to a GPU: no pinned memory.
-        loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=False, **loader_options("cpu", workers))
+        # The workers write to the file themselves: nothing goes to a GPU, no pinned memory.
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, shuffle=False, collate_fn=list, **loader_options("cpu", workers)
+        )
         # Minutes for a full dataset: say so (rich progress bars show it above themselves).
-        print(f"decoding {len(dataset)} images of {self.folder} into the cache {self.cache_dir} (once)", file=sys.stderr)
+        print(f"decoding {len(self.paths)} images of {self.folder} into the cache {self.cache_dir} (once)", file=sys.stderr)
         start = time.perf_counter()
-        failed: list[str] = []
-        position = 0
-        for images, ok in loader:
-            count = images.shape[0]
-            array[position : position + count] = images.numpy()
-            failed.extend(self.paths[position + offset] for offset in np.flatnonzero(~ok.numpy()))
-            position += count
+        failed = [self.paths[row] for rows in loader for row in rows]
         if failed:
             shown = ", ".join(failed[:5]) + (", ..." if len(failed) > 5 else "")
             raise UserError(
                 f"{len(failed)} image(s) under {self.folder} cannot be decoded ({shown}); "
                 "run `hashbench data check` on this dataset to list them, then fix them or run with --drop-bad-rows"
             )
-        print(f"image cache built: {len(dataset)} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-
-    def cache_digest(self) -> str:
-        return key_digest(self.cache_key())
+        print(f"image cache built: {len(self.paths)} images in {time.perf_counter() - start:.0f} s", file=sys.stderr)
