@@ -630,17 +630,26 @@ def evaluate(
     P@k / R@k; any cut-off larger than the database is clipped to the database size (so
     P@k divides by the database size there). ``radius`` is the headline Hamming radius;
     ``chunk_size`` the number of queries handled at once (memory grows with it; results do
-    not depend on it).
+    not depend on it). When both code matrices are torch tensors on a CUDA device, the
+    same metrics are computed there.
     """
-    inputs = _prepare(query_codes, database_codes, query_labels, database_labels, bits)
-    size = inputs.num_database
-    map_k = size if topk is None else min(_check_positive(topk, "topk"), size)
     ks = tuple(_check_positive(k, "each k of ks") for k in ks)
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
         raise UserError(f"radius must be a non-negative integer; got {radius!r}")
-    chunk = (
-        _default_chunk(size) if chunk_size is None else _check_positive(chunk_size, "chunk_size")
-    )
+    if topk is not None:
+        _check_positive(topk, "topk")
+    if chunk_size is not None:
+        _check_positive(chunk_size, "chunk_size")
+    if _on_cuda(query_codes, database_codes):
+        parts, bits_used, size = _evaluate_parts_torch(
+            query_codes, database_codes, query_labels, database_labels, bits, topk, ks, chunk_size
+        )
+        return _summarise(parts, bits_used, size, topk, ks, int(radius))
+
+    inputs = _prepare(query_codes, database_codes, query_labels, database_labels, bits)
+    size = inputs.num_database
+    map_k = size if topk is None else min(int(topk), size)
+    chunk = _default_chunk(size) if chunk_size is None else int(chunk_size)
     ks_clipped = tuple(min(k, size) for k in ks)
     groups = inputs.bits + 1
     tables = _Tables(size)
@@ -655,26 +664,44 @@ def evaluate(
         ranking = _whole_ranking(
             distances, inputs.relevance.bit_rows(rows), groups, map_k, ks_clipped
         )
-        tie, optimistic, pessimistic = _tie_aware(
-            ranking.counts, ranking.relevant_counts, map_k, tables
-        )
-        return _ChunkResult(
-            ap=ranking.ap,
-            ap_all=ranking.ap_all,
-            tie=tie,
-            optimistic=optimistic,
-            pessimistic=pessimistic,
-            r_at_k=ranking.r_at_k,
-            positives=ranking.relevant_counts.sum(1),
-            within=np.cumsum(ranking.counts, axis=1),
-            relevant_within=np.cumsum(ranking.relevant_counts, axis=1),
-        )
+        return _chunk_result(ranking, map_k, tables)
 
     parts = _run_chunks(run, _chunks(inputs.num_queries, chunk))
+    return _summarise(parts, inputs.bits, size, topk, ks, int(radius))
+
+
+def _chunk_result(ranking: _Ranking, map_k: int, tables: _Tables) -> _ChunkResult:
+    tie, optimistic, pessimistic = _tie_aware(
+        ranking.counts, ranking.relevant_counts, map_k, tables
+    )
+    return _ChunkResult(
+        ap=ranking.ap,
+        ap_all=ranking.ap_all,
+        tie=tie,
+        optimistic=optimistic,
+        pessimistic=pessimistic,
+        r_at_k=ranking.r_at_k,
+        positives=ranking.relevant_counts.sum(1),
+        within=np.cumsum(ranking.counts, axis=1),
+        relevant_within=np.cumsum(ranking.relevant_counts, axis=1),
+    )
+
+
+def _summarise(
+    parts: Sequence[_ChunkResult],
+    bits: int,
+    size: int,
+    topk: int | None,
+    ks: Sequence[int],
+    radius: int,
+) -> RetrievalResult:
+    """Means over all queries of the per-query values of every chunk."""
 
     def joined(name: str) -> np.ndarray:
         return np.concatenate([getattr(part, name) for part in parts])
 
+    map_k = size if topk is None else min(int(topk), size)
+    ks_clipped = tuple(min(k, size) for k in ks)
     positives = joined("positives").astype(np.float64)[:, None]
     within = joined("within").astype(np.float64)
     relevant_within = joined("relevant_within").astype(np.float64)
@@ -687,7 +714,7 @@ def evaluate(
     )
     recall_k = np.divide(r_at_k, positives, out=np.zeros_like(r_at_k), where=positives > 0)
     precision_k = r_at_k / np.array(ks_clipped, dtype=np.float64)[None, :] if ks else r_at_k
-    headline = min(int(radius), inputs.bits)
+    headline = min(radius, bits)
     ap = joined("ap")
     return RetrievalResult(
         map=float(ap.mean()),
@@ -698,18 +725,23 @@ def evaluate(
         map_pessimistic=float(joined("pessimistic").mean()),
         precision_at_k={k: float(v) for k, v in zip(ks, precision_k.mean(0), strict=True)},
         recall_at_k={k: float(v) for k, v in zip(ks, recall_k.mean(0), strict=True)},
-        radius=int(radius),
+        radius=radius,
         precision_radius=float(precision_radius[:, headline].mean()),
         recall_radius=float(recall_radius[:, headline].mean()),
-        pr_radius=np.arange(groups),
+        pr_radius=np.arange(bits + 1),
         pr_precision=precision_radius.mean(0),
         pr_recall=recall_radius.mean(0),
-        num_queries=inputs.num_queries,
+        num_queries=ap.size,
         num_database=size,
-        bits=inputs.bits,
+        bits=bits,
         topk=None if topk is None else int(topk),
         per_query_ap=ap,
     )
+
+
+def _on_cuda(*arrays: Any) -> bool:
+    """True when every array is a torch tensor on a CUDA device (without importing torch)."""
+    return all(getattr(getattr(a, "device", None), "type", None) == "cuda" for a in arrays)
 
 
 def mean_average_precision(
@@ -728,6 +760,17 @@ def mean_average_precision(
     Relevance is looked up only for the items that enter the top ``topk``, and the distance
     of the topk-th item is found from a sample of the distances instead of a full histogram.
     """
+    if _on_cuda(query_codes, database_codes):
+        return evaluate(
+            query_codes,
+            database_codes,
+            query_labels,
+            database_labels,
+            bits=bits,
+            topk=topk,
+            ks=(),
+            chunk_size=chunk_size,
+        ).map
     inputs = _prepare(query_codes, database_codes, query_labels, database_labels, bits)
     size = inputs.num_database
     map_k = size if topk is None else min(_check_positive(topk, "topk"), size)
@@ -750,3 +793,145 @@ def mean_average_precision(
         return _head_average_precision(distances, bit_rows, thresholds, map_k)
 
     return float(np.concatenate(_run_chunks(run, _chunks(inputs.num_queries, chunk))).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# the same metrics with torch on a CUDA device
+
+
+def _torch_bits(codes: Any, bits: int | None, name: str) -> Any:
+    """CUDA codes -> bool tensor (n, bits) on the same device, with the checks of to_bits."""
+    import torch
+
+    if codes.ndim != 2:
+        raise UserError(f"{name} must be a 2-D array (n, bits); got shape {tuple(codes.shape)}")
+    if (
+        codes.dtype == torch.uint8
+        and bits is not None
+        and codes.shape[1] == (bits + 7) // 8
+        and codes.shape[1] != bits
+    ):
+        shifts = torch.arange(7, -1, -1, device=codes.device, dtype=torch.uint8)
+        unpacked = (codes.unsqueeze(-1) >> shifts) & 1
+        return unpacked.reshape(codes.shape[0], -1)[:, :bits].bool()
+    if bits is not None and codes.shape[1] != bits:
+        raise UserError(f"{name} has {codes.shape[1]} bits per row, expected {bits}")
+    if codes.dtype == torch.bool:
+        return codes
+    if codes.is_floating_point() and not bool(torch.isfinite(codes).all()):
+        raise UserError(f"{name} contains NaN or infinite values")
+    if codes.is_complex():
+        raise UserError(f"{name} has dtype {codes.dtype}; expected bool, {{0,1}} or {{-1,+1}}")
+    values = set(torch.unique(codes).tolist())
+    if values <= {0, 1} or values <= {-1, 1}:
+        return codes == 1
+    if values <= {-1, 0, 1}:
+        zeros = int((codes == 0).sum())
+        raise UserError(
+            f"{name} mixes -1, 0 and +1 ({zeros} zeros): a zero from sign() is not a bit; "
+            "binarise with x >= 0 (or x > 0) instead"
+        )
+    shown = ", ".join(str(v) for v in sorted(values)[:5])
+    raise UserError(f"{name} must hold only {{0,1}} or {{-1,+1}} values; found {shown}...")
+
+
+def _evaluate_parts_torch(
+    query_codes: Any,
+    database_codes: Any,
+    query_labels: Any,
+    database_labels: Any,
+    bits: int | None,
+    topk: int | None,
+    ks: Sequence[int],
+    chunk_size: int | None,
+) -> tuple[list[_ChunkResult], int, int]:
+    """Per-chunk results like the CPU path, computed on the codes' CUDA device.
+
+    Distances come from a +-1 matmul (exact: every partial sum is an integer of magnitude
+    <= bits, representable in float16 up to 2048 bits), relevance from a multi-hot matmul,
+    the stable ranking from one sort of int64 keys (distance, index, relevant) per query;
+    only the (queries x groups) histograms go back to the CPU for the tie-aware closed form.
+    """
+    import torch
+
+    query_bits = _torch_bits(query_codes, bits, "query codes")
+    database_bits = _torch_bits(database_codes, bits, "database codes")
+    if query_bits.shape[1] != database_bits.shape[1]:
+        raise UserError(
+            f"query codes have {query_bits.shape[1]} bits but database codes have "
+            f"{database_bits.shape[1]}; both must come from the same model and code length"
+        )
+    code_bits = int(query_bits.shape[1])
+    query_multi_hot, database_multi_hot = _label_matrices(query_labels, database_labels)
+    for what, codes, labels in (
+        ("query", query_bits, query_multi_hot),
+        ("database", database_bits, database_multi_hot),
+    ):
+        if codes.shape[0] != labels.shape[0]:
+            raise UserError(
+                f"{what} codes have {codes.shape[0]} rows but {what} labels have "
+                f"{labels.shape[0]}; each item needs one code and one label row"
+            )
+    if query_bits.shape[0] == 0:
+        raise UserError("there are no queries (query codes have 0 rows)")
+    if database_bits.shape[0] == 0:
+        raise UserError("the database is empty (database codes have 0 rows)")
+
+    device = query_bits.device
+    size = int(database_bits.shape[0])
+    map_k = size if topk is None else min(int(topk), size)
+    ks_clipped = [min(k, size) for k in ks]
+    groups = code_bits + 1
+    # integers up to 2048 are exact in float16
+    code_type = torch.float16 if code_bits <= 2048 else torch.float32
+    label_type = torch.float16 if query_multi_hot.shape[1] <= 2048 else torch.float32
+    query_signs = query_bits.to(code_type) * 2 - 1
+    database_signs = (database_bits.to(code_type) * 2 - 1).T.contiguous()
+    query_hot = torch.as_tensor(query_multi_hot, device=device).to(label_type)
+    database_hot = torch.as_tensor(database_multi_hot, device=device).to(label_type).T.contiguous()
+    shift = max(1, (size - 1).bit_length()) + 1
+    base = torch.arange(size, device=device, dtype=torch.int64) << 1
+    ranks = torch.arange(1, size + 1, device=device, dtype=torch.float64)
+    chunk = chunk_size or max(1, min(4096, 2**25 // size))
+    tables = _Tables(size)
+    parts = []
+    for start in range(0, query_bits.shape[0], chunk):
+        rows = slice(start, min(start + chunk, query_bits.shape[0]))
+        dot = (query_signs[rows] @ database_signs).float()
+        distances = torch.round((code_bits - dot) / 2).to(torch.int64)
+        del dot
+        relevant = (query_hot[rows] @ database_hot) > 0
+        keys = (distances << shift) | base | relevant.to(torch.int64)
+        del distances, relevant
+        keys = torch.sort(keys, dim=1).values
+        flags = (keys & 1).bool()
+        sorted_distances = keys >> shift
+        del keys
+        count = flags.shape[0]
+        counts = torch.zeros((count, groups), device=device, dtype=torch.int64)
+        counts.scatter_add_(1, sorted_distances, torch.ones_like(sorted_distances))
+        relevant_counts = torch.zeros_like(counts)
+        relevant_counts.scatter_add_(1, sorted_distances, flags.to(torch.int64))
+        del sorted_distances
+        hits = torch.cumsum(flags, dim=1)
+        precision = torch.where(flags, hits / ranks, 0.0)
+        del flags
+        positives = hits[:, -1]
+        ap_all = torch.where(positives > 0, precision.sum(1) / positives.clamp(min=1), 0.0)
+        found = hits[:, map_k - 1]
+        ap = torch.where(found > 0, precision[:, :map_k].sum(1) / found.clamp(min=1), 0.0)
+        r_at_k = (
+            hits[:, [k - 1 for k in ks_clipped]]
+            if ks_clipped
+            else torch.zeros((count, 0), device=device, dtype=torch.int64)
+        )
+        del hits, precision
+        ranking = _Ranking(
+            counts=counts.cpu().numpy(),
+            relevant_counts=relevant_counts.cpu().numpy(),
+            ap=ap.cpu().numpy(),
+            ap_all=ap_all.cpu().numpy(),
+            r_at_k=r_at_k.cpu().numpy(),
+        )
+        parts.append(_chunk_result(ranking, map_k, tables))
+    return parts, code_bits, size

@@ -469,3 +469,77 @@ def test_property_matches_reference(seed, bits, queries, database, topk, multi_l
     assert -tolerance <= result.map_pessimistic <= result.map_tie_aware + tolerance
     assert result.map_tie_aware <= result.map_optimistic + tolerance <= 1.0 + 2 * tolerance
     assert result.map_pessimistic - 1e-12 <= result.map <= result.map_optimistic + 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# torch path (CUDA tensors); its logic also runs on CPU tensors when called directly
+
+
+def torch_problems():
+    rng = np.random.default_rng(21)
+    for bits, multi_label, topk in (
+        (4, False, 30),
+        (12, True, None),
+        (64, True, 7),
+        (70, False, 500),
+    ):
+        yield random_problem(rng, 17, 150, bits, multi_label=multi_label, empty_rows=0.1), topk
+
+
+def test_torch_path_logic_matches_numpy_on_cpu_tensors():
+    torch = pytest.importorskip("torch")
+    import hashbench.metrics as metrics
+
+    for (query_bits, database_bits, query_labels, database_labels), topk in torch_problems():
+        expected = evaluate(query_bits, database_bits, query_labels, database_labels, topk=topk)
+        parts, bits, size = metrics._evaluate_parts_torch(
+            torch.from_numpy(np.where(query_bits, 1.0, -1.0)).float(),
+            torch.from_numpy(pack(database_bits)),
+            query_labels,
+            database_labels,
+            database_bits.shape[1],
+            topk,
+            (1, 10, 100, 1000),
+            5,
+        )
+        result = metrics._summarise(parts, bits, size, topk, (1, 10, 100, 1000), 2)
+        assert _close(result, expected)
+
+
+def _close(result, expected) -> bool:
+    left, right = result.to_dict(), expected.to_dict()
+    for key, value in right.items():
+        if value is None:
+            assert left[key] is None
+        elif isinstance(value, dict):
+            for inner, item in value.items():
+                np.testing.assert_allclose(left[key][inner], item, atol=1e-12)
+        else:
+            np.testing.assert_allclose(left[key], value, atol=1e-12)
+    return True
+
+
+def test_cuda_tensors_are_evaluated_on_the_device():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    for (query_bits, database_bits, query_labels, database_labels), topk in torch_problems():
+        expected = evaluate(query_bits, database_bits, query_labels, database_labels, topk=topk)
+        on_device = evaluate(
+            torch.from_numpy(query_bits).cuda(),
+            torch.from_numpy(np.where(database_bits, 1, -1)).cuda(),
+            torch.from_numpy(np.asarray(query_labels)).cuda(),
+            database_labels,
+            topk=topk,
+        )
+        assert _close(on_device, expected)
+        assert mean_average_precision(
+            torch.from_numpy(pack(query_bits)).cuda(),
+            torch.from_numpy(pack(database_bits)).cuda(),
+            query_labels,
+            database_labels,
+            bits=query_bits.shape[1],
+            topk=topk,
+        ) == pytest.approx(expected.map, abs=1e-12)
+    with pytest.raises(UserError, match="zeros"):
+        evaluate(torch.zeros((2, 8)).cuda(), torch.ones((5, 8)).cuda(), [0, 1], [0, 1, 0, 1, 1])
