@@ -1,18 +1,35 @@
-"""Experiment config files (TOML): the same settings as the ``run`` options.
+"""Experiment config files (TOML): the same settings as the ``run`` options, plus tables.
 
 ```toml
+description = "what this grid is for"   # shown by nothing; for the reader
 methods = ["lsh", "itq"]
 datasets = ["digits"]
 bits = [16, 32, 64]
 seeds = [0, 1, 2]
 split_seed = 0
-protocol = "standard"        # optional
+protocol = "standard"        # optional: one protocol for every dataset
 results = "results"          # relative to the working directory, like the options
 data_root = "data"
+cache = "data/.hashbench-cache"   # decoded images and backbone features
+drop_bad_rows = false
 device = "auto"
+plugins = ["my_methods.py"]  # like --plugin
+executor = "local"           # or "slurm"
+jobs = 1                     # worker processes of the local executor
 
-[params.itq]
+[protocols]                  # optional: dataset → protocol, wins over `protocol`
+cifar10 = "standard"
+
+[params.itq]                 # per-method hyperparameters
 iterations = 50
+
+[slurm]                      # used with executor = "slurm" only
+partition = "gpu"
+gpus_per_run = 1
+time_limit = 720             # minutes
+mem_gb = 32
+cpus_per_run = 8
+array_parallelism = 32
 ```
 """
 
@@ -24,16 +41,65 @@ from typing import Any
 
 from hashbench.errors import UserError
 
-_LIST_KEYS = {"methods": str, "datasets": str, "bits": int, "seeds": int}
-_SCALAR_KEYS = {"split_seed": int, "protocol": str, "results": str, "data_root": str, "device": str, "force": bool}
+_LIST_KEYS = {"methods": str, "datasets": str, "bits": int, "seeds": int, "plugins": str}
+_SCALAR_KEYS = {
+    "description": str,
+    "split_seed": int,
+    "protocol": str,
+    "results": str,
+    "data_root": str,
+    "cache": str,
+    "drop_bad_rows": bool,
+    "device": str,
+    "force": bool,
+    "executor": str,
+    "jobs": int,
+}
+# Keys of the [slurm] table and their types (float where submitit takes fractions).
+SLURM_KEYS: dict[str, type] = {
+    "partition": str,
+    "gpus_per_run": int,
+    "time_limit": int,
+    "mem_gb": float,
+    "cpus_per_run": int,
+    "array_parallelism": int,
+    "account": str,
+    "qos": str,
+    "constraint": str,
+    "folder": str,
+}
+EXECUTORS = ("local", "slurm")
 
 
 def _check_type(value: Any, expected: type, where: str) -> Any:
     if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise UserError(f"{where}: expected an integer, got {value!r}")
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return value
     if expected is not int and not isinstance(value, expected):
         raise UserError(f"{where}: expected {expected.__name__}, got {value!r}")
     return value
+
+
+def _string_table(value: Any, where: str, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
+        raise UserError(f"{where}: expected a table of {what}")
+    return dict(value)
+
+
+def _slurm_table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a table [slurm] of setting = value")
+    table = {}
+    for key, item in value.items():
+        if key not in SLURM_KEYS:
+            raise UserError(f"{where}.{key}: unknown setting; known settings: {', '.join(SLURM_KEYS)}")
+        table[key] = _check_type(item, SLURM_KEYS[key], f"{where}.{key}")
+        if SLURM_KEYS[key] in (int, float) and table[key] <= 0:
+            raise UserError(f"{where}.{key}: must be positive, got {item!r}")
+    return table
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -46,8 +112,10 @@ def load_config(path: Path) -> dict[str, Any]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        # tomllib's message ends with "(at line L, column C)".
-        raise UserError(f"{path}: not valid TOML: {error}") from error
+        # tomllib's message ends with "(at line L, column C)", or "(at end of document)"
+        # for something left open, which is then named by the file's last line.
+        message = str(error).replace("(at end of document)", f"(at end of document, line {max(1, len(text.splitlines()))})")
+        raise UserError(f"{path}: not valid TOML: {message}") from error
     config: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}: {key}"
@@ -60,7 +128,15 @@ def load_config(path: Path) -> dict[str, Any]:
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise UserError(f"{where}: expected tables [params.METHOD] of parameter = value")
             config["params"] = value
+        elif key == "protocols":
+            config["protocols"] = _string_table(value, where, "dataset = \"protocol name\"")
+        elif key == "slurm":
+            config["slurm"] = _slurm_table(value, where)
         else:
-            known = ", ".join([*_LIST_KEYS, *_SCALAR_KEYS, "params"])
+            known = ", ".join([*_LIST_KEYS, *_SCALAR_KEYS, "params", "protocols", "slurm"])
             raise UserError(f"{where}: unknown setting; known settings: {known}")
+    if "executor" in config and config["executor"] not in EXECUTORS:
+        raise UserError(f"{path}: executor: expected one of {', '.join(EXECUTORS)}, got {config['executor']!r}")
+    if "jobs" in config and config["jobs"] < 1:
+        raise UserError(f"{path}: jobs: must be at least 1, got {config['jobs']}")
     return config

@@ -29,14 +29,10 @@ def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
         into[prefix] = value
 
 
-def load_runs(results: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run record: identity columns, flattened ``metrics``, ``timings.*``.
-
-    Returns the frame and a warning for each record that could not be read (skipped).
-    """
-    store = ResultsStore(results)
-    rows, warnings = [], []
-    for item in store.iter_records():
+def read_records(results: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every readable run record, and a warning for each one skipped."""
+    records, warnings = [], []
+    for item in ResultsStore(results).iter_records():
         record = item.record
         if record is None:
             warnings.append(f"skipping {item.path}: unreadable run record ({item.error})")
@@ -45,19 +41,36 @@ def load_runs(results: Path) -> tuple[pd.DataFrame, list[str]]:
         if missing:
             warnings.append(f"skipping {item.path}: run record lacks {', '.join(missing)}")
             continue
+        records.append(record)
+    return records, warnings
+
+
+def frame_from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per record: identity columns, flattened ``metrics``, ``timings.*``, device."""
+    rows = []
+    for record in records:
         row: dict[str, Any] = {column: record.get(column) for column in ID_COLUMNS}
         row["params"] = json.dumps(record.get("params", {}), sort_keys=True)
         row["error"] = record.get("error")
+        row["device"] = (record.get("environment") or {}).get("device")
         _flatten("", record.get("metrics", {}), row)
         _flatten("timings", record.get("timings", {}), row)
         if "peak_memory_mb" in record:
             row["peak_memory_mb"] = record["peak_memory_mb"]
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
-    return frame, warnings
+    return pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
 
 
-def _row_labels(frame: pd.DataFrame) -> pd.Series:
+def load_runs(results: Path) -> tuple[pd.DataFrame, list[str]]:
+    """One row per run record: identity columns, flattened ``metrics``, ``timings.*``.
+
+    Returns the frame and a warning for each record that could not be read (skipped).
+    """
+    records, warnings = read_records(results)
+    return frame_from_records(records), warnings
+
+
+def row_labels(frame: pd.DataFrame) -> pd.Series:
     """The method name, plus the parameters that differ when a method ran with several."""
     labels = frame["method"].astype(str).copy()
     for method, group in frame.groupby("method"):
@@ -71,6 +84,15 @@ def _row_labels(frame: pd.DataFrame) -> pd.Series:
             suffix = ", ".join(f"{key}={params.get(key)}" for key in differing)
             labels[group.index[group["params"] == variant]] = f"{method} ({suffix})"
     return labels
+
+
+def dataset_columns(frame: pd.DataFrame) -> list[str]:
+    """One column per dataset (and protocol, when a dataset was run under several)."""
+    protocols_per_dataset = frame.groupby("dataset")["protocol"].nunique()
+    return [
+        f"{dataset}/{protocol}" if protocols_per_dataset[dataset] > 1 else dataset
+        for dataset, protocol in zip(frame["dataset"], frame["protocol"], strict=True)
+    ]
 
 
 @dataclass
@@ -104,15 +126,12 @@ def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
     if ok.empty:
         raise UserError("no successful runs in the results directory; run `hashbench run` first")
     if metric not in ok.columns:
-        numeric = sorted(c for c in ok.columns if c not in ID_COLUMNS and c != "error" and not c.startswith("timings"))
+        numeric = sorted(
+            c for c in ok.columns if c not in (*ID_COLUMNS, "error", "device", "peak_memory_mb") and not c.startswith("timings")
+        )
         raise UserError(f"unknown metric {metric!r}; available: {', '.join(numeric)}")
-    ok["row"] = _row_labels(ok)
-    # One column per dataset (and protocol, when a dataset was run under several).
-    protocols_per_dataset = ok.groupby("dataset")["protocol"].nunique()
-    ok["column_dataset"] = [
-        f"{dataset}/{protocol}" if protocols_per_dataset[dataset] > 1 else dataset
-        for dataset, protocol in zip(ok["dataset"], ok["protocol"], strict=True)
-    ]
+    ok["row"] = row_labels(ok)
+    ok["column_dataset"] = dataset_columns(ok)
     grouped = ok.groupby(["row", "column_dataset", "bits"])[metric]
     stats = grouped.agg(["mean", "std", "count"])
     order = list(dict.fromkeys(ok.sort_values(["method", "row"])["row"]))
@@ -234,22 +253,193 @@ def to_csv(table: SummaryTable) -> str:
     return pd.DataFrame(rows).to_csv(index=False, float_format="%.6f")
 
 
-def write_report(results: Path, out: Path, metric: str = "map") -> tuple[SummaryTable, dict[str, Path], list[str]]:
-    """Write the table in every format into ``out``; returns it, the paths and warnings."""
-    frame, warnings = load_runs(results)
+TIMING_COLUMNS = {
+    "timings.fit": "fit (s)",
+    "timings.encode": "encode (s)",
+    "timings.evaluate": "evaluate (s)",
+    "peak_memory_mb": "peak memory (MB)",
+}
+
+
+def timing_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fit, encode and evaluation time (mean over seeds) and peak memory (the largest) per
+    method × dataset × bits, with the device(s) the runs used. Peak memory is the peak
+    resident size of the process that ran the cell (ru_maxrss), so it includes the dataset."""
+    ok = frame[frame["status"] == "ok"].copy() if len(frame) else frame
+    columns = ["method", "dataset", "bits", "runs", "device", *TIMING_COLUMNS.values()]
+    if ok.empty:
+        return pd.DataFrame(columns=columns)
+    ok["row"] = row_labels(ok)
+    ok["column_dataset"] = dataset_columns(ok)
+    for column in TIMING_COLUMNS:
+        if column not in ok.columns:
+            ok[column] = float("nan")
+    if "device" not in ok.columns:
+        ok["device"] = None
+    rows = []
+    for (label, dataset, bits), group in ok.groupby(["row", "column_dataset", "bits"], sort=True):
+        devices = sorted({str(device) for device in group["device"].dropna()})
+        rows.append(
+            {
+                "method": label,
+                "dataset": dataset,
+                "bits": int(bits),
+                "runs": int(len(group)),
+                "device": ", ".join(devices) or "—",
+                "fit (s)": group["timings.fit"].mean(),
+                "encode (s)": group["timings.encode"].mean(),
+                "evaluate (s)": group["timings.evaluate"].mean(),
+                "peak memory (MB)": group["peak_memory_mb"].max(),
+            }
+        )
+    return pd.DataFrame(rows, columns=columns)
+
+
+def timing_markdown(timings: pd.DataFrame) -> str:
+    lines = ["timings (mean over seeds; peak memory: the largest, of the process that ran the cell)", ""]
+    lines.append("| " + " | ".join(timings.columns) + " |")
+    lines.append("| --- | --- | ---: | ---: | --- |" + " ---: |" * len(TIMING_COLUMNS))
+    for _, row in timings.iterrows():
+        cells = [str(row["method"]), str(row["dataset"]), str(row["bits"]), str(row["runs"]), str(row["device"])]
+        for column in TIMING_COLUMNS.values():
+            value = row[column]
+            cells.append("—" if pd.isna(value) else (f"{value:.0f}" if column.startswith("peak") else f"{value:.3g}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _frame_html(frame: pd.DataFrame, caption: str, formats: dict[str, str]) -> str:
+    def cell(column: str, value: Any) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "—"
+        if column in formats and isinstance(value, (int, float)):
+            return format(value, formats[column])
+        return str(value)
+
+    parts = ["<table class=\"hashbench\">", f"<caption>{html.escape(caption)}</caption><thead><tr>"]
+    parts += [f"<th>{html.escape(str(column))}</th>" for column in frame.columns]
+    parts.append("</tr></thead><tbody>")
+    for _, row in frame.iterrows():
+        parts.append("<tr>" + "".join(f"<td>{html.escape(cell(c, row[c]))}</td>" for c in frame.columns) + "</tr>")
+    parts.append("</tbody></table>")
+    return "\n".join(parts) + "\n"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em; color: #222; }
+table.hashbench { border-collapse: collapse; margin: 1em 0 2em; font-size: 0.9em; }
+table.hashbench th, table.hashbench td { border-bottom: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+table.hashbench th:first-child, table.hashbench td:first-child { text-align: left; }
+table.hashbench caption { caption-side: top; text-align: left; font-weight: bold; padding-bottom: 0.4em; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; } figcaption { font-size: 0.85em; color: #555; }
+"""
+
+
+def html_report(
+    results: Path,
+    table: SummaryTable,
+    timings: pd.DataFrame,
+    plots: list,
+    comparison: pd.DataFrame | None,
+    published_source: str | None,
+    out: Path,
+    notes: list[str],
+) -> str:
+    """One self-contained page: the tables, then the plots (PNG embedded, PDF linked)."""
+    import base64
+    import os
+    from datetime import UTC, datetime
+
+    parts = [
+        "<!DOCTYPE html>",
+        "<html lang=\"en\"><head><meta charset=\"utf-8\"><title>hashbench report</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>hashbench report</h1>",
+        f"<p>Results: <code>{html.escape(str(results))}</code> · written "
+        f"{datetime.now(UTC).isoformat(timespec='seconds')}</p>",
+    ]
+    parts += [f"<p class=\"note\">{html.escape(note)}</p>" for note in notes]
+    parts += ["<h2>Results</h2>", to_html(table)]
+    if comparison is not None:
+        parts.append("<h2>Published numbers</h2>")
+        if comparison.empty:
+            parts.append(f"<p>No published {html.escape(table.metric)} numbers for the datasets that were run "
+                         f"({html.escape(str(published_source))}).</p>")
+        else:
+            shown = comparison.drop(columns=["metric"])
+            parts.append(
+                _frame_html(
+                    shown,
+                    f"published {table.metric} beside the reproduced mean; difference = reproduced − published "
+                    f"({published_source})",
+                    {"published": ".4f", "reproduced": ".4f", "std": ".4f", "difference": "+.4f"},
+                )
+            )
+    parts.append("<h2>Timings</h2>")
+    parts.append(
+        _frame_html(
+            timings,
+            "mean over seeds; peak memory is the largest peak resident size of the process that ran the cell",
+            {"fit (s)": ".3g", "encode (s)": ".3g", "evaluate (s)": ".3g", "peak memory (MB)": ".0f"},
+        )
+    )
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for dataset in dict.fromkeys(plot.dataset for plot in plots):
+            parts.append(f"<h3>{html.escape(dataset)}</h3>")
+            for plot in (p for p in plots if p.dataset == dataset):
+                png = base64.b64encode(plot.paths["png"].read_bytes()).decode("ascii")
+                pdf = os.path.relpath(plot.paths["pdf"], out)
+                parts.append(
+                    f"<figure><img alt=\"{html.escape(plot.kind)} for {html.escape(dataset)}\" src=\"data:image/png;base64,{png}\">"
+                    f"<figcaption>{html.escape(plot.kind.replace('_', ' '))} · <a href=\"{html.escape(pdf)}\">PDF</a></figcaption></figure>"
+                )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(
+    results: Path,
+    out: Path,
+    metric: str = "map",
+    *,
+    plots: bool = True,
+    published: Path | bool | None = None,
+) -> tuple[SummaryTable, dict[str, Path], list[str]]:
+    """Write the tables, timings, plots and the HTML report into ``out``.
+
+    ``published``: True for the package's published numbers, a path for a user's CSV.
+    Returns the summary table, the paths written (by kind) and warnings.
+    """
+    from hashbench.published import builtin_path, compare, comparison_markdown, load_published
+
+    records, warnings = read_records(results)
+    frame = frame_from_records(records)
     if frame.empty:
         raise UserError(f"no run records under {results}; run `hashbench run --results {results}` first")
     table = summarise(frame, metric)
+    comparison, published_source = None, None
+    if published:
+        path = builtin_path() if published is True else Path(published)
+        numbers = load_published(path)
+        # Name the shipped list by what it is, not by where the package happens to be installed.
+        published_source = "hashbench's published.csv" if published is True else str(path)
+        if numbers.empty:
+            warnings.append(f"{published_source} holds no published numbers (only numbers checked against their source go in it)")
+        comparison = compare(frame, numbers, metric)
     stem = metric.replace(".", "_")
+    out = Path(out)
     paths = {
-        "markdown": Path(out) / f"{stem}.md",
-        "latex": Path(out) / f"{stem}.tex",
-        "html": Path(out) / f"{stem}.html",
-        "csv": Path(out) / f"{stem}.csv",
-        "runs": Path(out) / "runs.csv",
+        "markdown": out / f"{stem}.md",
+        "latex": out / f"{stem}.tex",
+        "html": out / f"{stem}.html",
+        "csv": out / f"{stem}.csv",
+        "runs": out / "runs.csv",
+        "timings_markdown": out / "timings.md",
+        "timings_csv": out / "timings.csv",
     }
     try:
-        Path(out).mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"report folder {out} cannot be created ({error.strerror}); choose another with --out") from error
     atomic.write_text(paths["markdown"], to_markdown(table))
@@ -257,10 +447,40 @@ def write_report(results: Path, out: Path, metric: str = "map") -> tuple[Summary
     atomic.write_text(paths["html"], to_html(table))
     atomic.write_text(paths["csv"], to_csv(table))
     atomic.write_text(paths["runs"], frame.to_csv(index=False))
+    timings = timing_table(frame)
+    atomic.write_text(paths["timings_markdown"], timing_markdown(timings))
+    atomic.write_text(paths["timings_csv"], timings.to_csv(index=False, float_format="%.6f"))
+    if comparison is not None:
+        paths["published_markdown"] = out / f"published-{stem}.md"
+        paths["published_csv"] = out / f"published-{stem}.csv"
+        atomic.write_text(paths["published_markdown"], comparison_markdown(comparison, metric, published_source))
+        atomic.write_text(paths["published_csv"], comparison.to_csv(index=False, float_format="%.6f"))
+    figures = []
+    if plots:
+        from hashbench.plots import write_plots
+
+        figures = write_plots(records, out / "plots", metric)
+        for plot in figures:
+            for extension, path in plot.paths.items():
+                paths[f"plot_{plot.kind}_{plot.dataset}_{extension}"] = path
     failed = int((frame["status"] != "ok").sum())
     if failed:
         warnings.append(f"{failed} run(s) did not finish ok and are left out of the table")
+    paths["report"] = out / "report.html"
+    notes = [f"{failed} run(s) did not finish ok and are left out."] if failed else []
+    atomic.write_text(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes))
     return table, paths, warnings
 
 
-__all__ = ["load_runs", "summarise", "to_markdown", "to_latex", "to_html", "to_csv", "write_report"]
+__all__ = [
+    "load_runs",
+    "read_records",
+    "frame_from_records",
+    "summarise",
+    "timing_table",
+    "to_markdown",
+    "to_latex",
+    "to_html",
+    "to_csv",
+    "write_report",
+]

@@ -7,14 +7,15 @@ reason and the grid goes on.
 
 from __future__ import annotations
 
+import os
 import resource
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from hashbench.store import CODES_NAME, LOG_NAME, RECORD_NAME, ResultsStore, run
 
 # Candidate cut-offs of P@k / R@k; those above the database size are dropped per dataset.
 PRECISION_KS = (1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
+BUSY_RECHECK_SECONDS = 0.2
 
 
 @dataclass
@@ -41,6 +43,7 @@ class GridSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     split_seed: int = 0
     protocol: str | None = None  # None: each dataset's default protocol
+    protocols: dict[str, str] = field(default_factory=dict)  # dataset → protocol, wins over `protocol`
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method → overrides
     data_root: Path = Path("data")
     results: Path = Path("results")
@@ -48,6 +51,8 @@ class GridSpec:
     force: bool = False
     cache_dir: Path | None = None  # decoded images and backbone features; None: beside the data
     drop_bad_rows: bool = False  # run without the rows `hashbench data check` flags, instead of refusing
+    # --plugin specs, so that worker processes and cluster jobs can import them again.
+    plugins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -74,6 +79,7 @@ class CellOutcome:
     status: str  # ok | failed | skipped (already ok) | busy (another runner holds it)
     record: dict[str, Any] | None = None
     error: str | None = None
+    job_id: str | None = None  # the cluster job that ran (or will run) it
 
 
 @dataclass
@@ -115,6 +121,12 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
                 f"parameters given for {owner!r}, which is not among the methods being run "
                 f"({', '.join(spec.methods)})"
             )
+    for dataset_name in spec.protocols:
+        if dataset_name not in spec.datasets:
+            raise UserError(
+                f"a protocol is given for dataset {dataset_name!r}, which is not among the datasets being run "
+                f"({', '.join(spec.datasets)})"
+            )
     method_classes = {name: registry.get_method(name) for name in spec.methods}
     resolved = {
         name: resolve_params(cls.Params, spec.params.get(name, {}), owner=name) for name, cls in method_classes.items()
@@ -122,7 +134,7 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
     cells = []
     for dataset_name in spec.datasets:
         dataset = registry.get_dataset(dataset_name)()
-        protocol = dataset.protocol(spec.protocol).name
+        protocol = dataset.protocol(spec.protocols.get(dataset_name, spec.protocol)).name
         for method in spec.methods:
             for bits in spec.bits:
                 for seed in spec.seeds:
@@ -132,7 +144,10 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
     return cells
 
 
-def prepare_dataset(name: str, protocol_name: str, spec: GridSpec, device: str = "cpu") -> PreparedDataset:
+def prepare_dataset(
+    name: str, protocol_name: str, spec: GridSpec, device: str = "cpu", manifest: SplitManifest | None = None
+) -> PreparedDataset:
+    """Load a dataset and split it; with ``manifest`` (a saved one), reuse that split instead."""
     from hashbench.features import attach_backbone_features
 
     plugin = registry.get_dataset(name)()
@@ -140,7 +155,14 @@ def prepare_dataset(name: str, protocol_name: str, spec: GridSpec, device: str =
     cache_dir = spec.cache_dir if spec.cache_dir is not None else default_cache_dir(Path(spec.data_root))
     arrays = load_dataset(plugin, Path(spec.data_root), cache_dir=cache_dir, drop_bad_rows=spec.drop_bad_rows)
     arrays.dataset = name
-    manifest = draw_split(name, protocol, arrays, spec.split_seed)
+    if manifest is None:
+        manifest = draw_split(name, protocol, arrays, spec.split_seed)
+    elif manifest.num_items != len(arrays) or (manifest.dataset, manifest.protocol) != (name, protocol.name):
+        raise UserError(
+            f"split manifest {manifest.file_name} is for {manifest.dataset}/{manifest.protocol} with "
+            f"{manifest.num_items} items, but {name}/{protocol.name} loaded {len(arrays)}; the data changed "
+            "since the split was drawn"
+        )
     # Natural-image datasets carry no feature vectors: feature-input methods get cached
     # backbone features of the manifest's items, computed only when first asked for.
     attach_backbone_features(arrays, manifest, cache_dir, device)
@@ -182,12 +204,27 @@ def precision_ks(database_size: int, topk: int) -> tuple[int, ...]:
     return tuple(sorted({k for k in (*PRECISION_KS, topk) if k <= database_size}))
 
 
-def run_cell(cell: Cell, data: PreparedDataset, store: ResultsStore, device: str, force: bool) -> CellOutcome:
-    """Fit, encode, evaluate and store one cell; never raises for a failing method."""
+def run_cell(
+    cell: Cell,
+    data: PreparedDataset,
+    store: ResultsStore,
+    device: str,
+    force: bool,
+    extra: dict[str, Any] | None = None,
+) -> CellOutcome:
+    """Fit, encode, evaluate and store one cell; never raises for a failing method.
+
+    ``extra`` goes into the record as is (how the cell was executed: worker, cluster job).
+    """
     from hashbench.metrics import evaluate
 
     key = cell.key
     lock = store.try_lock(key)
+    if lock is None:
+        # `hashbench status` holds a lock for an instant to probe it: look again before
+        # leaving the cell to whoever holds it.
+        time.sleep(BUSY_RECHECK_SECONDS)
+        lock = store.try_lock(key)
     if lock is None:
         return CellOutcome(cell, "busy")
     try:
@@ -217,6 +254,7 @@ def run_cell(cell: Cell, data: PreparedDataset, store: ResultsStore, device: str
             "status": "running",
             "started": _now(),
             "environment": describe_environment(device),
+            **(extra or {}),
         }
         timings: dict[str, float] = {}
         context = RunContext(seed=cell.seed, device=device, work_dir=run_dir)
@@ -261,14 +299,187 @@ def run_cell(cell: Cell, data: PreparedDataset, store: ResultsStore, device: str
         lock.release()
 
 
+@dataclass(frozen=True)
+class CellJob:
+    """One cell as plain, picklable data: all a worker process or cluster job needs to run it.
+
+    The parent has drawn and saved the split manifest; the job loads the dataset itself and
+    reuses that manifest (checked against its hash), so every job sees the same split.
+    """
+
+    spec: GridSpec  # paths made absolute, plugin files included
+    key: str
+    method: str
+    params: dict[str, Any]  # resolved hyperparameters (the run key's)
+    dataset: str
+    protocol: str
+    bits: int
+    seed: int
+    manifest: str  # absolute path of the saved split manifest
+    manifest_hash: str
+    working_dir: str  # the parent's, for dotted --plugin modules and relative paths in plugins
+    execution: dict[str, Any] = field(default_factory=dict)  # stored as "execution" in the record
+
+
+@dataclass
+class JobResult:
+    """What a job sends back (plain data, no classes, so any process can unpickle it)."""
+
+    key: str
+    status: str
+    record: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def _portable(spec: GridSpec) -> GridSpec:
+    """The spec with absolute paths, valid in any process on any node sharing the filesystem."""
+    plugins = [str(Path(p).resolve()) if p.endswith(".py") or Path(p).is_file() else p for p in spec.plugins]
+    return replace(
+        spec,
+        results=Path(spec.results).resolve(),
+        data_root=Path(spec.data_root).resolve(),
+        cache_dir=None if spec.cache_dir is None else Path(spec.cache_dir).resolve(),
+        plugins=plugins,
+    )
+
+
+def make_job(cell: Cell, data: PreparedDataset, spec: GridSpec, execution: dict[str, Any]) -> CellJob:
+    if data.manifest_path is None:
+        raise ValueError("the split manifest must be saved before jobs are made")
+    return CellJob(
+        spec=_portable(spec),
+        key=cell.key,
+        method=cell.method,
+        params=params_to_dict(cell.params),
+        dataset=cell.dataset,
+        protocol=cell.protocol,
+        bits=cell.bits,
+        seed=cell.seed,
+        manifest=str(Path(data.manifest_path).resolve()),
+        manifest_hash=data.manifest.hash,
+        working_dir=str(Path.cwd()),
+        execution=execution,
+    )
+
+
+# A worker runs many cells of one dataset in a row: keep the last dataset loaded.
+_job_data_cache: dict[tuple, PreparedDataset] = {}
+
+
+def _job_data(job: CellJob, device: str) -> PreparedDataset:
+    spec = job.spec
+    cache_key = (job.dataset, job.protocol, job.manifest_hash, spec.data_root, spec.cache_dir, spec.drop_bad_rows)
+    if cache_key not in _job_data_cache:
+        _job_data_cache.clear()
+        manifest = SplitManifest.load(Path(job.manifest))
+        if manifest.hash != job.manifest_hash:
+            raise UserError(f"split manifest {job.manifest} changed since the grid was planned; rerun the grid")
+        data = prepare_dataset(job.dataset, job.protocol, spec, device, manifest=manifest)
+        data.manifest_path = Path(job.manifest)
+        _job_data_cache[cache_key] = data
+    return _job_data_cache[cache_key]
+
+
+def record_failure(job: CellJob, reason: str, log: str | None = None) -> bool:
+    """Record a cell that failed outside the method (lost job, unloadable data).
+
+    Written only when no other process holds the cell and no ok record exists; returns
+    whether it was written.
+    """
+    store = ResultsStore(job.spec.results)
+    lock = store.try_lock(job.key)
+    if lock is None:
+        return False
+    try:
+        existing = store.read_record(job.key)
+        if existing is not None and existing.get("status") == "ok":
+            return False
+        run_dir = store.run_dir(job.key)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if log:
+            atomic.write_text(run_dir / LOG_NAME, log)
+        record = {
+            "key": job.key,
+            "method": job.method,
+            "params": job.params,
+            "dataset": job.dataset,
+            "protocol": job.protocol,
+            "split_seed": job.spec.split_seed,
+            "seed": job.seed,
+            "bits": job.bits,
+            "status": "failed",
+            "error": reason,
+            "execution": job.execution,
+            "finished": _now(),
+        }
+        atomic.write_json(run_dir / RECORD_NAME, record)
+        return True
+    finally:
+        lock.release()
+
+
+def run_job(job: CellJob) -> JobResult:
+    """Run one cell in this (fresh) process: rebuild it from ``job``, then :func:`run_cell`."""
+    try:
+        if os.path.isdir(job.working_dir):
+            os.chdir(job.working_dir)
+        registry.load_plugins(job.spec.plugins)
+        method_cls = registry.get_method(job.method)
+        params = resolve_params(method_cls.Params, job.params, owner=job.method)
+        cell = Cell(job.method, method_cls, params, job.dataset, job.protocol, job.bits, job.seed, job.spec.split_seed)
+        if cell.key != job.key:
+            raise UserError(
+                f"{job.method} rebuilt in this process has another run key ({cell.key}, expected {job.key}); "
+                "the installed method differs from the one that planned the grid"
+            )
+        device = resolve_device(job.spec.device)
+        data = _job_data(job, device)
+    except Exception as error:  # the cell fails; the grid goes on
+        reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+        record_failure(job, reason, traceback.format_exc())
+        return JobResult(job.key, "failed", None, reason)
+    outcome = run_cell(cell, data, ResultsStore(job.spec.results), device, job.spec.force, {"execution": job.execution})
+    return JobResult(job.key, outcome.status, outcome.record, outcome.error)
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere else than this process (see :mod:`hashbench.executors`)."""
+
+    # True when jobs run on other machines: the device is then resolved there, not here.
+    remote: bool
+
+    def describe(self) -> dict[str, Any]:
+        """How cells are executed, for the run records."""
+        ...
+
+    def run(
+        self,
+        jobs: list[CellJob],
+        on_submit: Callable[[int, str | None], None],
+        on_result: Callable[[int, JobResult], None],
+    ) -> None:
+        """Run every job; call ``on_submit(index, job id)`` and ``on_result(index, result)``."""
+        ...
+
+
 def run_grid(
     spec: GridSpec,
     on_start: Callable[[Cell, int, int], None] | None = None,
     on_done: Callable[[CellOutcome], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[CellOutcome]:
-    """Run every cell of the grid in order; returns their outcomes."""
+    """Run every cell of the grid; returns their outcomes in grid order.
+
+    Without ``executor`` the cells run here, in order. With one, cells without an ok record
+    are sent to it as :class:`CellJob` s, once the datasets are split and the manifests saved.
+    """
     cells = plan_grid(spec)
-    device = resolve_device(spec.device)
+    try:
+        device = resolve_device(spec.device)
+    except UserError:
+        if executor is None or not executor.remote or not str(spec.device).startswith("cuda"):
+            raise
+        device = "cpu"  # a GPU-less login node: the jobs resolve the device on their nodes
     store = ResultsStore(spec.results)
     prepared: dict[tuple[str, str], PreparedDataset] = {}
     for cell in cells:
@@ -279,12 +490,42 @@ def run_grid(
     store.ensure_writable()
     for data in prepared.values():
         data.manifest_path = data.manifest.save(store.splits_dir)
-    outcomes = []
+    if executor is None:
+        outcomes = []
+        for index, cell in enumerate(cells):
+            if on_start is not None:
+                on_start(cell, index, len(cells))
+            outcome = run_cell(cell, prepared[cell.dataset, cell.protocol], store, device, spec.force)
+            outcomes.append(outcome)
+            if on_done is not None:
+                on_done(outcome)
+        return outcomes
+
+    results: dict[int, CellOutcome] = {}
+    to_run: list[int] = []
     for index, cell in enumerate(cells):
+        existing = None if spec.force else store.read_record(cell.key)
+        if existing is not None and existing.get("status") == "ok":
+            results[index] = CellOutcome(cell, "skipped", existing)
+            if on_done is not None:
+                on_done(results[index])
+        else:
+            to_run.append(index)
+    execution = executor.describe()
+    jobs = [make_job(cells[i], prepared[cells[i].dataset, cells[i].protocol], spec, execution) for i in to_run]
+    job_ids: dict[int, str | None] = {}
+
+    def on_submit(position: int, job_id: str | None) -> None:
+        job_ids[to_run[position]] = job_id
         if on_start is not None:
-            on_start(cell, index, len(cells))
-        outcome = run_cell(cell, prepared[cell.dataset, cell.protocol], store, device, spec.force)
-        outcomes.append(outcome)
+            on_start(cells[to_run[position]], to_run[position], len(cells))
+
+    def on_result(position: int, result: JobResult) -> None:
+        index = to_run[position]
+        outcome = CellOutcome(cells[index], result.status, result.record, result.error, job_ids.get(index))
+        results[index] = outcome
         if on_done is not None:
             on_done(outcome)
-    return outcomes
+
+    executor.run(jobs, on_submit, on_result)
+    return [results[index] for index in sorted(results)]

@@ -67,8 +67,9 @@ def _register_commands() -> None:
     from hashbench.cli.listing import list_command
     from hashbench.cli.report import report_command
     from hashbench.cli.run import run_command
+    from hashbench.cli.status import status_command
 
-    for command in (list_command, run_command, report_command, eval_command, data_command):
+    for command in (list_command, run_command, report_command, eval_command, data_command, status_command):
         cli.add_command(command)
 
 

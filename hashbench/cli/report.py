@@ -1,4 +1,4 @@
-"""``hashbench report``: tables from every run record in the results directory."""
+"""``hashbench report``: tables, timings, plots and an HTML page from every run record."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import click
 
 from hashbench.report import write_report
 
+BUILTIN = "builtin"
+
 
 @click.command("report")
 @click.option(
@@ -17,16 +19,34 @@ from hashbench.report import write_report
     help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
 )
 @click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True, help="Where to write the tables."
+    "--out", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True, help="Where to write the report."
 )
 @click.option("--metric", default="map", show_default=True, help="Metric to tabulate, e.g. map, map_all, precision_radius2, precision_at_k.100.")
-def report_command(results: Path | None, out: Path, metric: str) -> None:
-    """Write Markdown, LaTeX, CSV and HTML tables (methods × dataset/bits) and print the Markdown one."""
+@click.option(
+    "--published",
+    is_flag=False,
+    flag_value=BUILTIN,
+    default=None,
+    metavar="[FILE]",
+    help="Show published numbers beside the reproduced means: the package's list, or a CSV FILE "
+    "(method,dataset,protocol,metric,bits,value,source).",
+)
+@click.option("--plots/--no-plots", default=True, show_default=True, help="Draw precision-recall, precision@k and metric-vs-bits plots.")
+def report_command(results: Path | None, out: Path, metric: str, published: str | None, plots: bool) -> None:
+    """Write the table (Markdown, LaTeX, CSV, HTML), timings, plots (PNG, PDF) and report.html;
+    print the table."""
     results = results or Path(os.environ.get("HASHBENCH_RESULTS") or "results")
     if not results.is_dir():
         raise click.UsageError(f"results directory {results} does not exist; run `hashbench run` first or pass --results")
-    table, paths, warnings = write_report(results, out, metric)
+    source = None if published is None else (True if published == BUILTIN else Path(published))
+    table, paths, warnings = write_report(results, out, metric, plots=plots, published=source)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(paths["markdown"].read_text())
-    click.echo("written: " + ", ".join(str(path) for path in paths.values()), err=True)
+    if "published_markdown" in paths:
+        click.echo(paths["published_markdown"].read_text())
+    plot_files = [path for key, path in paths.items() if key.startswith("plot_")]
+    listed = [str(path) for key, path in paths.items() if not key.startswith("plot_")]
+    if plot_files:
+        listed.append(f"{len(plot_files)} plot files in {plot_files[0].parent}")
+    click.echo("written: " + ", ".join(listed), err=True)

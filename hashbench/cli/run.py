@@ -1,10 +1,12 @@
-"""``hashbench run``: train and evaluate a grid, resumably."""
+"""``hashbench run``: train and evaluate a grid, resumably, here or on a cluster."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -12,7 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hashbench.cli.options import NAMES, NON_NEGATIVE_INTS, POSITIVE_INTS
-from hashbench.config import load_config
+from hashbench.config import EXECUTORS, load_config
+from hashbench.errors import UserError
 from hashbench.params import parse_assignments
 from hashbench.runner import CellOutcome, GridSpec, run_grid
 
@@ -23,22 +26,86 @@ DEFAULTS = {
     "split_seed": 0,
     "protocol": None,
     "device": "auto",
+    "executor": "local",
+    "jobs": 1,
+}
+# Command-line option → key of the config's [slurm] table.
+SLURM_OPTIONS = {
+    "partition": "partition",
+    "gpus_per_run": "gpus_per_run",
+    "time_limit": "time_limit",
+    "mem_gb": "mem_gb",
+    "cpus_per_run": "cpus_per_run",
+    "array_parallelism": "array_parallelism",
 }
 
 
-def build_spec(options: dict, config_path: Path | None) -> GridSpec:
-    """Built-in defaults < environment < config file < command-line options."""
-    settings = dict(DEFAULTS)
+def parse_protocol_option(value: str) -> tuple[str | None, dict[str, str]]:
+    """``standard`` (every dataset) or ``cifar10=cibhash-code,coco=standard`` (per dataset)."""
+    if "=" not in value:
+        return value.strip(), {}
+    protocols = {}
+    for item in value.split(","):
+        dataset, sep, protocol = item.partition("=")
+        if not sep or not dataset.strip() or not protocol.strip():
+            raise UserError(f"--protocol {value!r}: expected NAME or DATASET=NAME,DATASET=NAME")
+        protocols[dataset.strip()] = protocol.strip()
+    return None, protocols
+
+
+def build_settings(options: dict, config_path: Path | None, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Built-in defaults < environment < config file < command-line options, as one dict.
+
+    The config's plugins (and ``plugins`` from --plugin) are loaded here, so the grid can
+    name their methods and datasets.
+    """
+    from hashbench.registry import load_plugins
+
+    options = dict(options)
+    settings: dict[str, Any] = dict(DEFAULTS)
     settings["results"] = os.environ.get("HASHBENCH_RESULTS") or "results"
     settings["data_root"] = os.environ.get("HASHBENCH_DATA") or "data"
+    settings["protocols"] = {}
+    settings["slurm"] = {}
     if config_path is not None:
         settings.update(load_config(config_path))
+    settings["plugins"] = [*plugins, *settings.get("plugins", [])]
+    load_plugins(settings["plugins"])
     params = {owner: dict(values) for owner, values in settings.pop("params", {}).items()}
-    for owner, values in parse_assignments(options.pop("assignments")).items():
+    for owner, values in parse_assignments(options.pop("assignments", ())).items():
         params.setdefault(owner, {}).update(values)
+    settings["params"] = params
+    protocol_option = options.pop("protocol", None)
+    if protocol_option:
+        default, per_dataset = parse_protocol_option(protocol_option)
+        if default is not None:  # one protocol for all: the file's per-dataset choices give way
+            settings["protocol"], settings["protocols"] = default, {}
+        settings["protocols"] = {**settings["protocols"], **per_dataset}
+    slurm_given = [name for name in SLURM_OPTIONS if options.get(name) is not None]
+    if options.get("no_wait"):
+        slurm_given.append("no_wait")
+    slurm = dict(settings["slurm"])
+    for name in SLURM_OPTIONS:
+        value = options.pop(name, None)
+        if value is not None:
+            slurm[SLURM_OPTIONS[name]] = value
+    settings["slurm"] = slurm
+    settings["wait"] = not options.pop("no_wait", False)
+    jobs_given = options.get("jobs") is not None
     for key, value in options.items():
         if value is not None and value is not False:
             settings[key] = value
+    if settings["executor"] not in EXECUTORS:
+        raise UserError(f"executor {settings['executor']!r}: expected one of {', '.join(EXECUTORS)}")
+    if settings["executor"] != "slurm" and slurm_given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in slurm_given)
+        raise UserError(f"{flags} apply to --executor slurm only; add --executor slurm or drop them")
+    if settings["executor"] == "slurm" and jobs_given:
+        raise UserError("--jobs applies to --executor local; with --executor slurm every cell is its own job")
+    return settings
+
+
+def spec_from_settings(settings: dict[str, Any]) -> GridSpec:
     if "methods" not in settings:
         raise click.UsageError("no methods given: pass --methods (see `hashbench list`) or a --config file")
     return GridSpec(
@@ -48,14 +115,44 @@ def build_spec(options: dict, config_path: Path | None) -> GridSpec:
         seeds=settings["seeds"],
         split_seed=settings["split_seed"],
         protocol=settings["protocol"],
-        params=params,
+        protocols=dict(settings["protocols"]),
+        params=settings["params"],
         data_root=Path(settings["data_root"]),
         results=Path(settings["results"]),
         device=settings["device"],
         force=bool(settings.get("force", False)),
         cache_dir=Path(settings["cache"]) if settings.get("cache") else None,
         drop_bad_rows=bool(settings.get("drop_bad_rows", False)),
+        plugins=list(settings["plugins"]),
     )
+
+
+def build_spec(options: dict, config_path: Path | None, plugins: tuple[str, ...] = ()) -> GridSpec:
+    """Built-in defaults < environment < config file < command-line options."""
+    return spec_from_settings(build_settings(options, config_path, plugins))
+
+
+def build_executor(settings: dict[str, Any]):
+    """None (in this process), local worker processes, or Slurm jobs."""
+    from hashbench.executors import LocalPoolExecutor, SlurmExecutor
+
+    if settings["executor"] == "local":
+        return None if settings["jobs"] == 1 else LocalPoolExecutor(settings["jobs"])
+    slurm = dict(settings["slurm"])
+    folder = Path(slurm.pop("folder", None) or Path(settings["results"]) / "slurm")
+    return SlurmExecutor(folder=folder, wait=settings["wait"], cluster=SUBMITIT_CLUSTER, **slurm)
+
+
+# submitit's cluster for --executor slurm; "local" runs the same jobs as local processes
+# (what the tests use to exercise this path without a cluster).
+SUBMITIT_CLUSTER = "slurm"
+
+
+def plugin_specs() -> tuple[str, ...]:
+    """The --plugin values given to the command group (loaded already; passed on to workers)."""
+    context = click.get_current_context(silent=True)
+    root = context.find_root() if context is not None else None
+    return tuple(root.params.get("plugins", ())) if root is not None else ()
 
 
 def summary_table(outcomes: list[CellOutcome]) -> Table:
@@ -66,10 +163,12 @@ def summary_table(outcomes: list[CellOutcome]) -> Table:
         record = outcome.record or {}
         metrics = record.get("metrics", {})
         status = {"skipped": "done before", "busy": "running elsewhere"}.get(outcome.status, outcome.status)
+        if outcome.status == "submitted":
+            status = f"submitted as job {outcome.job_id}"
         if outcome.status == "failed":
             status = f"[red]failed[/red]: {outcome.error}"
 
-        def number(key: str) -> str:
+        def number(key: str, metrics: dict = metrics) -> str:
             value = metrics.get(key)
             return f"{value:.4f}" if isinstance(value, float) else ""
 
@@ -89,23 +188,43 @@ def summary_table(outcomes: list[CellOutcome]) -> Table:
     return table
 
 
+GRID_OPTIONS: list[Callable] = [
+    click.option("--methods", type=NAMES, help="Comma-separated method names (see `hashbench list`)."),
+    click.option("--datasets", type=NAMES, help="Comma-separated dataset names. Default: digits."),
+    click.option("--bits", type=POSITIVE_INTS, help="Code lengths, any positive integers. Default: 16,32,64."),
+    click.option("--seeds", type=NON_NEGATIVE_INTS, help="Run seeds (training randomness). Default: 0."),
+    click.option("--split-seed", type=click.IntRange(min=0), help="Seed of the split draw. Default: 0."),
+    click.option(
+        "--protocol",
+        metavar="NAME|DATASET=NAME,...",
+        help="Split protocol, for every dataset or per dataset. Default: each dataset's default protocol.",
+    ),
+    click.option(
+        "--results",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
+    ),
+    click.option(
+        "--data-root",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Where datasets live. Default: $HASHBENCH_DATA or ./data.",
+    ),
+    click.option("--set", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE", help="Override a hyperparameter. Repeatable."),
+    click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML experiment file (see experiments/)."
+    ),
+]
+
+
+def grid_options(command: Callable) -> Callable:
+    """The options that name a grid, shared by ``run`` and ``status``."""
+    for option in reversed(GRID_OPTIONS):
+        command = option(command)
+    return command
+
+
 @click.command("run")
-@click.option("--methods", type=NAMES, help="Comma-separated method names (see `hashbench list`).")
-@click.option("--datasets", type=NAMES, help="Comma-separated dataset names. Default: digits.")
-@click.option("--bits", type=POSITIVE_INTS, help="Code lengths, any positive integers. Default: 16,32,64.")
-@click.option("--seeds", type=NON_NEGATIVE_INTS, help="Run seeds (training randomness). Default: 0.")
-@click.option("--split-seed", type=click.IntRange(min=0), help="Seed of the split draw. Default: 0.")
-@click.option("--protocol", help="Split protocol name. Default: each dataset's default protocol.")
-@click.option(
-    "--results",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
-)
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where datasets live. Default: $HASHBENCH_DATA or ./data.",
-)
+@grid_options
 @click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),
@@ -116,15 +235,29 @@ def summary_table(outcomes: list[CellOutcome]) -> Table:
     is_flag=True,
     help="Run without the rows `hashbench data check` flags (missing images, all-zero labels, ...) instead of refusing; the run record says how many.",
 )
-@click.option("--set", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE", help="Override a hyperparameter. Repeatable.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML file with the same settings.")
 @click.option("--force", is_flag=True, help="Redo runs that already have an ok record.")
 @click.option("--device", help="auto (default), cpu, cuda or cuda:N.")
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    help="local (default): this machine; slurm: one Slurm job per cell, through submitit.",
+)
+@click.option(
+    "--jobs", type=click.IntRange(min=1), help="Local worker processes, each with a fair share of the CPU threads. Default: 1 (in process)."
+)
+@click.option("--partition", help="Slurm partition.")
+@click.option("--gpus-per-run", type=click.IntRange(min=0), help="Slurm: GPUs per cell.")
+@click.option("--time-limit", type=click.IntRange(min=1), metavar="MINUTES", help="Slurm: time limit per cell. Default: 1440.")
+@click.option("--mem-gb", type=click.FloatRange(min=0, min_open=True), help="Slurm: memory per cell in GB.")
+@click.option("--cpus-per-run", type=click.IntRange(min=1), help="Slurm: CPUs per cell (also its thread count).")
+@click.option("--array-parallelism", type=click.IntRange(min=1), help="Slurm: cells running at once. Default: 64.")
+@click.option("--no-wait", is_flag=True, help="Slurm: submit and return; follow with `hashbench status`.")
 def run_command(config_path: Path | None, **options) -> None:
     """Train and evaluate METHODS × DATASETS × BITS × SEEDS; finished runs are skipped."""
-    spec = build_spec(options, config_path)
+    settings = build_settings(options, config_path, plugin_specs())
+    spec = spec_from_settings(settings)
+    executor = build_executor(settings)
     console = Console(stderr=True)
-    outcomes: list[CellOutcome] = []
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -139,11 +272,13 @@ def run_command(config_path: Path | None, **options) -> None:
             progress.update(task, total=total, description=f"{cell.method} {cell.dataset} {cell.bits}b seed {cell.seed}")
 
         def on_done(outcome):
-            outcomes.append(outcome)
             progress.advance(task)
 
-        run_grid(spec, on_start=on_start, on_done=on_done)
-    Console().print(summary_table(outcomes))
+        outcomes = run_grid(spec, on_start=on_start, on_done=on_done, executor=executor)
+    output = Console()
+    if not output.is_terminal:  # piped or captured: room for the columns and failure reasons
+        output.width = max(output.width, 160)
+    output.print(summary_table(outcomes))
     failed = [outcome for outcome in outcomes if outcome.status == "failed"]
     if failed:
         click.echo(f"{len(failed)} of {len(outcomes)} runs failed; see log.txt in their run folders.", err=True)

@@ -1,0 +1,134 @@
+"""Report plots, timing table and HTML page against the run records they come from."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import statistics
+
+import numpy as np
+import pytest
+
+from hashbench.plots import make_plots
+from hashbench.report import load_runs, read_records, summarise, timing_table, write_report
+from hashbench.runner import GridSpec, run_grid
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    results = tmp_path_factory.mktemp("plots") / "results"
+    run_grid(GridSpec(methods=["lsh", "itq"], bits=[8, 16], seeds=[0, 1], results=results))
+    return results
+
+
+@pytest.fixture(scope="module")
+def report(grid, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    table, paths, warnings = write_report(grid, out, "map")
+    return out, paths
+
+
+def _records(results, method, bits):
+    records = [json.loads(p.read_text()) for p in results.glob("runs/*/run.json")]
+    chosen = [r for r in records if r["method"] == method and r["bits"] == bits]
+    assert len(chosen) == 2  # two seeds
+    return chosen
+
+
+def _lines(plot, panel):
+    """label → (x, y) of the lines drawn in one panel of a figure."""
+    axes = plot.figure.axes[panel]
+    return {line.get_label(): (np.asarray(line.get_xdata()), np.asarray(line.get_ydata())) for line in axes.get_lines()}
+
+
+def test_plots_are_written_as_png_and_pdf(report):
+    out, paths = report
+    plot_files = sorted(path for key, path in paths.items() if key.startswith("plot_"))
+    names = sorted(path.name for path in plot_files)
+    assert names == sorted(
+        f"{kind}-digits.{ext}" for kind in ("pr", "precision-at-k", "map-vs-bits") for ext in ("png", "pdf")
+    )
+    for path in plot_files:
+        data = path.read_bytes()
+        assert len(data) > 5000
+        assert data.startswith(b"\x89PNG\r\n\x1a\n" if path.suffix == ".png" else b"%PDF-")
+
+
+def test_pr_curves_drawn_are_the_records_mean_over_seeds(grid):
+    records, _ = read_records(grid)
+    pr = next(plot for plot in make_plots(records) if plot.kind == "pr")
+    for panel, bits in enumerate((8, 16)):
+        drawn = _lines(pr, panel)
+        assert set(drawn) == {"itq", "lsh"}
+        for method in ("itq", "lsh"):
+            curves = [r["metrics"]["pr_curve"] for r in _records(grid, method, bits)]
+            assert curves[0]["radius"] == list(range(bits + 1))
+            recall = np.mean([c["recall"] for c in curves], axis=0)
+            precision = np.mean([c["precision"] for c in curves], axis=0)
+            x, y = drawn[method]
+            np.testing.assert_allclose(x, recall, rtol=0, atol=1e-12)
+            np.testing.assert_allclose(y, precision, rtol=0, atol=1e-12)
+            assert pr.data[bits][method]["radius"] == list(range(bits + 1))
+
+
+def test_precision_at_k_drawn_is_the_records_mean_over_seeds(grid):
+    records, _ = read_records(grid)
+    plot = next(plot for plot in make_plots(records) if plot.kind == "precision_at_k")
+    drawn = _lines(plot, 1)  # the 16-bit panel
+    chosen = _records(grid, "itq", 16)
+    ks = sorted(int(k) for k in chosen[0]["metrics"]["precision_at_k"])
+    x, y = drawn["itq"]
+    assert list(x) == ks
+    expected = [statistics.mean(r["metrics"]["precision_at_k"][str(k)] for r in chosen) for k in ks]
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-12)
+
+
+def test_map_versus_bits_is_the_tables_mean_and_std(grid):
+    records, _ = read_records(grid)
+    plot = next(plot for plot in make_plots(records, "map") if plot.kind == "map_vs_bits")
+    table = summarise(load_runs(grid)[0], "map")
+    series = plot.data["digits"]
+    for method in ("itq", "lsh"):
+        assert series[method]["bits"] == [8, 16]
+        for bits, mean, std in zip(series[method]["bits"], series[method]["mean"], series[method]["std"], strict=True):
+            values = [r["metrics"]["map"] for r in _records(grid, method, bits)]
+            assert mean == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert std == pytest.approx(statistics.stdev(values), abs=1e-12)
+            assert mean == pytest.approx(table.mean.at[method, ("digits", bits)], abs=1e-12)
+    drawn = {container.get_label(): container.lines[0] for container in plot.figure.axes[0].containers}
+    assert list(drawn["itq"].get_xdata()) == [8, 16] and list(drawn["itq"].get_ydata()) == series["itq"]["mean"]
+    assert plot.figure.axes[0].get_ylabel().startswith("mAP@100")
+
+
+def test_timing_table_comes_from_the_records(grid, report):
+    out, paths = report
+    timings = timing_table(load_runs(grid)[0])
+    row = timings[(timings["method"] == "itq") & (timings["bits"] == 16)].iloc[0]
+    chosen = _records(grid, "itq", 16)
+    assert row["runs"] == 2 and row["device"] == "cpu"
+    for column, key in (("fit (s)", "fit"), ("encode (s)", "encode"), ("evaluate (s)", "evaluate")):
+        assert row[column] == pytest.approx(statistics.mean(r["timings"][key] for r in chosen), abs=1e-12)
+    assert row["peak memory (MB)"] == max(r["peak_memory_mb"] for r in chosen)
+    text = paths["timings_markdown"].read_text()
+    assert "| itq | digits | 16 | 2 | cpu |" in text
+
+
+def test_html_report_holds_tables_and_plots(report):
+    out, paths = report
+    page = paths["report"].read_text()
+    assert page.count("<table") == 2  # results and timings (no --published)
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 3
+    embedded = {base64.b64decode(image) for image in images}
+    assert embedded == {path.read_bytes() for key, path in paths.items() if key.startswith("plot_") and path.suffix == ".png"}
+    for link in re.findall(r'href="([^"]+\.pdf)"', page):
+        assert (out / link).is_file()
+    assert "<b>" in page  # best in bold, as in the other formats
+
+
+def test_report_without_plots(invoke, grid, tmp_path):
+    result = invoke("report", "--results", grid, "--out", tmp_path / "out", "--no-plots")
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "out" / "plots").exists()
+    assert "data:image/png" not in (tmp_path / "out" / "report.html").read_text()
