@@ -38,10 +38,10 @@ __all__ = ["DEFAULT_KS", "RetrievalResult", "evaluate", "mean_average_precision"
 
 DEFAULT_KS: tuple[int, ...] = (1, 10, 100, 1000)
 
-# Bytes of per-chunk working memory aimed at when no chunk size is given: (distance + relevance
-# + histogram keys) per query and database item is ~4 bytes, so 2 workers x 96 MB x 4 stays
-# far below the 1.5 GiB budget while keeping numpy calls large enough to be efficient.
-_CHUNK_BYTES = 96 * 2**20
+# Query x database pairs per chunk when no chunk size is given. A chunk holds its distances
+# (1 byte per pair) and relevance bits (1/8 byte), about 28 MB, while per-query buffers are
+# O(database); large enough that numpy's per-call overhead is negligible.
+_CHUNK_PAIRS = 24 * 2**20
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,11 +588,22 @@ class _ChunkResult:
 
 
 def _default_chunk(size: int) -> int:
-    return max(1, min(4096, _CHUNK_BYTES // (4 * max(size, 1))))
+    return max(1, min(4096, _CHUNK_PAIRS // max(size, 1)))
 
 
 def _workers() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
+    """Threads for query chunks: HASHBENCH_THREADS if set, else the usable cores, at most 4.
+
+    numpy releases the GIL inside its loops and sorts, so threads use several cores; each
+    holds one chunk (about 30 MB at the default size), so memory stays bounded.
+    """
+    setting = os.environ.get("HASHBENCH_THREADS", "").strip()
+    if setting:
+        if not setting.isdigit() or int(setting) < 1:
+            raise UserError(f"HASHBENCH_THREADS must be a positive integer; got {setting!r}")
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cores or 1))
 
 
 def _chunks(count: int, chunk_size: int) -> list[slice]:
@@ -604,7 +615,6 @@ def _run_chunks(function: Any, slices: Iterable[slice]) -> list[Any]:
     workers = min(_workers(), len(slices))
     if workers <= 1:
         return [function(part) for part in slices]
-    # numpy releases the GIL inside its loops, so two threads use two cores
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(function, slices))
 
