@@ -27,7 +27,8 @@ class OfficialSplitDataset(HashingDataset):
 
     official_sizes: ClassVar[dict[str, int]] = {}
     torchvision_class: ClassVar[str] = ""  # the torchvision.datasets class that downloads it
-    layout_help: ClassVar[str] = ""
+    layout_help: ClassVar[str] = ""  # where the files go (load errors)
+    manual_help: ClassVar[str] = ""  # how to get them without `data get` (download errors)
 
     def inspect(self, root: Path, *, decode: bool = True) -> Inspection:
         arrays = self.load(root)
@@ -54,8 +55,9 @@ class OfficialSplitDataset(HashingDataset):
             for train in (True, False):
                 dataset_class(root=str(root), train=train, download=True)
         except Exception as error:  # URLError, HTTPError, OSError, RuntimeError (checksum) ...
-            reason = str(getattr(error, "reason", error)).splitlines()[0] if str(error) else type(error).__name__
-            raise UserError(f"cannot download {self.name} ({reason}); {self.layout_help}") from error
+            reason = " ".join(str(getattr(error, "reason", error)).split()) or type(error).__name__
+            reason = reason if len(reason) <= 160 else reason[:157] + "..."
+            raise UserError(f"cannot download {self.name} ({reason}); {self.manual_help or self.layout_help}") from error
         return root
 
     def _arrays(self, images: np.ndarray, class_ids: np.ndarray, train_count: int, where: str, **extra) -> DatasetArrays:

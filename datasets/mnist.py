@@ -108,10 +108,11 @@ class MNIST(IDXDataset):
     classes = tuple(str(digit) for digit in range(10))
     folders = ("MNIST/raw", "mnist")
     torchvision_class = "MNIST"
-    layout_help = (
-        "run `hashbench data get mnist`, or put the four *-ubyte.gz files of http://yann.lecun.com/exdb/mnist/ "
+    manual_help = (
+        "put the four *-ubyte.gz files of http://yann.lecun.com/exdb/mnist/ "
         "in <data root>/mnist/ (or torchvision's <data root>/MNIST/raw/)"
     )
+    layout_help = f"run `hashbench data get mnist`, or {manual_help}"
 
 
 class FashionMNIST(IDXDataset):
@@ -120,7 +121,8 @@ class FashionMNIST(IDXDataset):
     classes = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
     folders = ("FashionMNIST/raw", "fashion-mnist")
     torchvision_class = "FashionMNIST"
-    layout_help = (
-        "run `hashbench data get fashion-mnist`, or put the four *-ubyte.gz files of Fashion-MNIST's release "
+    manual_help = (
+        "put the four *-ubyte.gz files of Fashion-MNIST's release "
         "in <data root>/fashion-mnist/ (or torchvision's <data root>/FashionMNIST/raw/)"
     )
+    layout_help = f"run `hashbench data get fashion-mnist`, or {manual_help}"
