@@ -1,0 +1,504 @@
+"""The training layer shared by the deep methods (CIBHash, BGAN, TBH, GreedyHash, ...).
+
+A method builds its networks and optimisers, then hands the loop to a :class:`Trainer`::
+
+    device = setup(self.context)                         # seeds, device, cuDNN settings
+    model = nn.ModuleDict({"backbone": ..., "head": ...}).to(device)
+    optimizer = torch.optim.Adam(trainable(model), lr=...)
+    trainer = Trainer(self.context, model, {"adam": optimizer},
+                      Schedule(epochs=60, batch_size=64, validate_every=20),
+                      name="cibhash", fingerprint={"bits": 32, "params": {...}})
+
+    def step(images):                                    # one batch; returns its loss terms
+        with autocast(device):
+            ...
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+        return {"loss": loss, "contrastive": ..., "kl": ...}
+
+    trainer.fit(len(train), step, load=image_loader(train, device), validate=score_on_val)
+
+What the trainer does for every method:
+
+* batches: a shuffled order of the training positions per epoch, drawn from a generator
+  derived from the run seed; ``load(positions)`` (when given) runs one batch ahead in a
+  background thread, so reading/decoding images overlaps the GPU's work;
+* progress: a rich progress bar with the running loss;
+* a NaN/inf guard: any non-finite loss term stops the run with :class:`TrainingDiverged`
+  (epoch, step and the terms' values in the message);
+* validation every ``validate_every`` epochs (and at the last epoch) when a ``validate``
+  callback is given — the callback scores the model on the validation split, never on the
+  query split — keeping the best-scoring weights, which are restored at the end;
+* a checkpoint after every epoch in ``RunContext.work_dir`` (trainable weights, buffers,
+  optimiser states, every random generator's state, curve, best weights), so a killed run
+  resumes from its last finished epoch and ends with the same codes as an uninterrupted
+  one on the same device; a checkpoint whose fingerprint differs from the run's (other
+  hyperparameters, code version, device type) is discarded; it is deleted after success;
+* the record: per-epoch loss terms and time (``curve``), validation scores and the selected
+  epoch, total time, precision, resumption, all into ``RunContext.record``.
+
+Frozen parameters (``requires_grad=False``, e.g. the VGG-16 trunk) are not checkpointed:
+they are rebuilt from their source when the run resumes.
+
+Fault injection for tests: with ``HASHBENCH_KILL_AFTER_EPOCH=k`` in the environment the
+process kills itself (SIGKILL) right after writing the checkpoint of epoch ``k``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hashbench.environment import seed_everything
+from hashbench.errors import UserError
+from hashbench.method import RunContext
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+KILL_AFTER_EPOCH_ENV = "HASHBENCH_KILL_AFTER_EPOCH"
+_SHUFFLE_STREAM = 7  # RunContext.rng stream of the batch order
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss term became NaN or infinite; the run fails with this reason."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How long and in which batches to train, and how often to validate."""
+
+    epochs: int
+    batch_size: int
+    validate_every: int = 0  # epochs between validations; 0 = never
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise UserError(f"batch_size must be at least 2, got {self.batch_size}")
+        if self.validate_every < 0:
+            raise UserError(
+                f"the validation interval must be >= 0 epochs, got {self.validate_every}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# device, seeding, precision
+
+
+def setup(context: RunContext, *, deterministic: bool = True) -> torch.device:
+    """Seed every generator from the run seed and return the run's device.
+
+    ``deterministic`` asks cuDNN for deterministic algorithms (the same seed on the same
+    GPU then gives the same codes); CPU kernels are deterministic already.
+    """
+    seed_everything(context.seed)
+    device = torch.device(context.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+    return device
+
+
+def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (the networks' matrix work), a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def precision_name(device: torch.device | str) -> str:
+    return "bf16 autocast" if torch.device(device).type == "cuda" else "float32"
+
+
+def trainable(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimiser should update (frozen ones excluded)."""
+    return [parameter for parameter in module.parameters() if parameter.requires_grad]
+
+
+def batch_positions(
+    count: int, batch_size: int, order: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """Consecutive batches of ``order`` (default 0..count-1); a last batch of one is merged.
+
+    A single-item batch has no negatives for a contrastive loss and breaks batch norm, so it
+    joins the previous batch instead.
+    """
+    order = np.arange(count) if order is None else order
+    batches = [order[start : start + batch_size] for start in range(0, count, batch_size)]
+    if len(batches) > 1 and batches[-1].size == 1:
+        last = batches.pop()
+        batches[-1] = np.concatenate([batches[-1], last])
+    return batches
+
+
+def image_loader(split: Any, device: torch.device | str) -> Callable[[np.ndarray], torch.Tensor]:
+    """``positions → uint8 (n, H, W, C)`` tensor of ``split``'s images (pinned on CUDA).
+
+    Runs in the trainer's prefetch thread, so the copy to the GPU can be asynchronous.
+    """
+    pin = torch.device(device).type == "cuda"
+
+    def load(positions: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(split.images(positions)))
+        return tensor.pin_memory() if pin else tensor
+
+    return load
+
+
+def prefetch(items: list[np.ndarray], load: Callable[[np.ndarray], Any] | None) -> Iterator[Any]:
+    """``load(item)`` for each item, the next one prepared in a background thread."""
+    if load is None:
+        yield from items
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(load, items[0]) if items else None
+        for index in range(len(items)):
+            result = pending.result()
+            pending = pool.submit(load, items[index + 1]) if index + 1 < len(items) else None
+            yield result
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and all buffers, on the CPU (frozen parameters are rebuilt)."""
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    return {
+        name: value.detach().to("cpu", copy=True)
+        for name, value in model.state_dict().items()
+        if name not in frozen
+    }
+
+
+def _load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    result = model.load_state_dict(dict(state), strict=False)
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    missing = [name for name in result.missing_keys if name not in frozen]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            f"checkpoint does not match the model (missing {missing}, unexpected {result.unexpected_keys})"
+        )
+
+
+def _rng_state(shuffle: np.random.Generator) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": shuffle.bit_generator.state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any], shuffle: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.bit_generator.state = state["shuffle"]
+    if (
+        "cuda" in state
+        and torch.cuda.is_available()
+        and len(state["cuda"]) == torch.cuda.device_count()
+    ):
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _jsonable(value: Any) -> Any:
+    """Fingerprints compare as JSON-like values (tuples and lists alike)."""
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    for plain in (int, float, str):  # subclasses (torch's version string) do not load safely
+        if isinstance(value, plain):
+            return plain(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingResult:
+    """What :meth:`Trainer.fit` did: the curve, the selected epoch, timings."""
+
+    curve: list[dict[str, float]] = field(default_factory=list)
+    validation: list[dict[str, float]] = field(default_factory=list)
+    selected_epoch: int | None = None
+    resumed_from_epoch: int | None = None
+
+
+class Trainer:
+    """The epoch loop with everything around it (see the module docstring)."""
+
+    def __init__(
+        self,
+        context: RunContext,
+        model: nn.Module,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        schedule: Schedule,
+        *,
+        name: str,
+        fingerprint: Mapping[str, Any] | None = None,
+        schedulers: Mapping[str, Any] | None = None,
+        validation_metric: str = "validation score",
+    ) -> None:
+        self.context = context
+        self.model = model
+        self.optimizers = dict(optimizers)
+        self.schedulers = dict(schedulers or {})
+        self.schedule = schedule
+        self.name = name
+        self.validation_metric = validation_metric
+        self.device = torch.device(context.device)
+        self.fingerprint = _jsonable(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "name": name,
+                "seed": context.seed,
+                "device": self.device.type,
+                "torch": torch.__version__,
+                "schedule": asdict(schedule),
+                **dict(fingerprint or {}),
+            }
+        )
+        self.shuffle_rng = context.rng(_SHUFFLE_STREAM)
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return (
+            None if self.context.work_dir is None else Path(self.context.work_dir) / CHECKPOINT_NAME
+        )
+
+    def _save_checkpoint(
+        self, epoch: int, result: TrainingResult, best: dict[str, Any] | None
+    ) -> None:
+        path = self.checkpoint_path
+        if path is None:
+            return
+        payload = {
+            "fingerprint": self.fingerprint,
+            "epoch": epoch,
+            "model": _trainable_state(self.model),
+            "optimizers": {
+                key: optimizer.state_dict() for key, optimizer in self.optimizers.items()
+            },
+            "schedulers": {
+                key: scheduler.state_dict() for key, scheduler in self.schedulers.items()
+            },
+            "rng": _rng_state(self.shuffle_rng),
+            "curve": result.curve,
+            "validation": result.validation,
+            "best": best,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        torch.save(payload, temporary)
+        os.replace(temporary, path)  # atomic: a kill leaves the previous checkpoint intact
+
+    def _load_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint of an interrupted run with the same fingerprint, else None."""
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
+            return None
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # unreadable: start over rather than fail
+            self.context.log(f"{self.name}: ignoring unreadable checkpoint {path} ({error})")
+            path.unlink(missing_ok=True)
+            self.context.record["discarded_checkpoint"] = f"unreadable: {type(error).__name__}"
+            return None
+        if payload.get("fingerprint") != self.fingerprint:
+            self.context.log(
+                f"{self.name}: discarding checkpoint {path} made with another configuration"
+            )
+            path.unlink(missing_ok=True)
+            self.context.record["discarded_checkpoint"] = "made with another configuration"
+            return None
+        return payload
+
+    def _restore(
+        self, payload: Mapping[str, Any], result: TrainingResult
+    ) -> tuple[int, dict[str, Any] | None]:
+        _load_trainable_state(self.model, payload["model"])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(payload["optimizers"][key])
+        for key, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(payload["schedulers"][key])
+        _set_rng_state(payload["rng"], self.shuffle_rng)
+        result.curve = list(payload["curve"])
+        result.validation = list(payload["validation"])
+        result.resumed_from_epoch = int(payload["epoch"])
+        return int(payload["epoch"]), payload["best"]
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def _check_finite(
+        self, terms: Mapping[str, torch.Tensor], epoch: int, step: int
+    ) -> dict[str, torch.Tensor]:
+        detached = {key: torch.as_tensor(value).detach().float() for key, value in terms.items()}
+        if not bool(torch.isfinite(torch.stack(list(detached.values()))).all()):
+            shown = ", ".join(f"{key}={float(value):.4g}" for key, value in detached.items())
+            raise TrainingDiverged(
+                f"{self.name}: the loss is no longer finite at epoch {epoch}, step {step} ({shown}); "
+                "training stopped. Try a lower learning rate, another seed, or float32 (--device cpu)"
+            )
+        return detached
+
+    def fit(
+        self,
+        num_items: int,
+        step: Callable[[Any], Mapping[str, torch.Tensor]],
+        *,
+        load: Callable[[np.ndarray], Any] | None = None,
+        validate: Callable[[], float] | None = None,
+    ) -> TrainingResult:
+        """Train for the schedule; returns the curve and the selected epoch.
+
+        ``step(batch)`` trains on one batch (``load(positions)``, or the positions when no
+        ``load`` is given) and returns its loss terms (scalar tensors; ``loss`` first by
+        convention). ``validate()`` returns a score, higher is better.
+        """
+        schedule = self.schedule
+        if num_items < 2:
+            raise UserError(f"{self.name} needs at least 2 training items, got {num_items}")
+        result = TrainingResult()
+        start_epoch, best = 0, None
+        payload = self._load_checkpoint()
+        if payload is not None:
+            start_epoch, best = self._restore(payload, result)
+            self.context.log(f"{self.name}: resuming after epoch {start_epoch}")
+        steps_per_epoch = len(batch_positions(num_items, schedule.batch_size))
+        kill_after = os.environ.get(KILL_AFTER_EPOCH_ENV)
+        validating = validate is not None and schedule.validate_every > 0
+
+        with _progress(
+            f"{self.name}", schedule.epochs * steps_per_epoch, start_epoch * steps_per_epoch
+        ) as advance:
+            for epoch in range(start_epoch + 1, schedule.epochs + 1):
+                self.model.train()
+                order = (
+                    self.shuffle_rng.permutation(num_items)
+                    if schedule.shuffle
+                    else np.arange(num_items)
+                )
+                batches = batch_positions(num_items, schedule.batch_size, order)
+                sums: dict[str, float] = {}
+                started = time.perf_counter()
+                for index, batch in enumerate(prefetch(batches, load), start=1):
+                    terms = self._check_finite(step(batch), epoch, index)
+                    for key, value in terms.items():
+                        sums[key] = sums.get(key, 0.0) + float(value)
+                    advance(
+                        f"{self.name} epoch {epoch}/{schedule.epochs} loss {float(next(iter(terms.values()))):.4f}"
+                    )
+                for scheduler in self.schedulers.values():
+                    scheduler.step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                entry = {"epoch": epoch, "seconds": time.perf_counter() - started}
+                entry.update({key: value / len(batches) for key, value in sums.items()})
+                if validating and (
+                    epoch % schedule.validate_every == 0 or epoch == schedule.epochs
+                ):
+                    started = time.perf_counter()
+                    self.model.eval()
+                    with torch.no_grad():
+                        score = float(validate())
+                    self.model.train()
+                    entry["validation_seconds"] = time.perf_counter() - started
+                    result.validation.append({"epoch": epoch, "score": score})
+                    # Strictly better, so ties keep the earlier epoch (as the released CIBHash code).
+                    if best is None or score > best["score"]:
+                        best = {
+                            "epoch": epoch,
+                            "score": score,
+                            "state": _trainable_state(self.model),
+                        }
+                result.curve.append(entry)
+                self._save_checkpoint(epoch, result, best)
+                if (
+                    kill_after is not None
+                    and str(epoch) == kill_after.strip()
+                    and self.checkpoint_path is not None
+                ):
+                    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+        if best is not None:
+            _load_trainable_state(self.model, best["state"])
+            result.selected_epoch = int(best["epoch"])
+        else:
+            result.selected_epoch = schedule.epochs
+        self._write_record(result, validating)
+        if self.checkpoint_path is not None:
+            self.checkpoint_path.unlink(missing_ok=True)
+        return result
+
+    def _write_record(self, result: TrainingResult, validating: bool) -> None:
+        record = self.context.record
+        record["schedule"] = asdict(self.schedule)
+        record["device"] = str(self.device)
+        record["precision"] = precision_name(self.device)
+        record["curve"] = result.curve
+        record["epoch_seconds"] = [entry["seconds"] for entry in result.curve]
+        record["train_seconds"] = sum(
+            entry["seconds"] + entry.get("validation_seconds", 0.0) for entry in result.curve
+        )
+        record["resumed_from_epoch"] = result.resumed_from_epoch
+        record["validation"] = {
+            "metric": self.validation_metric if validating else None,
+            "every": self.schedule.validate_every if validating else None,
+            "scores": result.validation,
+            "selected_epoch": result.selected_epoch,
+            "selection": "best validation score" if validating else "last epoch (no validation)",
+        }
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int, completed: int) -> Iterator[Callable[[str], None]]:
+    """A transient rich progress bar; ``advance(text)`` moves it one step."""
+    from rich.console import Console
+    from rich.errors import LiveError
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    try:
+        progress.start()
+    except LiveError:  # another live display that cannot nest (older rich): no bar
+        yield lambda text: None
+        return
+    task = progress.add_task(description, total=total, completed=completed)
+    try:
+        yield lambda text: progress.update(task, advance=1, description=text)
+    finally:
+        progress.stop()
