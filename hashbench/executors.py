@@ -50,12 +50,21 @@ def fair_share(workers: int, cpus: int | None = None) -> int:
 
 
 def limit_threads(threads: int) -> None:
-    """Pin this process to ``threads`` compute threads (numpy's BLAS and torch)."""
+    """Pin this process to ``threads`` compute threads (numpy's BLAS and torch).
+
+    The variables work for libraries not loaded yet; threadpoolctl resizes the pools of
+    those already loaded (a job process unpickles its job, and so imports numpy, first).
+    """
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(threads)
     import torch  # after the variables: its OpenMP runtime reads them when loaded
 
     torch.set_num_threads(threads)
+    try:
+        import threadpoolctl  # comes with scikit-learn
+    except ImportError:
+        return
+    threadpoolctl.threadpool_limits(threads)
 
 
 @contextmanager
@@ -194,13 +203,13 @@ def _slurm_entry(job: CellJob) -> JobResult:
 
     from hashbench.runner import run_job
 
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus and cpus.isdigit():
+        limit_threads(int(cpus))  # what Slurm granted, not the node's full core count
     identity: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
     for variable, name in (("SLURM_JOB_ID", "job_id"), ("SLURM_ARRAY_JOB_ID", "array_job_id"), ("SLURM_ARRAY_TASK_ID", "array_task_id")):
         if variable in os.environ:
             identity[name] = os.environ[variable]
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus and cpus.isdigit():
-        limit_threads(int(cpus))  # what Slurm granted, not the node's full core count
     return run_job(replace(job, execution={**job.execution, **identity}))
 
 
@@ -262,6 +271,9 @@ class SlurmExecutor:
             "slurm_qos": self.qos,
             "slurm_constraint": self.constraint,
         }
+        if self.cpus_per_run is not None:
+            # Set before the job's Python starts, so every BLAS and OpenMP runtime sees them.
+            parameters["slurm_setup"] = [f"export {variable}={self.cpus_per_run}" for variable in THREAD_VARIABLES]
         return {key: value for key, value in parameters.items() if value is not None}
 
     def run(

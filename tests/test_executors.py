@@ -167,6 +167,8 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
         "#SBATCH --array=0-9%3",
         "#SBATCH --account=lab",
         "#SBATCH --qos=normal",
+        "export OMP_NUM_THREADS=6",  # the job's thread share, set before its Python starts
+        "export OPENBLAS_NUM_THREADS=6",
     ):
         assert line in script
 
