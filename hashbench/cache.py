@@ -113,12 +113,17 @@ class CacheEntry:
         array = self.open()
         if array is not None:
             return array
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.lock_path)):
-            array = self.open()  # another process may have built it while we waited
-            if array is not None:
-                return array
-            self._build(tuple(shape), np.dtype(dtype), fill, what)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.lock_path)):
+                array = self.open()  # another process may have built it while we waited
+                if array is not None:
+                    return array
+                self._build(tuple(shape), np.dtype(dtype), fill, what)
+        except OSError as error:  # unwritable folder, disk full
+            raise UserError(
+                f"{what}: cannot write in {self.path.parent} ({error}); point --cache at a writable folder with room"
+            ) from error
         array = self.open()
         if array is None:  # pragma: no cover - only on a disk that lies
             raise UserError(f"{what}: the freshly written cache file {self.path} does not verify; check the disk")

@@ -276,3 +276,11 @@ def test_features_read_images_through_the_store_with_workers(image_folder, tmp_p
     factory = Factory()
     features = features_for(store, np.arange(21), tmp_path / "cache", factory, workers=2)
     assert np.allclose(features(np.arange(21)), direct_features(store[np.arange(21)]), atol=1e-5)
+
+
+def test_unwritable_cache_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be")
+    entry = CacheEntry(blocker / "sub" / "x.npy", {"k": 1})
+    with pytest.raises(UserError, match="point --cache at a writable folder"):
+        entry.get_or_build((2,), np.uint8, lambda array: None)
