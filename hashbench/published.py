@@ -1,7 +1,7 @@
 """Published numbers beside the reproduced ones.
 
 A CSV of numbers taken from papers (one row per method × dataset × protocol × metric ×
-bits), with the source of each. The package ships one (``hashbench/data/published.csv``);
+bits), with the source of each. The package ships one (``hashbench/resources/published.csv``);
 a user may pass their own with ``hashbench report --published FILE``. Lines starting with
 ``#`` are comments.
 
@@ -30,7 +30,7 @@ IDENTITY = ["method", "dataset", "protocol", "metric", "bits"]
 
 def builtin_path() -> Path:
     """The CSV shipped with the package."""
-    return Path(str(resources.files("hashbench") / "data" / "published.csv"))
+    return Path(str(resources.files("hashbench") / "resources" / "published.csv"))
 
 
 def load_published(path: Path | None = None) -> pd.DataFrame:

@@ -57,8 +57,10 @@ def test_shipped_list_loads_and_every_row_is_cited_and_checked():
 
 def test_shipped_list_is_package_data():
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
-    assert "data/*" in pyproject["tool"]["setuptools"]["package-data"]["hashbench"]
-    assert builtin_path().is_file() and builtin_path().parent.name == "data"
+    setuptools = pyproject["tool"]["setuptools"]
+    assert "hashbench.resources" in setuptools["packages"]
+    assert "*.csv" in setuptools["package-data"]["hashbench.resources"]
+    assert builtin_path().is_file() and builtin_path().parent.name == "resources"
 
 
 def test_published_beside_reproduced_with_difference(grid, numbers):
