@@ -58,7 +58,7 @@ class HashingMethod(abc.ABC):
         self.params = params if params is not None else self.Params()
         self.context = context if context is not None else RunContext()
 
-    def check_input(self, dimension: int) -> None:
+    def check_input(self, dimension: int) -> None:  # noqa: B027 (optional hook, not abstract)
         """Refuse a configuration the method cannot handle (override where needed)."""
 
     @abc.abstractmethod

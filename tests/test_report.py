@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from hashbench.errors import UserError
-from hashbench.report import load_runs, summarise, to_csv, to_html, to_latex, to_markdown, write_report
+from hashbench.report import (
+    load_runs,
+    summarise,
+    to_csv,
+    to_html,
+    to_latex,
+    to_markdown,
+    write_report,
+)
 from hashbench.runner import GridSpec, run_grid
 
 
