@@ -16,6 +16,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,29 +122,14 @@ class LocalPoolExecutor:
     def describe(self) -> dict[str, Any]:
         return {"executor": "local", "jobs": self.jobs, "threads_per_job": self.threads, "host": socket.gethostname()}
 
-    @contextmanager
-    def pool(self, workers: int | None = None) -> Iterator[ProcessPoolExecutor]:
-        """A pool of spawned workers, each limited to :attr:`threads` compute threads.
-
-        spawn, not fork: a fresh interpreter, with no copied torch/OpenMP state or held
-        locks. The thread variables are set in this process's environment while the pool
-        lives, because workers inherit it when they start, before anything imports numpy:
-        a worker may import the parent's main module (a console script importing the CLI,
-        hence numpy) before any initializer runs.
-        """
-        context = multiprocessing.get_context("spawn")
-        with _environment({variable: str(self.threads) for variable in THREAD_VARIABLES}):
-            pool = ProcessPoolExecutor(
-                max_workers=workers or self.jobs,
-                mp_context=context,
-                initializer=_worker_initializer,
-                initargs=(self.threads,),
-            )
-            try:
-                yield pool
-            finally:
-                # On Ctrl-C, queued cells are dropped; running ones finish or die with the pool.
-                pool.shutdown(wait=True, cancel_futures=True)
+    def _new_pool(self, workers: int) -> ProcessPoolExecutor:
+        # spawn, not fork: a fresh interpreter, with no copied torch/OpenMP state or held locks.
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_initializer,
+            initargs=(self.threads,),
+        )
 
     def run(
         self,
@@ -151,9 +137,30 @@ class LocalPoolExecutor:
         on_submit: Callable[[int, str | None], None],
         on_result: Callable[[int, JobResult], None],
     ) -> None:
+        """Run the jobs on shared workers; after a worker dies, the rest one process each.
+
+        A worker that dies (killed for memory, a crash in native code) takes its whole pool
+        down with it, and the pool cannot tell which cell killed it. So the cells it left
+        unfinished run again, each in a process of its own, N at a time: the culprit then
+        fails alone, with the reason, and the others finish.
+
+        The thread variables are set in this process's environment while workers start,
+        because a worker inherits it before anything imports numpy: a spawned worker may
+        import the parent's main module (a console script imports the CLI, hence numpy)
+        before any initializer runs.
+        """
         if not jobs:
             return
-        with self.pool(min(self.jobs, len(jobs))) as pool:
+        with _environment({variable: str(self.threads) for variable in THREAD_VARIABLES}):
+            unfinished = self._run_shared(jobs, on_submit, on_result)
+            if unfinished:
+                self._run_isolated(jobs, unfinished, on_result)
+
+    def _run_shared(self, jobs, on_submit, on_result) -> list[int]:
+        """Every job on one pool of workers; returns the jobs a dead worker left unfinished."""
+        pool = self._new_pool(min(self.jobs, len(jobs)))
+        unfinished = []
+        try:
             futures = {}
             for position, job in enumerate(jobs):
                 futures[pool.submit(_pool_entry, job)] = position
@@ -162,7 +169,43 @@ class LocalPoolExecutor:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:
-                    on_result(futures[future], _result_or_failure(jobs[futures[future]], future.result))
+                    position = futures[future]
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        unfinished.append(position)
+                    else:
+                        on_result(position, _result_or_failure(jobs[position], future.result))
+        finally:
+            # On Ctrl-C, queued cells are dropped; running ones die with their workers.
+            pool.shutdown(wait=True, cancel_futures=True)
+        return sorted(unfinished)
+
+    def _run_isolated(self, jobs, positions: list[int], on_result) -> None:
+        from hashbench.runner import JobResult, record_failure
+
+        queue = list(positions)
+        active: dict = {}
+        try:
+            while queue or active:
+                while queue and len(active) < self.jobs:
+                    position = queue.pop(0)
+                    pool = self._new_pool(1)
+                    active[pool.submit(_pool_entry, jobs[position])] = (position, pool)
+                done, _ = wait(active, return_when=FIRST_COMPLETED)
+                for future in done:
+                    position, pool = active.pop(future)
+                    pool.shutdown(wait=True)
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        reason = (
+                            "the worker process running this cell died (killed by the OS, e.g. for memory, "
+                            "or crashed in native code)"
+                        )
+                        record_failure(jobs[position], reason)
+                        on_result(position, JobResult(jobs[position].key, "failed", None, reason))
+                    else:
+                        on_result(position, _result_or_failure(jobs[position], future.result))
+        finally:
+            for _, pool in active.values():
+                pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pool_entry(job: CellJob) -> JobResult:

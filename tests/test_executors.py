@@ -68,6 +68,17 @@ def test_jobs_2_gives_the_same_records_as_one_job(invoke, tmp_path):
     assert again.output.count("done before") == 4
 
 
+@pytest.mark.slow  # each cell gets a process of its own once a worker has died
+def test_a_dying_worker_fails_its_own_cell_only(invoke, results):
+    result = invoke("--plugin", PLUGIN, "run", "--methods", "dying,counting", "--bits", "8", "--results", results, "--jobs", "2")
+    assert result.exit_code == 1, result.output
+    records = {r["method"]: r for r in _records(results).values()}
+    assert records["counting"]["status"] == "ok"
+    assert records["dying"]["status"] == "failed"
+    assert records["dying"]["error"].startswith("the worker process running this cell died")
+    assert "1 of 2 runs failed" in result.output
+
+
 def _runner(results: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "hashbench", "--plugin", str(PLUGIN), "run", "--methods", "counting",
