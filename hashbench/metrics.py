@@ -3,20 +3,33 @@
 Ranking: the database is ranked for each query by Hamming distance, ties broken by database
 index (a stable order). An item is relevant when it shares at least one label with the query.
 
-Everything is computed per chunk of queries on bit-packed codes, so memory is bounded by the
-chunk size and never holds a queries x database float matrix. Hamming distances are small
-integers (0..bits), so ranking is a counting problem:
+Everything is computed per chunk of queries on bit-packed codes (XOR + popcount), so memory is
+bounded by the chunk size and never holds a queries x database float matrix. Relevance rows
+are ORs of per-class bitmaps of the database. Distances are small integers, so one sort of
+packed integer keys (distance, database index, relevant bit) per query gives the exact
+stable ranking; from it:
 
-* per query, a histogram of (distance, relevant) over the database gives N+, the Hamming-radius
-  precision/recall for every radius (the PR curve) and the tie-aware mAP in closed form;
-* the index-tie-broken metrics (mAP@k, P@k, R@k) only need the items at distance <= the
-  distance of the k-th item; those few candidates are ordered by a radix sort on
-  (query, distance) that keeps index order inside each distance.
+* the group boundaries give, per distance, the number of items and of relevant items: N+,
+  the Hamming-radius precision/recall for every radius (the PR curve) and the tie-aware mAP
+  with its bounds in closed form (He et al., CVPR 2018, plus an exact hypergeometric
+  treatment of the group that the cut-off k splits);
+* the positions of the relevant items give mAP@k, mAP over the whole ranking and R_k.
+
+:func:`mean_average_precision` (mAP@k alone, for per-epoch monitoring) sorts only the items
+within the distance of the k-th item, found from a 1/8 sample of the distances.
 
 Conventions (also in PROTOCOLS.md): AP@k = (1/R_k) sum_{i<=k} rel_i P@i, and a query with
 R_k = 0 counts as 0 in the mean over all queries; a cut-off k larger than the database is
-clipped to the database size (for mAP@k, P@k and R@k alike); recall is 0 for a query with no
-relevant item (N+ = 0); precision within a radius is 0 when no item lies within it.
+clipped to the database size (for mAP@k, P@k and R@k alike, so P@k divides by the database
+size there); recall is 0 for a query with no relevant item (N+ = 0); precision within a
+radius is 0 when no item lies within it (the query stays in the mean).
+
+Optimistic / pessimistic mAP@k are the best and worst AP@k over all orders inside ties. With
+k = all they are "relevant first / last inside ties". With a cut-off inside a tie group they
+are not always that: AP@k divides by R_k, so letting one more relevant item of the cut group
+into the top k can lower AP@k (it enters near position k with a low precision). The bounds
+therefore also choose how many relevant items of the cut group enter the top k; this keeps
+optimistic >= tie-aware >= pessimistic, which the plain relevant-first/last orders violate.
 """
 
 from __future__ import annotations
@@ -359,18 +372,9 @@ def _guess_thresholds(distances: np.ndarray, depth: int, groups: int) -> np.ndar
     return guess
 
 
-def _sort_keys(
-    distances: np.ndarray, index: np.ndarray, relevant: np.ndarray, key_type: type, shift: int
-) -> np.ndarray:
-    """Keys (distance, database index, relevant) packed so that sorting them ranks the items
-    with ties broken by index, the relevance bit riding along in the lowest bit."""
-    keys = np.left_shift(distances, shift, dtype=key_type)
-    keys |= np.left_shift(index.astype(key_type), key_type(1))
-    keys |= relevant
-    return keys
-
-
 def _key_layout(size: int, groups: int) -> tuple[type, int]:
+    """Sort keys hold (distance, database index, relevant bit) in one unsigned integer:
+    the dtype that fits and the shift of the distance."""
     shift = max(1, (size - 1).bit_length()) + 1
     key_type = np.uint32 if shift + max(1, (groups - 1).bit_length()) <= 32 else np.uint64
     return key_type, shift
@@ -386,8 +390,12 @@ def _head_average_precision(
     """
     count, size = distances.shape
     key_type, shift = _key_layout(size, int(distances.max(initial=0)) + 1)
+    base = np.arange(size, dtype=key_type) << key_type(1)
     ranks = np.arange(1, depth + 1, dtype=np.float64)
+    flags = np.empty(depth, dtype=bool)
     out = np.zeros(count)
+    # same dtype as the distances: comparing with an int64 would convert every distance
+    thresholds = np.minimum(thresholds, np.iinfo(distances.dtype).max).astype(distances.dtype)
     for row in range(count):
         row_distances = distances[row]
         index = np.flatnonzero(row_distances <= thresholds[row])
@@ -395,14 +403,18 @@ def _head_average_precision(
             cumulative = np.cumsum(np.bincount(row_distances))
             exact = int(np.argmax(cumulative >= depth))
             index = np.flatnonzero(row_distances <= exact)
-        # relevance bits of the candidates only (np.packbits order: big-endian in a byte)
-        relevant = bit_rows[row][index >> 3] >> (7 - (index & 7)).astype(np.uint8)
-        relevant &= 1
-        keys = _sort_keys(row_distances[index], index, relevant, key_type, shift)
+        relevant = np.unpackbits(bit_rows[row], count=size)
+        # sort keys (distance, index, relevant) of the candidates only
+        keys = np.left_shift(row_distances[index], shift, dtype=key_type)
+        keys |= base[index]
+        keys |= relevant[index]
         keys.sort()
-        positions = np.flatnonzero(keys[:depth] & 1)
+        np.bitwise_and(keys[:depth], 1, out=flags, casting="unsafe")
+        positions = np.flatnonzero(flags)
         if positions.size:
-            out[row] = (ranks[: positions.size] / (positions + 1.0)).sum() / positions.size
+            precision = positions + 1.0
+            np.divide(ranks[: positions.size], precision, out=precision)
+            out[row] = precision.sum() / positions.size
     return out
 
 

@@ -396,6 +396,23 @@ def test_tie_aware_exact_on_a_tiny_case():
     assert result.map_pessimistic == pytest.approx((1 + 2 / 3) / 2)
 
 
+def test_bounds_choose_how_many_relevant_items_enter_a_cut_group():
+    # distance 0: relevant; distance 1: not relevant; distance 2: ten items, one relevant,
+    # and k = 3 cuts that group after its first item. Letting the relevant one in gives
+    # AP = (1 + 2/3) / 2; keeping it out gives AP = 1: relevant-first is the worst order here.
+    bits = 8
+    query = np.zeros((1, bits), dtype=bool)
+    database = np.zeros((12, bits), dtype=bool)
+    database[1, 0] = True
+    database[2:, :2] = True
+    labels = np.array([0, 1, 0] + [1] * 9)
+    result = evaluate(query, database, np.array([0]), labels, topk=3)
+    assert result.map == pytest.approx((1 + 2 / 3) / 2)  # the relevant one has index 2
+    assert result.map_optimistic == 1.0
+    assert result.map_pessimistic == pytest.approx((1 + 2 / 3) / 2)
+    assert result.map_tie_aware == pytest.approx(0.1 * (1 + 2 / 3) / 2 + 0.9 * 1.0)
+
+
 def test_without_ties_all_variants_agree():
     rng = np.random.default_rng(11)
     # distinct distances: database item i at distance i from the all-zero query
@@ -522,7 +539,9 @@ def _close(result, expected) -> bool:
 def test_cuda_tensors_are_evaluated_on_the_device():
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
+        pytest.skip(
+            "no CUDA device (tests/conftest.py hides GPUs unless CUDA_VISIBLE_DEVICES is set)"
+        )
     for (query_bits, database_bits, query_labels, database_labels), topk in torch_problems():
         expected = evaluate(query_bits, database_bits, query_labels, database_labels, topk=topk)
         on_device = evaluate(
