@@ -560,5 +560,12 @@ def test_cuda_tensors_are_evaluated_on_the_device():
             bits=query_bits.shape[1],
             topk=topk,
         ) == pytest.approx(expected.map, abs=1e-12)
-    with pytest.raises(UserError, match="zeros"):
-        evaluate(torch.zeros((2, 8)).cuda(), torch.ones((5, 8)).cuda(), [0, 1], [0, 1, 0, 1, 1])
+    signs = torch.ones((2, 8), device="cuda")
+    signs[0, :4] = -1
+    signs[1, 5] = 0  # a sign() of zero
+    with pytest.raises(UserError, match="1 zeros"):
+        evaluate(signs, torch.ones((5, 8)).cuda(), [0, 1], [0, 1, 0, 1, 1])
+    with pytest.raises(UserError, match="NaN"):
+        evaluate(signs / 0, torch.ones((5, 8)).cuda(), [0, 1], [0, 1, 0, 1, 1])
+    with pytest.raises(UserError, match="database codes have 5 rows"):
+        evaluate(signs.abs(), torch.ones((5, 8)).cuda(), [0, 1], [0, 1, 0, 1])
