@@ -198,8 +198,13 @@ def _label_matrices(query_labels: Any, database_labels: Any) -> tuple[np.ndarray
         )
     num_classes = widths.pop() if widths else None
     if num_classes is None:
-        ids_max = [int(np.max(a)) for a in (query, database) if a.size and a.dtype.kind in "iuf"]
-        num_classes = max(ids_max) + 1 if ids_max else None
+        # the wider of the two id ranges (bad ids are reported by to_multi_hot)
+        ids_max = [
+            int(np.max(a))
+            for a in (query, database)
+            if a.size and (a.dtype.kind in "iu" or (a.dtype.kind == "f" and np.isfinite(a).all()))
+        ]
+        num_classes = max(ids_max) + 1 if ids_max and max(ids_max) >= 0 else None
     return (
         to_multi_hot(query, num_classes, name="query labels"),
         to_multi_hot(database, num_classes, name="database labels"),
@@ -381,7 +386,7 @@ def _key_layout(size: int, groups: int) -> tuple[type, int]:
 
 
 def _head_average_precision(
-    distances: np.ndarray, bit_rows: np.ndarray, thresholds: np.ndarray, depth: int
+    distances: np.ndarray, bit_rows: np.ndarray, thresholds: np.ndarray, depth: int, groups: int
 ) -> np.ndarray:
     """AP@depth per query (c,) from the items within each query's threshold distance only.
 
@@ -389,7 +394,7 @@ def _head_average_precision(
     is replaced by the exact one for that query.
     """
     count, size = distances.shape
-    key_type, shift = _key_layout(size, int(distances.max(initial=0)) + 1)
+    key_type, shift = _key_layout(size, groups)
     base = np.arange(size, dtype=key_type) << key_type(1)
     ranks = np.arange(1, depth + 1, dtype=np.float64)
     flags = np.empty(depth, dtype=bool)
@@ -812,7 +817,7 @@ def mean_average_precision(
         if map_k == size:
             return _whole_ranking(distances, bit_rows, groups, map_k, ()).ap
         thresholds = _guess_thresholds(distances, map_k, groups)
-        return _head_average_precision(distances, bit_rows, thresholds, map_k)
+        return _head_average_precision(distances, bit_rows, thresholds, map_k, groups)
 
     return float(np.concatenate(_run_chunks(run, _chunks(inputs.num_queries, chunk))).mean())
 

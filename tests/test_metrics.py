@@ -458,6 +458,10 @@ def test_input_errors_are_user_errors():
         evaluate(query_bits, database_bits, query_labels, database_labels, topk=0)
     with pytest.raises(UserError, match="ks"):
         evaluate(query_bits, database_bits, query_labels, database_labels, ks=(1, -3))
+    with pytest.raises(UserError, match="integers"):
+        evaluate(query_bits, database_bits, np.array([0.0, np.nan, 1.0, 2.0]), database_labels)
+    with pytest.raises(UserError, match=">= 0"):
+        evaluate(query_bits, database_bits, query_labels, -np.ones(20, dtype=int))
     with pytest.raises(UserError, match="empty"):
         evaluate(query_bits, database_bits[:0], query_labels, database_labels[:0])
 
