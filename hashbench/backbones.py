@@ -346,7 +346,7 @@ class SmallConvNet(nn.Module):
     trainable = True
 
     def __init__(
-        self, image_shape: tuple[int, ...], feature_dim: int = 512, width: int = 64
+        self, image_shape: tuple[int, ...], feature_dim: int = 256, width: int = 32
     ) -> None:
         super().__init__()
         if len(image_shape) != 3:

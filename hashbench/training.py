@@ -33,7 +33,7 @@ What the trainer does for every method:
   resumes from its last finished epoch and ends with the same codes as an uninterrupted
   one on the same device; a checkpoint whose fingerprint differs from the run's (other
   hyperparameters, code version, device type) is discarded; it is deleted after success;
-* the record: per-epoch loss terms and time (``curve``), validation scores and the selected
+* the record: per-epoch loss terms, wall and process CPU time (``curve``), validation scores and the selected
   epoch, total time, precision, resumption, all into ``RunContext.record``.
 
 Frozen parameters (``requires_grad=False``, e.g. the VGG-16 trunk) are not checkpointed:
@@ -399,7 +399,7 @@ class Trainer:
                 )
                 batches = batch_positions(num_items, schedule.batch_size, order)
                 sums: dict[str, float] = {}
-                started = time.perf_counter()
+                started, cpu_started = time.perf_counter(), time.process_time()
                 for index, batch in enumerate(prefetch(batches, load), start=1):
                     terms = self._check_finite(step(batch), epoch, index)
                     for key, value in terms.items():
@@ -411,7 +411,12 @@ class Trainer:
                     scheduler.step()
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                entry = {"epoch": epoch, "seconds": time.perf_counter() - started}
+                # CPU time beside wall time: their ratio shows threads at work, or contention.
+                entry = {
+                    "epoch": epoch,
+                    "seconds": time.perf_counter() - started,
+                    "cpu_seconds": time.process_time() - cpu_started,
+                }
                 entry.update({key: value / len(batches) for key, value in sums.items()})
                 if validating and (
                     epoch % schedule.validate_every == 0 or epoch == schedule.epochs

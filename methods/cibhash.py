@@ -196,7 +196,7 @@ class Profile:
 
 # The tiny profile's schedule: small training sets (hundreds to thousands of images) need more
 # passes than CIFAR's 5,000 images for the same number of optimiser steps.
-TINY_EPOCHS = 120
+TINY_EPOCHS = 100
 TINY_EVAL_EVERY = 20
 
 
