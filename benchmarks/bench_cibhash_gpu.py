@@ -29,6 +29,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,7 @@ except ImportError:  # run from a checkout without installing: load the plugin b
         "cibhash_plugin", Path(__file__).resolve().parent.parent / "methods" / "cibhash.py"
     )
     _module = importlib.util.module_from_spec(_spec)
+    sys.modules["cibhash_plugin"] = _module  # dataclasses look their module up there
     _spec.loader.exec_module(_module)
     HEAD_HIDDEN, CIBHash, CIBHashParams, cibhash_loss = (
         _module.HEAD_HIDDEN,

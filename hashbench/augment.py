@@ -241,21 +241,24 @@ def _rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
     return torch.stack((hue, saturation, maxc), dim=-3)
 
 
+# For each hue sector 0..5, which of (v, q, p, t) each of r, g, b takes (torchvision's table).
+_SECTOR_CHOICES = ((0, 1, 2, 2, 3, 0), (3, 0, 0, 1, 2, 2), (2, 2, 3, 0, 0, 1))
+
+
 def _hsv_to_rgb(images: torch.Tensor) -> torch.Tensor:
+    # torchvision's formulation, with a gather in place of its one-hot einsum (the einsum
+    # becomes millions of tiny matrix products and dominated the whole augmentation).
     hue, saturation, value = images.unbind(dim=-3)
-    i = torch.floor(hue * 6.0)
-    f = (hue * 6.0) - i
-    i = i.to(dtype=torch.int32)
+    sector = torch.floor(hue * 6.0)
+    fraction = (hue * 6.0) - sector
+    sector = sector.to(dtype=torch.int64) % 6
     p = torch.clamp(value * (1.0 - saturation), 0.0, 1.0)
-    q = torch.clamp(value * (1.0 - saturation * f), 0.0, 1.0)
-    t = torch.clamp(value * (1.0 - saturation * (1.0 - f)), 0.0, 1.0)
-    i = i % 6
-    mask = i.unsqueeze(dim=-3) == torch.arange(6, device=i.device).view(-1, 1, 1)
-    a1 = torch.stack((value, q, p, p, t, value), dim=-3)
-    a2 = torch.stack((t, value, value, q, p, p), dim=-3)
-    a3 = torch.stack((p, p, t, value, value, q), dim=-3)
-    a4 = torch.stack((a1, a2, a3), dim=-4)
-    return torch.einsum("...ijk, ...xijk -> ...xjk", mask.to(dtype=images.dtype), a4)
+    q = torch.clamp(value * (1.0 - saturation * fraction), 0.0, 1.0)
+    t = torch.clamp(value * (1.0 - saturation * (1.0 - fraction)), 0.0, 1.0)
+    candidates = torch.stack((value, q, p, t), dim=-3)
+    table = torch.tensor(_SECTOR_CHOICES, device=images.device)
+    choice = table[:, sector].movedim(0, -3)  # (..., 3, H, W): candidate index per channel
+    return torch.gather(candidates, -3, choice)
 
 
 def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:

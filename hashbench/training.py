@@ -106,7 +106,8 @@ def setup(context: RunContext, *, deterministic: bool = True) -> torch.device:
     seed_everything(context.seed)
     device = torch.device(context.device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.backends.cudnn.deterministic = deterministic
         torch.backends.cudnn.benchmark = not deterministic
     return device
