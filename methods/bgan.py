@@ -1,0 +1,532 @@
+"""BGAN: binary generative adversarial networks for image retrieval (Song et al., AAAI 2018).
+
+As in the authors' released code (PROTOCOLS.md, "BGAN"):
+
+* encoder: a VGG network (VGG-19 in the released code, all of it trained, dropout 0.5 in
+  fc6/fc7), with two heads on fc7: μ = tanh(Dense(bits)) and log σ² = Dense(bits);
+  codes = sign(μ);
+* generator from z = μ + σ·ε (ε ~ N(0, I)): Dense → 8×8×256, transposed convolutions 5×5
+  with stride 2 to 256, 128 and 32 channels, a 1×1 one to the image's channels with a
+  sigmoid: a 64×64 image; batch norm and ELU on every hidden layer;
+* discriminator: convolutions 5×5 with 32 (stride 1), 128, 256, 256 (stride 2) channels, a
+  1024-unit ELU layer (the feature-matching layer), one sigmoid unit; batch norm and ELU on
+  every hidden layer; the fakes it sees come from z ~ N(0, I);
+* the neighbour structure S in {−1, +1}: from the kNN ranking of pre-extracted features,
+  for each point i the K2 = 30 points whose top-(K1 + 1) neighbour lists (K1 = 20, the point
+  itself first) overlap most with i's own; S = +1 between i and every point of the union of
+  those lists (symmetrically), −1 elsewhere; computed once per training split;
+* losses, with F the 1024-d feature layer and HWC the number of values of the target image:
+  feature matching LL = Σ‖F(x) − F(G(z_x))‖² / HWC (summed over the batch);
+  encoder = LL + 10·[mean((μμᵀ − S)²) + mean((μ − sign μ)²)];
+  generator = LL − mean log D(G(z_p)); discriminator = −mean[log D(x) + log(1 − D(G(z_p)))]
+  (probabilities clipped at 1e-5 as in the released code); the three networks are updated
+  from the same forward pass with Adam (lr 1e-3, ε = 1.0); batch 40; ~50 epochs.
+
+Profiles (``profile``):
+
+``paper``  the above on natural images: the frozen-by-default project VGG-16 trunk is made
+           trainable (``finetune_backbone=true``, as the released code trains its VGG),
+           encoder input 224×224 with ImageNet normalisation, reconstruction target the
+           image resized to 64×64 in [0, 1]; S from VGG-16 fc7 features (the backbone cache;
+           the released code used features from another network it does not ship);
+``tiny``   for tiny images (8×8 digits, 28×28 MNIST) on a CPU: the small backbone of
+           :mod:`hashbench.backbones` trained end to end as the encoder; generator and
+           discriminator scaled down (see below) to reconstruct the image at its native
+           size; S from the flattened pixels with K1 = K2 = 5 (K1 = 20 and K2 = 30 were
+           set for 10,000 training images: on 500 images their union covers most of the
+           training set and S carries no information); a fixed number of epochs;
+``auto``   what the dataset declares, else ``tiny`` for grey images or images smaller than
+           32 pixels, ``paper`` otherwise.
+
+Scaling to other image sizes: the generator starts at (H/2^u)×(W/2^u) where u ≤ 3 is the
+number of times both sides halve evenly down to at least 2 pixels (64 → 8×8 with u = 3, as
+released; 8 → 2×2 with u = 2; 28 → 7×7 with u = 2); the first u transposed convolutions
+have stride 2 and the rest stride 1. The discriminator's strided convolutions shrink any
+size ('same' padding, 8 → 4 → 2 → 1). ``width`` multiplies every channel count and the
+1024-unit feature layer (1.0 released; the tiny profile uses 0.25).
+
+Options recorded in the run record (``training``): ``backbone`` (vgg16 or small),
+``finetune_backbone`` (false keeps VGG-16 frozen, a cheaper variant), ``kl_weight`` (one
+released version adds the VAE's KL term to the encoder loss; 0 by default as in PROTOCOLS),
+``pair_weight`` (10; another released version uses 1), ``pair_scale`` (``none``: μμᵀ against
+S as released; ``bits``: μμᵀ/bits, so that the targets ±1 are reachable by binary codes).
+Deviations: VGG-16 (the project's shared backbone, with torchvision's ImageNet weights)
+replaces the released VGG-19; batches are the epoch's shuffled order (the last one may be
+smaller) instead of dropping the remainder; ties in the kNN and overlap rankings go to the
+lower index (the released code's quicksort leaves them arbitrary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashbench.backbones import build_backbone, preprocess_for, to_float_images
+from hashbench.data import DataSplit
+from hashbench.errors import UserError
+from hashbench.method import HashingMethod
+from hashbench.methods._deep import (
+    VALIDATION_METRIC,
+    describe_features,
+    image_profile,
+    simultaneous_step,
+    validation_map,
+)
+from hashbench.params import params_to_dict
+from hashbench.training import (
+    Schedule,
+    Trainer,
+    autocast,
+    batch_positions,
+    image_loader,
+    prefetch,
+    setup,
+)
+
+PROBABILITY_FLOOR = 1e-5  # the released code clips D's outputs here before the logs
+LOG_VAR_CLIP = 10.0  # and the KL term's inputs to ±10
+ENCODE_BATCH = 256
+HEAD_INIT_STD = 1e-3
+KNN_CHUNK = 1024
+
+
+# --------------------------------------------------------------------------------------------
+# the neighbour structure S
+
+
+def knn_lists(features: np.ndarray, count: int, device: torch.device | str = "cpu") -> np.ndarray:
+    """Indices of the ``count`` nearest points of each point (Euclidean), the point itself first.
+
+    Ties go to the lower index. Distances are computed in float32 on ``device`` in chunks.
+    """
+    data = torch.as_tensor(np.ascontiguousarray(features, dtype=np.float32), device=device)
+    n = data.shape[0]
+    count = min(count, n)
+    norms = (data * data).sum(dim=1)
+    lists = np.empty((n, count), dtype=np.int64)
+    for start in range(0, n, KNN_CHUNK):
+        rows = torch.arange(start, min(start + KNN_CHUNK, n), device=data.device)
+        distances = norms[rows, None] - 2 * data[rows] @ data.T + norms[None, :]
+        distances[torch.arange(rows.numel()), rows] = -1.0  # the point itself ranks first
+        distances = distances.cpu().numpy()
+        # Candidates by partial sort, then an exact (distance, index) order among them.
+        candidates = np.argpartition(distances, count - 1, axis=1)[:, :count]
+        for offset, chosen in enumerate(candidates):
+            keys = distances[offset, chosen]
+            lists[start + offset] = chosen[np.lexsort((chosen, keys))]
+    return lists
+
+
+def neighbour_structure(features: np.ndarray, k1: int, k2: int, device: torch.device | str = "cpu") -> scipy.sparse.csr_matrix:
+    """The positive pairs of BGAN's S (released ``create_S.py``) as a symmetric bool matrix.
+
+    N_i = the top K1 + 1 of i's kNN ranking (i itself included). For each i, the K2 points j
+    with the largest |N_i ∩ N_j| (ties: lower index) are taken, and S_ip = S_pi = +1 for
+    every p in the union of their lists N_j; every other entry of S is −1.
+    """
+    n = features.shape[0]
+    lists = knn_lists(features, k1 + 1, device)
+    members = scipy.sparse.csr_matrix(
+        (np.ones(lists.size, dtype=np.int32), (np.repeat(np.arange(n), lists.shape[1]), lists.ravel())), shape=(n, n)
+    )
+    k2 = min(k2, n)
+    rows, cols = [], []
+    for start in range(0, n, KNN_CHUNK):
+        overlap = (members[start : start + KNN_CHUNK] @ members.T).toarray()
+        for offset, counts in enumerate(overlap):
+            threshold = np.partition(counts, n - k2)[n - k2]  # the K2-th largest overlap
+            above = np.flatnonzero(counts > threshold)
+            tied = np.flatnonzero(counts == threshold)[: k2 - above.size]  # lower indices first
+            union = np.unique(lists[np.concatenate([above, tied])].ravel())
+            rows.append(np.full(union.size, start + offset))
+            cols.append(union)
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    both = np.ones(2 * row.size, dtype=bool)
+    positive = scipy.sparse.csr_matrix((both, (np.concatenate([row, col]), np.concatenate([col, row]))), shape=(n, n))
+    positive.sum_duplicates()
+    positive.data[:] = True
+    return positive
+
+
+def similarity_block(positive: scipy.sparse.csr_matrix, positions: np.ndarray) -> np.ndarray:
+    """S restricted to a batch: +1 for neighbour pairs, −1 elsewhere."""
+    block = positive[positions][:, positions].toarray()
+    return np.where(block, 1.0, -1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# networks
+
+
+def upsampling_plan(height: int, width: int, max_steps: int = 3) -> int:
+    """How many stride-2 layers the generator uses: halvings of both sides down to >= 2 pixels."""
+    steps = 0
+    while steps < max_steps and height % 2 == 0 and width % 2 == 0 and height // 2 >= 2 and width // 2 >= 2:
+        height, width, steps = height // 2, width // 2, steps + 1
+    return steps
+
+
+def _channels(count: int, width: float) -> int:
+    return max(1, round(count * width))
+
+
+def _block(layer: nn.Module, channels: int) -> list[nn.Module]:
+    return [layer, nn.BatchNorm2d(channels, eps=1e-3), nn.ELU()]
+
+
+def xavier_init(module: nn.Module) -> None:
+    """prettytensor's defaults (the released generator and discriminator): Xavier weights, zero biases."""
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+class Generator(nn.Module):
+    """z (bits) → image (C, H, W) in [0, 1]."""
+
+    def __init__(self, bits: int, image_chw: tuple[int, int, int], width: float = 1.0) -> None:
+        super().__init__()
+        channels, height, width_px = image_chw
+        steps = upsampling_plan(height, width_px)
+        self.start = (height >> steps, width_px >> steps)
+        base = _channels(256, width)
+        self.base = base
+        self.fc = nn.Sequential(nn.Linear(bits, base * self.start[0] * self.start[1]), nn.BatchNorm1d(base * self.start[0] * self.start[1], eps=1e-3), nn.ELU())
+        layers: list[nn.Module] = []
+        in_channels = base
+        for index, out in enumerate((256, 128, 32)):
+            stride = 2 if index < steps else 1
+            out_channels = _channels(out, width)
+            deconv = nn.ConvTranspose2d(in_channels, out_channels, 5, stride=stride, padding=2, output_padding=stride - 1)
+            layers += _block(deconv, out_channels)
+            in_channels = out_channels
+        layers += [nn.ConvTranspose2d(in_channels, channels, 1), nn.Sigmoid()]
+        self.deconvs = nn.Sequential(*layers)
+        xavier_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        hidden = self.fc(z).view(z.shape[0], self.base, *self.start)
+        return self.deconvs(hidden)
+
+
+class Discriminator(nn.Module):
+    """image → (probability of being real, the feature-matching layer)."""
+
+    def __init__(self, image_chw: tuple[int, int, int], width: float = 1.0) -> None:
+        super().__init__()
+        channels, height, width_px = image_chw
+        layers: list[nn.Module] = []
+        in_channels = channels
+        for out, stride in ((32, 1), (128, 2), (256, 2), (256, 2)):
+            out_channels = _channels(out, width)
+            layers += _block(nn.Conv2d(in_channels, out_channels, 5, stride=stride, padding=2), out_channels)
+            in_channels = out_channels
+            if stride == 2:
+                height, width_px = (height + 1) // 2, (width_px + 1) // 2
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        feature_dim = _channels(1024, width)
+        self.features = nn.Sequential(nn.Linear(in_channels * height * width_px, feature_dim), nn.BatchNorm1d(feature_dim, eps=1e-3), nn.ELU())
+        self.output = nn.Linear(feature_dim, 1)
+        xavier_init(self)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(self.convs(images))
+        return torch.sigmoid(self.output(features).float()), features.float()
+
+
+class Encoder(nn.Module):
+    """Backbone → (μ = tanh(Dense), log σ² = Dense)."""
+
+    def __init__(self, backbone: nn.Module, bits: int, train_backbone: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.train_backbone = train_backbone
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(train_backbone)
+        self.mean_head = nn.Linear(backbone.feature_dim, bits)
+        self.log_var_head = nn.Linear(backbone.feature_dim, bits)
+        for head in (self.mean_head, self.log_var_head):  # the released heads: N(0, 0.001²), truncated
+            for tensor in (head.weight, head.bias):
+                nn.init.trunc_normal_(tensor, std=HEAD_INIT_STD, a=-2 * HEAD_INIT_STD, b=2 * HEAD_INIT_STD)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.train_backbone:
+            features = self.backbone(images)
+        else:
+            with torch.no_grad():  # frozen trunk: keep no activations for backward
+                features = self.backbone(images)
+        features = features.float()
+        return torch.tanh(self.mean_head(features)), self.log_var_head(features)
+
+
+def pair_loss(mean: torch.Tensor, similarity: torch.Tensor, scale: str = "none") -> torch.Tensor:
+    """mean((μμᵀ − S)²) + mean((μ − sign μ)²); ``scale="bits"`` compares μμᵀ/bits with S."""
+    inner = mean @ mean.T
+    if scale == "bits":
+        inner = inner / mean.shape[1]
+    return ((inner - similarity) ** 2).mean() + ((mean - torch.sign(mean).detach()) ** 2).mean()
+
+
+def bgan_losses(
+    encoder: Encoder,
+    generator: Generator,
+    discriminator: Discriminator,
+    encoder_input: torch.Tensor,
+    target: torch.Tensor,
+    similarity: torch.Tensor,
+    *,
+    pair_weight: float = 10.0,
+    kl_weight: float = 0.0,
+    pair_scale: str = "none",
+) -> dict[str, torch.Tensor]:
+    """The three losses of one batch (the released ``inference`` and ``loss``)."""
+    mean, log_var = encoder(encoder_input)
+    z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+    reconstruction = generator(z)
+    _, reconstruction_features = discriminator(reconstruction)
+    prior = generator(torch.randn_like(mean))
+    real_probability, real_features = discriminator(target)
+    fake_probability, _ = discriminator(prior)
+    values = target[0].numel()
+    feature_matching = ((real_features - reconstruction_features) ** 2).sum() / values
+    pairs = pair_loss(mean, similarity, pair_scale)
+    clipped_log_var = log_var.clamp(-LOG_VAR_CLIP, LOG_VAR_CLIP)
+    clipped_mean = mean.clamp(-LOG_VAR_CLIP, LOG_VAR_CLIP)
+    kl = (-0.5 * (1 + clipped_log_var - clipped_mean**2 - clipped_log_var.exp()).sum(dim=1)).sum() / values
+    floor = PROBABILITY_FLOOR
+    discriminator_loss = -(torch.log(real_probability.clamp(floor, 1.0)) + torch.log((1 - fake_probability).clamp(floor, 1.0))).mean()
+    generator_adversarial = -torch.log(fake_probability.clamp(floor, 1.0)).mean()
+    encoder_loss = feature_matching + pair_weight * pairs
+    if kl_weight:
+        encoder_loss = encoder_loss + kl_weight * kl
+    return {
+        "encoder": encoder_loss,
+        "generator": feature_matching + generator_adversarial,
+        "discriminator": discriminator_loss,
+        "feature_matching": feature_matching,
+        "pair": pairs,
+        "kl": kl,
+        "generator_adversarial": generator_adversarial,
+        "reconstruction_mse": F.mse_loss(reconstruction.float(), target.float()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# hyperparameters and profiles
+
+
+@dataclass(frozen=True)
+class BGANParams:
+    profile: Literal["auto", "paper", "tiny"] = "auto"
+    backbone: Literal["auto", "vgg16", "small"] = "auto"  # auto: vgg16 (paper), small (tiny)
+    finetune_backbone: bool = True  # train the VGG-16 trunk too (the released code trains its VGG)
+    backbone_weights: str | None = None  # a VGG-16 state dict file
+    pretrained: bool = True  # False: random VGG-16 weights (recorded; not the paper's setting)
+    lr: float = 1e-3
+    adam_eps: float = 1.0
+    batch_size: int = 40
+    epochs: int | None = None  # None: the profile's (paper 50)
+    eval_every: int | None = None  # epochs between validations; 0: never
+    pair_weight: float = 10.0
+    pair_scale: Literal["none", "bits"] = "none"
+    kl_weight: float = 0.0
+    k1: int | None = None  # None: the profile's (paper 20)
+    k2: int | None = None  # None: the profile's (paper 30)
+    image_size: int | None = None  # reconstruction side; None: 64 (paper) or native (tiny)
+    width: float | None = None  # channel multiplier of generator and discriminator; None: the profile's
+
+    def validate(self) -> None:
+        checks = [
+            (self.lr > 0, f"bgan.lr must be positive, got {self.lr}"),
+            (self.adam_eps > 0, f"bgan.adam_eps must be positive, got {self.adam_eps}"),
+            (self.batch_size >= 2, f"bgan.batch_size must be at least 2, got {self.batch_size}"),
+            (self.epochs is None or self.epochs >= 1, f"bgan.epochs must be at least 1, got {self.epochs}"),
+            (self.eval_every is None or self.eval_every >= 0, f"bgan.eval_every must be >= 0, got {self.eval_every}"),
+            (self.pair_weight >= 0 and self.kl_weight >= 0, "bgan.pair_weight and bgan.kl_weight must be >= 0"),
+            (self.k1 is None or self.k1 >= 1, f"bgan.k1 must be at least 1, got {self.k1}"),
+            (self.k2 is None or self.k2 >= 1, f"bgan.k2 must be at least 1, got {self.k2}"),
+            (self.image_size is None or self.image_size >= 4, f"bgan.image_size must be at least 4, got {self.image_size}"),
+            (self.width is None or self.width > 0, f"bgan.width must be positive, got {self.width}"),
+            (self.backbone_weights is None or self.pretrained, "bgan.backbone_weights and pretrained=false contradict each other; drop one"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+
+@dataclass(frozen=True)
+class BGANSettings:
+    profile: str
+    backbone: str
+    train_backbone: bool
+    epochs: int
+    eval_every: int
+    k1: int
+    k2: int
+    image_size: tuple[int, int] | None  # None: native
+    width: float
+
+
+PAPER = {"epochs": 50, "eval_every": 10, "k1": 20, "k2": 30, "image_size": 64, "width": 1.0}
+TINY = {"epochs": 40, "eval_every": 10, "k1": 5, "k2": 5, "image_size": None, "width": 0.25}
+
+
+def resolve_settings(params: BGANParams, train: DataSplit) -> BGANSettings:
+    profile = image_profile(params.profile, train)
+    base = PAPER if profile == "paper" else TINY
+    backbone = params.backbone if params.backbone != "auto" else ("vgg16" if profile == "paper" else "small")
+    if backbone == "small" and params.backbone_weights is not None:
+        raise UserError("bgan.backbone_weights is set but the small backbone is trained from scratch; drop it or use backbone=vgg16")
+    size = params.image_size if params.image_size is not None else base["image_size"]
+
+    def pick(name: str) -> Any:
+        value = getattr(params, name)
+        return base[name] if value is None else value
+
+    return BGANSettings(
+        profile=profile,
+        backbone=backbone,
+        # The small backbone is randomly initialised: it is always trained.
+        train_backbone=bool(params.finetune_backbone) or backbone == "small",
+        epochs=pick("epochs"),
+        eval_every=pick("eval_every"),
+        k1=pick("k1"),
+        k2=pick("k2"),
+        image_size=None if size is None else (int(size), int(size)),
+        width=float(pick("width")),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class BGAN(HashingMethod):
+    name = "bgan"
+    description = "Binary generative adversarial networks (Song et al. 2018): VAE-GAN encoder with tanh codes, kNN neighbour structure"
+    Params = BGANParams
+    input = "images"
+
+    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
+        params = self.params
+        self.device = setup(self.context)
+        settings = resolve_settings(params, train)
+        self.settings = settings
+        self.image_shape = tuple(train.image_shape)
+        height, width, channels = self.image_shape
+        target_chw = (channels, *(settings.image_size or (height, width)))
+        backbone = build_backbone(
+            settings.backbone, weights=params.backbone_weights, pretrained=params.pretrained, image_shape=self.image_shape
+        )
+        encoder = Encoder(backbone, self.bits, settings.train_backbone)
+        generator = Generator(self.bits, target_chw, settings.width)
+        discriminator = Discriminator(target_chw, settings.width)
+        self.model = nn.ModuleDict({"encoder": encoder, "generator": generator, "discriminator": discriminator}).to(self.device)
+        self.preprocess = preprocess_for(settings.backbone, self.image_shape)
+        groups = {
+            "encoder": [parameter for parameter in encoder.parameters() if parameter.requires_grad],
+            "generator": list(generator.parameters()),
+            "discriminator": list(discriminator.parameters()),
+        }
+        optimizers = {name: torch.optim.Adam(group, lr=params.lr, eps=params.adam_eps) for name, group in groups.items()}
+
+        # S once per training split, from the split's feature vectors (fc7 / pixels).
+        positive = neighbour_structure(train.features, settings.k1, settings.k2, self.device)
+        record = self.context.record
+        record.update(
+            settings=asdict(settings),
+            backbone={
+                "name": settings.backbone,
+                "weights_source": backbone.weights_source,
+                "weights_id": backbone.weights_id,
+                "trained": settings.train_backbone,
+                "feature_dim": backbone.feature_dim,
+            },
+            neighbour_structure={
+                "features": describe_features(train),
+                "k1": settings.k1,
+                "k2": settings.k2,
+                "metric": "euclidean",
+                "positives_per_item": float(positive.sum() / max(len(train), 1)),
+            },
+            losses={"pair_weight": params.pair_weight, "pair_scale": params.pair_scale, "kl_weight": params.kl_weight},
+            optimizer=f"Adam (lr {params.lr}, eps {params.adam_eps}) for encoder, generator and discriminator; simultaneous updates",
+            reconstruction_shape=list(target_chw),
+        )
+        validating = val is not None and len(val) > 0
+        trainer = Trainer(
+            self.context,
+            self.model,
+            optimizers,
+            Schedule(settings.epochs, params.batch_size, settings.eval_every if validating else 0),
+            name=self.name,
+            fingerprint={
+                "bits": self.bits,
+                "params": params_to_dict(params),
+                "settings": asdict(settings),
+                "weights": backbone.weights_id,
+                "dataset": train.dataset,
+                "train": [len(train), *self.image_shape],
+                "val": len(val) if val is not None else 0,
+            },
+            validation_metric=VALIDATION_METRIC,
+        )
+        images_of = image_loader(train, self.device)
+
+        def load(positions: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+            return positions, images_of(positions)
+
+        def step(batch: tuple[np.ndarray, torch.Tensor]) -> dict[str, torch.Tensor]:
+            positions, images = batch
+            pixels = to_float_images(images, self.device)
+            target = pixels
+            if settings.image_size is not None and tuple(pixels.shape[-2:]) != settings.image_size:
+                target = F.interpolate(pixels, size=settings.image_size, mode="bilinear", align_corners=False, antialias=True)
+            similarity = torch.from_numpy(similarity_block(positive, positions)).to(self.device)
+            with autocast(self.device):
+                terms = bgan_losses(
+                    encoder,
+                    generator,
+                    discriminator,
+                    self.preprocess.from_float(pixels),
+                    target,
+                    similarity,
+                    pair_weight=params.pair_weight,
+                    kl_weight=params.kl_weight,
+                    pair_scale=params.pair_scale,
+                )
+            simultaneous_step({name: terms[name] for name in groups}, groups, optimizers)
+            return {key: value.detach() for key, value in terms.items()}
+
+        def validate() -> float:
+            return validation_map(self._codes(val), self._codes(train), val, train, self.bits)
+
+        trainer.fit(len(train), step, load=load, validate=validate if validating else None)
+        self.model.eval()
+
+    def _codes(self, split: DataSplit) -> np.ndarray:
+        """sign(μ) of a split as bool ``(n, bits)`` (μ ≥ 0 ↦ True)."""
+        encoder = self.model["encoder"]
+        was_training = encoder.training
+        encoder.eval()
+        chunks = []
+        with torch.no_grad():
+            for images in prefetch(batch_positions(len(split), ENCODE_BATCH), image_loader(split, self.device)):
+                with autocast(self.device):
+                    mean, _ = encoder(self.preprocess(images, self.device))
+                chunks.append((mean >= 0).cpu())
+        encoder.train(was_training)
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.bits), dtype=bool)
+
+    def encode(self, split: DataSplit) -> np.ndarray:
+        if not hasattr(self, "model"):
+            raise RuntimeError("bgan: encode() called before fit()")
+        if tuple(split.image_shape or ()) != self.image_shape:
+            raise UserError(f"bgan: images of shape {split.image_shape} differ from the training images' {self.image_shape}")
+        return self._codes(split)

@@ -1,0 +1,321 @@
+"""TBH: auto-encoding twin-bottleneck hashing (Shen et al., CVPR 2020), on feature vectors.
+
+As in the authors' released code (PROTOCOLS.md, "TBH"):
+
+* encoder Dense(1024, ReLU) with two heads: the binary bottleneck Dense(bits) → p = sigmoid,
+  code b = 1[p > 0.5] in {0, 1}, whose gradient is d logits = p(1 − p)·(g_b + g_p) (the
+  released ``binary_activation`` with ε = 0.5); the continuous bottleneck Dense(512, sigmoid);
+* the graph layer inside the batch: A_ij = (1 − d_H(b_i, b_j)/bits)^1.4 (self loops included,
+  differentiable in the codes), Â = D^−½ A D^−½ (D the row sums, + 1e-8), and
+  z' = sigmoid(Â · Dense(512)(continuous));
+* decoder Dense(1024, ReLU) → Dense(d, ReLU) reconstructing the input features;
+* two single-unit logistic critics: one tells codes from Bernoulli(0.5) samples, the other
+  z' from U[0, 1]^512 samples;
+* actor loss = ½‖x̂ − x‖² summed over the batch − adv(codes) − adv(z'), critic loss =
+  adv(codes) + adv(z'), where adv(real, fake) = mean BCE(1, D(real)) + mean BCE(0, D(fake));
+  two Adam optimisers (lr 1e-4), both updated from the same forward pass; batch 400,
+  100,000 steps.
+
+Input: the split's feature vectors. On natural-image datasets these are VGG-16 fc7 features
+of the un-augmented images from the backbone cache (as the released code's precomputed
+fc7); on tiny-image datasets (digits, MNIST) the dataset's own vectors, i.e. the flattened
+pixels in [0, 1]. The run record says which (``training.features``).
+
+Profiles (``profile``):
+
+``paper``  the released settings above;
+``tiny``   for the flattened pixels of tiny images on a CPU: the same architecture with
+           narrower layers (hidden 256, continuous 128), a sigmoid decoder output (pixels
+           lie in [0, 1]; a ReLU output could overshoot 1 and stops learning at 0), Adam lr
+           1e-3 and batch 100, a fixed number of epochs;
+``auto``   ``paper`` on backbone (fc7) features, ``tiny`` on a dataset's own vectors
+           (a dataset's declared ``image_profile`` wins).
+
+Every resolved setting is recorded under ``training`` in the run record. Model selection:
+the best validation mAP when the protocol has a validation split (the released code scored a
+batch of test images; the harness never looks at queries), else the last epoch.
+
+Deviations, all recorded or inconsequential: batches are the epoch's shuffled order (the last
+one may be smaller) instead of an endless shuffled stream; a probability of exactly 0.5 gives
+bit 0 where the released code would emit 0.5.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashbench.data import DataSplit
+from hashbench.errors import UserError
+from hashbench.method import HashingMethod
+from hashbench.methods._deep import (
+    VALIDATION_METRIC,
+    describe_features,
+    encode_features,
+    feature_profile,
+    feature_tensor,
+    simultaneous_step,
+    validation_map,
+)
+from hashbench.params import params_to_dict
+from hashbench.training import Schedule, Trainer, autocast, setup
+
+GRAPH_EXPONENT = 1.4
+DEGREE_MARGIN = 1e-8  # the released code's OVERFLOW_MARGIN
+PAPER_STEPS = 100_000  # the released code's max_iter
+PAPER_VALIDATE_STEPS = 2_000  # it scored the test batch every 2,000 steps
+
+
+# --------------------------------------------------------------------------------------------
+# the pieces
+
+
+class _BinaryActivation(torch.autograd.Function):
+    """(code, p) from logits: p = sigmoid, code = 1[p > 0.5]; d logits = p(1 − p)(g_code + g_p)."""
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probability = torch.sigmoid(logits)
+        ctx.save_for_backward(probability)
+        return (probability > 0.5).to(probability.dtype), probability
+
+    @staticmethod
+    def backward(ctx: Any, grad_code: torch.Tensor, grad_probability: torch.Tensor) -> torch.Tensor:
+        (probability,) = ctx.saved_tensors
+        return probability * (1 - probability) * (grad_code + grad_probability)
+
+
+def binary_activation(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _BinaryActivation.apply(logits)
+
+
+def hamming_adjacency(codes: torch.Tensor, exponent: float = GRAPH_EXPONENT) -> torch.Tensor:
+    """A_ij = (1 − d_H(b_i, b_j)/bits)^exponent for {0, 1} codes, differentiable in the codes.
+
+    d_H = |b_i·(b_j − 1) + (b_i − 1)·b_j| summed over bits, as in the released code (exact for
+    binary codes; the form carries the straight-through gradient into the encoder).
+    """
+    bits = codes.shape[1]
+    shifted = codes - 1
+    distance = torch.abs(codes @ shifted.T + shifted @ codes.T) / bits
+    return torch.pow((1 - distance).clamp_min(0), exponent)
+
+
+def normalized_adjacency(adjacency: torch.Tensor) -> torch.Tensor:
+    """D^−½ A D^−½ with D the row sums of A (plus the released code's 1e-8 margin)."""
+    inverse_root = torch.pow(adjacency.sum(dim=1) + DEGREE_MARGIN, -0.5)
+    return inverse_root[:, None] * adjacency * inverse_root[None, :]
+
+
+def adversarial_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """mean BCE(1, D(real)) + mean BCE(0, D(fake)) of a logistic critic (from its logits)."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return real + fake
+
+
+_OUTPUTS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
+
+
+class TwinBottleneckNet(nn.Module):
+    """Encoder, twin bottlenecks with the graph layer, decoder, and the two critics."""
+
+    def __init__(
+        self, input_dim: int, bits: int, hidden: int, continuous: int, decoder_output: str, exponent: float = GRAPH_EXPONENT
+    ) -> None:
+        super().__init__()
+        self.exponent = exponent
+        self.encoder = nn.Sequential(nn.Linear(input_dim, hidden), nn.ReLU())
+        self.binary_head = nn.Linear(hidden, bits)
+        self.continuous_head = nn.Sequential(nn.Linear(hidden, continuous), nn.Sigmoid())
+        self.graph = nn.Linear(continuous, continuous)  # the GCN layer's Dense
+        self.decoder = nn.Sequential(
+            nn.Linear(continuous, hidden), nn.ReLU(), nn.Linear(hidden, input_dim), _OUTPUTS[decoder_output]()
+        )
+        self.code_critic = nn.Linear(bits, 1)
+        self.latent_critic = nn.Linear(continuous, 1)
+        for module in self.modules():  # Keras Dense defaults, as the released code
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        modules = (self.encoder, self.binary_head, self.continuous_head, self.graph, self.decoder)
+        return [parameter for module in modules for parameter in module.parameters()]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return [*self.code_critic.parameters(), *self.latent_critic.parameters()]
+
+    def bottlenecks(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.encoder(features)
+        codes, _ = binary_activation(self.binary_head(hidden).float())
+        return codes, self.continuous_head(hidden)
+
+    def twin(self, codes: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
+        """z' = sigmoid(Â · Dense(continuous)), Â from the codes of the batch."""
+        adjacency = normalized_adjacency(hamming_adjacency(codes.float(), self.exponent))
+        return torch.sigmoid(adjacency @ self.graph(continuous).float())
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        codes, continuous = self.bottlenecks(features)
+        latent = self.twin(codes, continuous)
+        return {"codes": codes, "latent": latent, "reconstruction": self.decoder(latent).float()}
+
+
+def tbh_losses(model: TwinBottleneckNet, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Actor and critic losses of one batch (the released ``train_step``), with priors drawn here."""
+    out = model(features)
+    codes, latent = out["codes"], out["latent"]
+    # Bernoulli(0.5) codes and U[0, 1] latents: the critics' "real" samples.
+    prior_codes = (torch.rand_like(codes) > 0.5).to(codes.dtype)
+    prior_latent = torch.rand_like(latent)
+    code_adv = adversarial_loss(model.code_critic(prior_codes), model.code_critic(codes))
+    latent_adv = adversarial_loss(model.latent_critic(prior_latent), model.latent_critic(latent))
+    reconstruction = 0.5 * ((out["reconstruction"] - features.float()) ** 2).sum()
+    return {
+        "actor": reconstruction - code_adv - latent_adv,
+        "critic": code_adv + latent_adv,
+        "reconstruction": reconstruction,
+        "code_adversarial": code_adv,
+        "latent_adversarial": latent_adv,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# hyperparameters and profiles
+
+
+@dataclass(frozen=True)
+class TBHParams:
+    profile: Literal["auto", "paper", "tiny"] = "auto"
+    # None: the profile's value (see the module docstring).
+    lr: float | None = None
+    batch_size: int | None = None
+    epochs: int | None = None  # paper: as many as 100,000 steps take
+    eval_every: int | None = None  # epochs between validations; 0: never
+    hidden: int | None = None  # encoder and decoder middle layer (paper 1024)
+    continuous: int | None = None  # continuous bottleneck (paper 512)
+    decoder_output: Literal["auto", "relu", "sigmoid", "linear"] = "auto"
+    exponent: float = GRAPH_EXPONENT
+
+    def validate(self) -> None:
+        for name in ("lr",):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UserError(f"tbh.{name} must be positive, got {value}")
+        for name in ("batch_size", "epochs", "hidden", "continuous"):
+            value = getattr(self, name)
+            if value is not None and value < (2 if name == "batch_size" else 1):
+                raise UserError(f"tbh.{name} must be at least {2 if name == 'batch_size' else 1}, got {value}")
+        if self.eval_every is not None and self.eval_every < 0:
+            raise UserError(f"tbh.eval_every must be >= 0, got {self.eval_every}")
+        if not self.exponent > 0:
+            raise UserError(f"tbh.exponent must be positive, got {self.exponent}")
+
+
+@dataclass(frozen=True)
+class TBHSettings:
+    """Resolved settings of one run."""
+
+    profile: str
+    lr: float
+    batch_size: int
+    epochs: int
+    eval_every: int
+    hidden: int
+    continuous: int
+    decoder_output: str
+    exponent: float
+
+
+PAPER = {"lr": 1e-4, "batch_size": 400, "hidden": 1024, "continuous": 512, "decoder_output": "relu"}
+TINY = {"lr": 1e-3, "batch_size": 100, "hidden": 256, "continuous": 128, "decoder_output": "sigmoid", "epochs": 150, "eval_every": 25}
+
+
+def resolve_settings(params: TBHParams, train: DataSplit) -> TBHSettings:
+    profile = feature_profile(params.profile, train)
+    base = dict(PAPER if profile == "paper" else TINY)
+    chosen = {key: getattr(params, key) for key in ("lr", "batch_size", "hidden", "continuous", "epochs", "eval_every")}
+    values = {key: (value if value is not None else base.get(key)) for key, value in chosen.items()}
+    values["decoder_output"] = params.decoder_output if params.decoder_output != "auto" else base["decoder_output"]
+    steps_per_epoch = max(1, math.ceil(len(train) / values["batch_size"]))
+    if values["epochs"] is None:  # paper: the released code's step budget
+        values["epochs"] = math.ceil(PAPER_STEPS / steps_per_epoch)
+    if values["eval_every"] is None:
+        values["eval_every"] = max(1, round(PAPER_VALIDATE_STEPS / steps_per_epoch))
+    return TBHSettings(profile=profile, exponent=params.exponent, **values)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class TBH(HashingMethod):
+    name = "tbh"
+    description = "Auto-encoding twin-bottleneck hashing (Shen et al. 2020): binary + continuous bottlenecks, code graph, adversarial priors"
+    Params = TBHParams
+    input = "features"
+
+    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
+        self.device = setup(self.context)
+        settings = resolve_settings(self.params, train)
+        self.settings = settings
+        features = feature_tensor(train, self.device)
+        self.input_dim = int(features.shape[1])
+        model = TwinBottleneckNet(
+            self.input_dim, self.bits, settings.hidden, settings.continuous, settings.decoder_output, settings.exponent
+        ).to(self.device)
+        self.model = model
+        actor = torch.optim.Adam(model.actor_parameters(), lr=settings.lr)
+        critic = torch.optim.Adam(model.critic_parameters(), lr=settings.lr)
+        validating = val is not None and len(val) > 0
+        self.context.record.update(
+            settings=asdict(settings), features=describe_features(train), optimizer="Adam (actor) + Adam (critic), simultaneous updates"
+        )
+        trainer = Trainer(
+            self.context,
+            model,
+            {"actor": actor, "critic": critic},
+            Schedule(settings.epochs, settings.batch_size, settings.eval_every if validating else 0),
+            name=self.name,
+            fingerprint={"bits": self.bits, "params": params_to_dict(self.params), "settings": asdict(settings),
+                         "dataset": train.dataset, "train": list(features.shape), "val": len(val) if val is not None else 0},
+            validation_metric=VALIDATION_METRIC,
+        )
+        groups = {"actor": model.actor_parameters(), "critic": model.critic_parameters()}
+        optimizers = {"actor": actor, "critic": critic}
+
+        def step(positions: np.ndarray) -> dict[str, torch.Tensor]:
+            batch = features[torch.as_tensor(positions, device=self.device)]
+            with autocast(self.device):
+                terms = tbh_losses(model, batch)
+            simultaneous_step({"actor": terms["actor"], "critic": terms["critic"]}, groups, optimizers)
+            return {key: value.detach() for key, value in terms.items()}
+
+        def validate() -> float:
+            return validation_map(self._codes(feature_tensor(val, self.device)), self._codes(features), val, train, self.bits)
+
+        trainer.fit(len(train), step, validate=validate if validating else None)
+        model.eval()
+
+    def _codes(self, features: torch.Tensor) -> np.ndarray:
+        model = self.model
+
+        def code_of(batch: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad(), autocast(self.device):
+                return model.bottlenecks(batch)[0] > 0.5
+
+        return encode_features(code_of, features, self.bits)
+
+    def encode(self, split: DataSplit) -> np.ndarray:
+        if not hasattr(self, "model"):
+            raise RuntimeError("tbh: encode() called before fit()")
+        features = feature_tensor(split, self.device)
+        if features.shape[1] != self.input_dim:
+            raise UserError(f"tbh: features of {split.name} have {features.shape[1]} dimensions, the model was trained on {self.input_dim}")
+        return self._codes(features)
