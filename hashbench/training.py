@@ -113,6 +113,23 @@ def setup(context: RunContext, *, deterministic: bool = True) -> torch.device:
     return device
 
 
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op CPU threads (None: torch's setting as it is), then restore.
+
+    Small networks gain nothing from parallel kernels and, on a shared machine, lose a lot to
+    threads waiting for each other; one thread also makes CPU results independent of the
+    number of cores.
+    """
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def autocast(device: torch.device | str) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (the networks' matrix work), a no-op on the CPU."""
     device = torch.device(device)

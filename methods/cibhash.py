@@ -64,6 +64,7 @@ from hashbench.training import (
     Trainer,
     autocast,
     batch_positions,
+    cpu_threads,
     image_loader,
     prefetch,
     setup,
@@ -155,6 +156,8 @@ class ContrastiveHashParams:
     profile: Literal["auto", "paper", "tiny"] = "auto"
     backbone_weights: str | None = None  # a VGG-16 state dict file (paper profile)
     pretrained: bool = True  # False: random VGG-16 weights (recorded; not the paper's setting)
+    # Intra-op CPU threads; None: 1 for the tiny profile on the CPU, torch's default otherwise.
+    cpu_threads: int | None = None
 
     def validate(self) -> None:
         if not self.tau > 0:
@@ -169,6 +172,8 @@ class ContrastiveHashParams:
             raise UserError(f"epochs must be at least 1, got {self.epochs}")
         if self.eval_every is not None and self.eval_every < 0:
             raise UserError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise UserError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
         if self.backbone_weights is not None and not self.pretrained:
             raise UserError("backbone_weights and pretrained=false contradict each other; drop one")
 
@@ -268,6 +273,16 @@ class CIBHash(HashingMethod):
         self.device = setup(self.context)
         profile = resolve_profile(params, self.bits, train.image_shape, train.dataset)
         self.profile = profile
+        # The tiny profile's tensors are too small for parallel CPU kernels to pay off (and
+        # threads waiting for each other on a busy machine cost up to 10x): one thread.
+        self.threads = params.cpu_threads
+        if self.threads is None and profile.name == "tiny" and self.device.type == "cpu":
+            self.threads = 1
+        with cpu_threads(self.threads):
+            self._fit(train, val, profile)
+
+    def _fit(self, train: DataSplit, val: DataSplit | None, profile: Profile) -> None:
+        params = self.params
         self.image_shape = tuple(train.image_shape)
         backbone = build_backbone(
             profile.backbone,
@@ -302,6 +317,7 @@ class CIBHash(HashingMethod):
                 "trained": bool(backbone.trainable),
             },
             augment=profile.policy.to_dict(),
+            cpu_threads=torch.get_num_threads(),
         )
         trainer = Trainer(
             self.context,
@@ -378,7 +394,8 @@ class CIBHash(HashingMethod):
             raise UserError(
                 f"{self.name}: images of shape {split.image_shape} differ from the training images' {self.image_shape}"
             )
-        return self._codes(split)
+        with cpu_threads(self.threads):
+            return self._codes(split)
 
 
 class CLHash(CIBHash):

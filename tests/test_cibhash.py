@@ -224,6 +224,7 @@ def test_profiles_follow_the_images_and_what_the_dataset_declares(monkeypatch):
         ({"epochs": "0"}, "epochs must be at least 1"),
         ({"variant": "bernoulli"}, "is not one of 'deterministic', 'stochastic'"),
         ({"backbone_weights": "w.pth", "pretrained": "false"}, "contradict each other"),
+        ({"cpu_threads": "0"}, "cpu_threads must be at least 1"),
     ],
 )
 def test_bad_parameters_are_refused(overrides, message):
@@ -319,6 +320,7 @@ def test_cli_trains_cibhash_and_clhash_on_digits(invoke, results):
     assert cib["status"] == "ok" and cl["status"] == "ok"
     training = cib["training"]
     assert training["profile"] == "tiny" and training["backbone"]["name"] == "small"
+    assert training["cpu_threads"] == 1  # the tiny profile's single-threaded CPU training
     assert training["beta"] == 0.001 and cl["training"]["beta"] == 0.0
     assert [entry["epoch"] for entry in training["curve"]] == [1, 2, 3]
     assert len(training["epoch_seconds"]) == 3 and all(s > 0 for s in training["epoch_seconds"])

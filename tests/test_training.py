@@ -16,6 +16,7 @@ from hashbench.training import (
     TrainingDiverged,
     autocast,
     batch_positions,
+    cpu_threads,
     image_loader,
     prefetch,
     setup,
@@ -265,3 +266,12 @@ def test_schedule_refuses_bad_values():
         Schedule(epochs=0, batch_size=4)
     with pytest.raises(UserError, match="batch_size must be at least 2"):
         Schedule(epochs=1, batch_size=1)
+
+
+def test_cpu_threads_are_set_for_the_block_and_restored():
+    before = torch.get_num_threads()
+    with cpu_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with cpu_threads(None):  # None leaves torch's setting alone
+        assert torch.get_num_threads() == before
