@@ -46,6 +46,7 @@ process kills itself (SIGKILL) right after writing the checkpoint of epoch ``k``
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import time
@@ -446,11 +447,13 @@ class Trainer:
                     self.model.train()
                     entry["validation_seconds"] = time.perf_counter() - started
                     result.validation.append({"epoch": epoch, "score": score})
-                    # Strictly better, so ties keep the earlier epoch (as the released CIBHash code).
-                    if best is None or score > best["score"]:
+                    # Strictly better, so ties keep the earlier epoch (as the released CIBHash
+                    # code); a NaN score never wins.
+                    ranked = score if math.isfinite(score) else float("-inf")
+                    if best is None or ranked > best["score"]:
                         best = {
                             "epoch": epoch,
-                            "score": score,
+                            "score": ranked,
                             "state": _trainable_state(self.model),
                         }
                 result.curve.append(entry)

@@ -275,3 +275,10 @@ def test_cpu_threads_are_set_for_the_block_and_restored():
     assert torch.get_num_threads() == before
     with cpu_threads(None):  # None leaves torch's setting alone
         assert torch.get_num_threads() == before
+
+
+def test_a_nan_validation_score_never_wins():
+    context = RunContext(seed=0)
+    trainer, _ = make_trainer(context, Schedule(epochs=3, batch_size=5, validate_every=1))
+    scores = iter([float("nan"), 0.2, 0.1])
+    assert trainer.fit(20, trainer.step, validate=lambda: next(scores)).selected_epoch == 2
