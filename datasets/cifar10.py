@@ -17,7 +17,7 @@ import numpy as np
 
 from hashbench.data import DatasetArrays
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol, SplitProtocol, sample_per_class
+from hashbench.splits import SampledProtocol, SplitProtocol, sample_per_class, with_validation
 
 from ._official import OfficialSplitDataset
 
@@ -99,19 +99,15 @@ class CIFAR10(OfficialSplitDataset):
         f"so that {FOLDER_NAME}/ (data_batch_1..5, test_batch) lies under the data root"
     )
     protocols = {
-        "standard": SampledProtocol(
-            name="standard",
-            description="1,000 queries (100 per class) from all 60,000, database = the other 59,000, 5,000 training images (500 per class) from the database",
-            topk=1000,
-            query_per_class=100,
-            train_per_class=500,
-        ),
-        "standard-val": SampledProtocol(
-            name="standard-val",
-            description="standard plus 1,000 validation images (100 per class) from the database, disjoint from train",
-            topk=1000,
-            query_per_class=100,
-            train_per_class=500,
+        **with_validation(
+            SampledProtocol(
+                name="standard",
+                description="1,000 queries (100 per class) from all 60,000, database = the other 59,000, 5,000 training images (500 per class) from the database",
+                topk=1000,
+                query_per_class=100,
+                train_per_class=500,
+            ),
+            "1,000 validation images (100 per class) from the database, disjoint from train",
             val_per_class=100,
         ),
         "cibhash-code": CIBHashCodeProtocol(),

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol
+from hashbench.splits import SampledProtocol, with_validation
 from hashbench.validate import Finding, RowFaults, duplicates_after_first
 
 from ._listfiles import ImageFolderDataset, ImageTable, ListProtocol
@@ -65,19 +65,15 @@ class COCO(ImageFolderDataset):
         "annotations/instances_val2014.json (images under train2014/ and val2014/) in <data root>/coco"
     )
     protocols = {
-        "standard": SampledProtocol(
-            name="standard",
-            description="5,000 random queries, database = the rest, 10,000 random training images from the database",
-            topk=5000,
-            query_size=5000,
-            train_size=10000,
-        ),
-        "standard-val": SampledProtocol(
-            name="standard-val",
-            description="standard plus 5,000 random validation images from the database, disjoint from train",
-            topk=5000,
-            query_size=5000,
-            train_size=10000,
+        **with_validation(
+            SampledProtocol(
+                name="standard",
+                description="5,000 random queries, database = the rest, 10,000 random training images from the database",
+                topk=5000,
+                query_size=5000,
+                train_size=10000,
+            ),
+            "5,000 random validation images from the database, disjoint from train",
             val_size=5000,
         ),
         "lists": ListProtocol(topk=5000),

@@ -18,7 +18,7 @@ import numpy as np
 
 from hashbench.data import DatasetArrays
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol
+from hashbench.splits import SampledProtocol, with_validation
 
 from ._official import OfficialSplitDataset
 
@@ -54,19 +54,15 @@ class IDXDataset(OfficialSplitDataset):
 
     folders: ClassVar[tuple[str, ...]]  # candidate folders under the data root, in order
     protocols = {
-        "standard": SampledProtocol(
-            name="standard",
-            description="1,000 queries (100 per class) from all 70,000, database = the other 69,000, 5,000 training images (500 per class) from the database",
-            topk=1000,
-            query_per_class=100,
-            train_per_class=500,
-        ),
-        "standard-val": SampledProtocol(
-            name="standard-val",
-            description="standard plus 1,000 validation images (100 per class) from the database, disjoint from train",
-            topk=1000,
-            query_per_class=100,
-            train_per_class=500,
+        **with_validation(
+            SampledProtocol(
+                name="standard",
+                description="1,000 queries (100 per class) from all 70,000, database = the other 69,000, 5,000 training images (500 per class) from the database",
+                topk=1000,
+                query_per_class=100,
+                train_per_class=500,
+            ),
+            "1,000 validation images (100 per class) from the database, disjoint from train",
             val_per_class=100,
         ),
     }

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol
+from hashbench.splits import SampledProtocol, with_validation
 from hashbench.validate import Finding, RowFaults, duplicates_after_first
 
 from ._listfiles import ImageFolderDataset, ImageTable, ListProtocol
@@ -69,19 +69,15 @@ class NUSWide(ImageFolderDataset):
         "and Groundtruth/AllLabels/Labels_*.txt (images under Flickr/) in <data root>/nuswide"
     )
     protocols = {
-        "standard": SampledProtocol(
-            name="standard",
-            description="2,100 queries (100 per concept), database = the rest, 10,500 training images (500 per concept) from the database",
-            topk=5000,
-            query_per_class=100,
-            train_per_class=500,
-        ),
-        "standard-val": SampledProtocol(
-            name="standard-val",
-            description="standard plus 2,100 validation images (100 per concept) from the database, disjoint from train",
-            topk=5000,
-            query_per_class=100,
-            train_per_class=500,
+        **with_validation(
+            SampledProtocol(
+                name="standard",
+                description="2,100 queries (100 per concept), database = the rest, 10,500 training images (500 per concept) from the database",
+                topk=5000,
+                query_per_class=100,
+                train_per_class=500,
+            ),
+            "2,100 validation images (100 per concept) from the database, disjoint from train",
             val_per_class=100,
         ),
         "lists": ListProtocol(topk=5000),

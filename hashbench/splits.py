@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,24 @@ class SampledProtocol(SplitProtocol):
         if self.val_per_class is not None or self.val_size is not None:
             text += f", val {part(self.val_per_class, self.val_size)} from database (disjoint from train)"
         return f"{text}; mAP@{self.topk}"
+
+
+def with_validation(
+    standard: SampledProtocol, val_description: str, *, val_per_class: int | None = None, val_size: int | None = None
+) -> dict[str, SampledProtocol]:
+    """``standard`` and its ``standard-val`` twin: the same draw plus a validation split.
+
+    The validation split is drawn last, so for one split seed both protocols have the same
+    query, database and train sets.
+    """
+    with_val = replace(
+        standard,
+        name="standard-val",
+        description=f"standard plus {val_description}",
+        val_per_class=val_per_class,
+        val_size=val_size,
+    )
+    return {"standard": standard, "standard-val": with_val}
 
 
 def content_hash(splits: dict[str, np.ndarray]) -> str:
