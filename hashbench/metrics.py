@@ -263,6 +263,29 @@ class _Inputs:
         return self.database_words.shape[0]
 
 
+def _checked_labels(
+    query_rows: int, database_rows: int, query_bits: int, database_bits: int, query_labels: Any, database_labels: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-hot labels, after checking that codes and labels agree (for the CPU and GPU paths)."""
+    if query_bits != database_bits:
+        raise UserError(
+            f"query codes have {query_bits} bits but database codes have {database_bits}; "
+            "both must come from the same model and code length"
+        )
+    query_multi_hot, database_multi_hot = _label_matrices(query_labels, database_labels)
+    for what, rows, labels in (("query", query_rows, query_multi_hot), ("database", database_rows, database_multi_hot)):
+        if rows != labels.shape[0]:
+            raise UserError(
+                f"{what} codes have {rows} rows but {what} labels have "
+                f"{labels.shape[0]}; each item needs one code and one label row"
+            )
+    if query_rows == 0:
+        raise UserError("there are no queries (query codes have 0 rows)")
+    if database_rows == 0:
+        raise UserError("the database is empty (database codes have 0 rows)")
+    return query_multi_hot, database_multi_hot
+
+
 def _prepare(
     query_codes: Any,
     database_codes: Any,
@@ -276,25 +299,9 @@ def _prepare(
         raise UserError(f"bits must be a positive integer; got {bits!r}")
     query_words, query_bits = _packed_words(query_codes, bits, "query codes")
     database_words, database_bits = _packed_words(database_codes, bits, "database codes")
-    if query_bits != database_bits:
-        raise UserError(
-            f"query codes have {query_bits} bits but database codes have {database_bits}; "
-            "both must come from the same model and code length"
-        )
-    query_multi_hot, database_multi_hot = _label_matrices(query_labels, database_labels)
-    for what, codes, labels in (
-        ("query", query_words, query_multi_hot),
-        ("database", database_words, database_multi_hot),
-    ):
-        if codes.shape[0] != labels.shape[0]:
-            raise UserError(
-                f"{what} codes have {codes.shape[0]} rows but {what} labels have "
-                f"{labels.shape[0]}; each item needs one code and one label row"
-            )
-    if query_words.shape[0] == 0:
-        raise UserError("there are no queries (query codes have 0 rows)")
-    if database_words.shape[0] == 0:
-        raise UserError("the database is empty (database codes have 0 rows)")
+    query_multi_hot, database_multi_hot = _checked_labels(
+        query_words.shape[0], database_words.shape[0], query_bits, database_bits, query_labels, database_labels
+    )
     return _Inputs(
         query_words, database_words, query_bits, _Relevance(query_multi_hot, database_multi_hot)
     )
@@ -883,26 +890,10 @@ def _evaluate_parts_torch(
 
     query_bits = _torch_bits(query_codes, bits, "query codes")
     database_bits = _torch_bits(database_codes, bits, "database codes")
-    if query_bits.shape[1] != database_bits.shape[1]:
-        raise UserError(
-            f"query codes have {query_bits.shape[1]} bits but database codes have "
-            f"{database_bits.shape[1]}; both must come from the same model and code length"
-        )
     code_bits = int(query_bits.shape[1])
-    query_multi_hot, database_multi_hot = _label_matrices(query_labels, database_labels)
-    for what, codes, labels in (
-        ("query", query_bits, query_multi_hot),
-        ("database", database_bits, database_multi_hot),
-    ):
-        if codes.shape[0] != labels.shape[0]:
-            raise UserError(
-                f"{what} codes have {codes.shape[0]} rows but {what} labels have "
-                f"{labels.shape[0]}; each item needs one code and one label row"
-            )
-    if query_bits.shape[0] == 0:
-        raise UserError("there are no queries (query codes have 0 rows)")
-    if database_bits.shape[0] == 0:
-        raise UserError("the database is empty (database codes have 0 rows)")
+    query_multi_hot, database_multi_hot = _checked_labels(
+        query_bits.shape[0], database_bits.shape[0], code_bits, int(database_bits.shape[1]), query_labels, database_labels
+    )
 
     device = query_bits.device
     size = int(database_bits.shape[0])
