@@ -114,6 +114,7 @@ class CIFAR10(OfficialSplitDataset):
         "tbh-code": TBHCodeProtocol(),
     }
     default_protocol = "standard"
+    image_profile = "natural"
 
     def load(self, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False) -> DatasetArrays:
         folder = Path(root) / FOLDER_NAME

@@ -79,6 +79,7 @@ class COCO(ImageFolderDataset):
         "lists": ListProtocol(topk=5000),
     }
     default_protocol = "standard"
+    image_profile = "natural"
 
     def read_raw(self, folder: Path) -> ImageTable | None:
         present = {part: folder / "annotations" / name for part, name in ANNOTATION_FILES.items()}

@@ -27,6 +27,7 @@ class Digits(HashingDataset):
         ),
     }
     default_protocol = "standard"
+    image_profile = "tiny"
 
     def load(self, root: Path) -> DatasetArrays:
         from sklearn.datasets import load_digits

@@ -67,6 +67,7 @@ class IDXDataset(OfficialSplitDataset):
         ),
     }
     default_protocol = "standard"
+    image_profile = "tiny"
     official_sizes = {"train": 60000, "test": 10000}
 
     def _find(self, root: Path, file_name: str) -> Path | None:

@@ -83,6 +83,7 @@ class NUSWide(ImageFolderDataset):
         "lists": ListProtocol(topk=5000),
     }
     default_protocol = "standard"
+    image_profile = "natural"
 
     def read_raw(self, folder: Path) -> ImageTable | None:
         image_list = folder / "ImageList" / "Imagelist.txt"

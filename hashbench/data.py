@@ -108,6 +108,10 @@ class HashingDataset(abc.ABC):
     multi_label: ClassVar[bool] = False
     protocols: ClassVar[Mapping[str, Any]] = {}
     default_protocol: ClassVar[str] = "standard"
+    # "natural" (photographs: deep methods default to VGG-16 at 224 px and the paper's
+    # augmentations) or "tiny" (small grey or low-resolution images: a small convnet at native
+    # size); None lets methods decide from the image shape.
+    image_profile: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def load(self, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False) -> DatasetArrays:

@@ -46,7 +46,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench import registry
 from hashbench.augment import AugmentPolicy, augment, paper_policy, tiny_policy
 from hashbench.backbones import (
     build_backbone,
@@ -58,6 +57,7 @@ from hashbench.backbones import (
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
+from hashbench.methods._deep import declared_profile
 from hashbench.params import params_to_dict
 from hashbench.training import (
     Schedule,
@@ -203,17 +203,6 @@ class Profile:
 # passes than CIFAR's 5,000 images for the same number of optimiser steps.
 TINY_EPOCHS = 100
 TINY_EVAL_EVERY = 20
-
-
-def declared_profile(dataset: str) -> str | None:
-    """The ``image_profile`` a dataset class declares ("natural" or "tiny"), if any."""
-    if not dataset:
-        return None
-    try:
-        declared = getattr(registry.get_dataset(dataset), "image_profile", None)
-    except UserError:
-        return None
-    return {"natural": "paper", "tiny": "tiny"}.get(declared) if isinstance(declared, str) else None
 
 
 def resolve_profile(
