@@ -24,7 +24,7 @@ from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
 from hashbench.params import params_to_dict
-from hashbench.training import Schedule, Trainer, autocast, setup
+from hashbench.training import Schedule, Trainer, autocast, cpu_threads, setup
 
 ENCODE_BATCH = 1024
 
@@ -78,6 +78,22 @@ def image_profile(requested: str, split: DataSplit) -> str:
     if shape is None or len(shape) != 3:
         raise UserError("this method trains on images; the dataset provides none (use a feature method)")
     return "tiny" if shape[2] == 1 or min(shape[:2]) < 32 else "paper"
+
+
+def thread_count(requested: int | None, profile: str, device: torch.device) -> int | None:
+    """Intra-op CPU threads of a run: as asked, else 1 for the tiny profile on the CPU.
+
+    The tiny networks gain nothing from parallel kernels and lose a lot to waiting threads on
+    a busy machine; one thread also makes CPU results independent of the core count.
+    """
+    if requested is not None:
+        return requested
+    return 1 if profile == "tiny" and device.type == "cpu" else None
+
+
+def check_threads(value: int | None, owner: str) -> None:
+    if value is not None and value < 1:
+        raise UserError(f"{owner}.cpu_threads must be at least 1, got {value}")
 
 
 def describe_features(split: DataSplit) -> dict[str, Any]:
@@ -201,8 +217,12 @@ class SimilarityHashParams:
     # on fc6, cannot be reproduced on cached fc7 features).
     feature_dropout: float | None = None
     centre: bool | None = None  # subtract the training mean from the features (tiny profile)
+    cpu_threads: int | None = None  # None: 1 for the tiny profile on the CPU, torch's default otherwise
+
+    owner: ClassVar[str] = "method"  # the method's name, for messages
 
     def validate(self) -> None:
+        check_threads(self.cpu_threads, self.owner)
         checks = [
             (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
             (self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}"),
@@ -215,7 +235,7 @@ class SimilarityHashParams:
         ]
         for ok, message in checks:
             if not ok:
-                raise UserError(message)
+                raise UserError(f"{self.owner}.{message}")
 
 
 @dataclass(frozen=True)
@@ -276,6 +296,11 @@ class SimilarityPreservingHash(HashingMethod):
         self.device = setup(self.context)
         settings = self.resolve_settings(train)
         self.settings = settings
+        self.threads = thread_count(self.params.cpu_threads, settings.profile, self.device)
+        with cpu_threads(self.threads):
+            self._fit(train, val, settings)
+
+    def _fit(self, train: DataSplit, val: DataSplit | None, settings: SimilarityHashSettings) -> None:
         features = feature_tensor(train, self.device)
         self.input_dim = int(features.shape[1])
         self.mean = features.mean(dim=0) if settings.centre else torch.zeros(self.input_dim, device=self.device)
@@ -292,7 +317,9 @@ class SimilarityPreservingHash(HashingMethod):
         if settings.lr_step > 0:
             schedulers["lr"] = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=0.1)
         validating = val is not None and len(val) > 0
-        self.context.record.update(settings=asdict(settings), features=describe_features(train), **self.extra_record())
+        self.context.record.update(
+            settings=asdict(settings), features=describe_features(train), cpu_threads=torch.get_num_threads(), **self.extra_record()
+        )
         trainer = Trainer(
             self.context,
             head,
@@ -338,4 +365,5 @@ class SimilarityPreservingHash(HashingMethod):
         features = feature_tensor(split, self.device)
         if features.shape[1] != self.input_dim:
             raise UserError(f"{self.name}: features of {split.name} have {features.shape[1]} dimensions, the model was trained on {self.input_dim}")
-        return self._codes(features - self.mean)
+        with cpu_threads(self.threads):
+            return self._codes(features - self.mean)

@@ -77,9 +77,11 @@ from hashbench.errors import UserError
 from hashbench.method import HashingMethod
 from hashbench.methods._deep import (
     VALIDATION_METRIC,
+    check_threads,
     describe_features,
     image_profile,
     simultaneous_step,
+    thread_count,
     validation_map,
 )
 from hashbench.params import params_to_dict
@@ -88,6 +90,7 @@ from hashbench.training import (
     Trainer,
     autocast,
     batch_positions,
+    cpu_threads,
     image_loader,
     prefetch,
     setup,
@@ -358,8 +361,10 @@ class BGANParams:
     k2: int | None = None  # None: the profile's (paper 30)
     image_size: int | None = None  # reconstruction side; None: 64 (paper) or native (tiny)
     width: float | None = None  # channel multiplier of generator and discriminator; None: the profile's
+    cpu_threads: int | None = None  # None: 1 for the tiny profile on the CPU, torch's default otherwise
 
     def validate(self) -> None:
+        check_threads(self.cpu_threads, "bgan")
         checks = [
             (self.lr > 0, f"bgan.lr must be positive, got {self.lr}"),
             (self.adam_eps is None or self.adam_eps > 0, f"bgan.adam_eps must be positive, got {self.adam_eps}"),
@@ -433,10 +438,15 @@ class BGAN(HashingMethod):
     input = "images"
 
     def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
-        params = self.params
         self.device = setup(self.context)
-        settings = resolve_settings(params, train)
+        settings = resolve_settings(self.params, train)
         self.settings = settings
+        self.threads = thread_count(self.params.cpu_threads, settings.profile, self.device)
+        with cpu_threads(self.threads):
+            self._fit(train, val, settings)
+
+    def _fit(self, train: DataSplit, val: DataSplit | None, settings: BGANSettings) -> None:
+        params = self.params
         self.image_shape = tuple(train.image_shape)
         height, width, channels = self.image_shape
         target_chw = (channels, *(settings.image_size or (height, width)))
@@ -477,6 +487,7 @@ class BGAN(HashingMethod):
             losses={"pair_weight": params.pair_weight, "pair_scale": params.pair_scale, "kl_weight": params.kl_weight},
             optimizer=f"Adam (lr {params.lr}, eps {settings.adam_eps}) for encoder, generator and discriminator; simultaneous updates",
             reconstruction_shape=list(target_chw),
+            cpu_threads=torch.get_num_threads(),
         )
         validating = val is not None and len(val) > 0
         trainer = Trainer(
@@ -548,4 +559,5 @@ class BGAN(HashingMethod):
             raise RuntimeError("bgan: encode() called before fit()")
         if tuple(split.image_shape or ()) != self.image_shape:
             raise UserError(f"bgan: images of shape {split.image_shape} differ from the training images' {self.image_shape}")
-        return self._codes(split)
+        with cpu_threads(self.threads):
+            return self._codes(split)

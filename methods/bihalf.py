@@ -21,7 +21,7 @@ released code's VGG-16 runs in train mode); ``tiny`` centred pixels, Adam (lr 1e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,6 +31,7 @@ from hashbench.methods._deep import SimilarityHashParams, SimilarityPreservingHa
 
 @dataclass(frozen=True)
 class BiHalfParams(SimilarityHashParams):
+    owner: ClassVar[str] = "bihalf"
     gamma: float = 6.0  # weight of the (u − b) term in the backward pass
 
     def validate(self) -> None:

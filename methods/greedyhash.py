@@ -26,7 +26,7 @@ one (the released code scored the test queries), else the last epoch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,6 +40,7 @@ from hashbench.methods._deep import (
 
 @dataclass(frozen=True)
 class GreedyHashParams(SimilarityHashParams):
+    owner: ClassVar[str] = "greedyhash"
     alpha: float = 0.1  # weight of the cubic penalty pulling |h| to 1
 
     def validate(self) -> None:

@@ -59,15 +59,17 @@ from hashbench.errors import UserError
 from hashbench.method import HashingMethod
 from hashbench.methods._deep import (
     VALIDATION_METRIC,
+    check_threads,
     describe_features,
     encode_features,
     feature_profile,
     feature_tensor,
     simultaneous_step,
+    thread_count,
     validation_map,
 )
 from hashbench.params import params_to_dict
-from hashbench.training import Schedule, Trainer, autocast, setup
+from hashbench.training import Schedule, Trainer, autocast, cpu_threads, setup
 
 GRAPH_EXPONENT = 1.4
 DEGREE_MARGIN = 1e-8  # the released code's OVERFLOW_MARGIN
@@ -209,8 +211,10 @@ class TBHParams:
     # deviation (one number) before encoding and reconstructing them; None: the profile's.
     standardize: bool | None = None
     exponent: float = GRAPH_EXPONENT
+    cpu_threads: int | None = None  # None: 1 for the tiny profile on the CPU, torch's default otherwise
 
     def validate(self) -> None:
+        check_threads(self.cpu_threads, "tbh")
         for name in ("lr",):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -276,6 +280,11 @@ class TBH(HashingMethod):
         self.device = setup(self.context)
         settings = resolve_settings(self.params, train)
         self.settings = settings
+        self.threads = thread_count(self.params.cpu_threads, settings.profile, self.device)
+        with cpu_threads(self.threads):
+            self._fit(train, val, settings)
+
+    def _fit(self, train: DataSplit, val: DataSplit | None, settings: TBHSettings) -> None:
         features = feature_tensor(train, self.device)
         self.input_dim = int(features.shape[1])
         if settings.standardize:
@@ -292,7 +301,10 @@ class TBH(HashingMethod):
         critic = torch.optim.Adam(model.critic_parameters(), lr=settings.lr)
         validating = val is not None and len(val) > 0
         self.context.record.update(
-            settings=asdict(settings), features=describe_features(train), optimizer="Adam (actor) + Adam (critic), simultaneous updates"
+            settings=asdict(settings),
+            features=describe_features(train),
+            optimizer="Adam (actor) + Adam (critic), simultaneous updates",
+            cpu_threads=torch.get_num_threads(),
         )
         trainer = Trainer(
             self.context,
@@ -338,4 +350,5 @@ class TBH(HashingMethod):
     def encode(self, split: DataSplit) -> np.ndarray:
         if not hasattr(self, "model"):
             raise RuntimeError("tbh: encode() called before fit()")
-        return self._codes(self._inputs(split))
+        with cpu_threads(self.threads):
+            return self._codes(self._inputs(split))
