@@ -24,7 +24,7 @@ from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
 from hashbench.params import params_to_dict
-from hashbench.training import Schedule, Trainer, autocast, cpu_threads, setup
+from hashbench.training import Schedule, Trainer, cpu_threads, setup
 
 ENCODE_BATCH = 1024
 
@@ -336,8 +336,7 @@ class SimilarityPreservingHash(HashingMethod):
             batch = features[torch.as_tensor(positions, device=self.device)]
             if settings.feature_dropout > 0:
                 batch = F.dropout(batch, settings.feature_dropout, training=True)
-            with autocast(self.device):
-                hidden = head(batch).float()
+            hidden = head(batch)
             terms = {"similarity": cosine_similarity_loss(self.binarize(hidden), batch)}
             terms.update(self.penalties(hidden))
             loss = sum(terms.values())
@@ -350,12 +349,13 @@ class SimilarityPreservingHash(HashingMethod):
             return validation_map(self._codes(feature_tensor(val, self.device) - self.mean), self._codes(features), val, train, self.bits)
 
         trainer.fit(len(train), step, validate=validate if validating else None)
+        self.context.record["precision"] = "float32"  # one linear layer: no autocast, also on CUDA
         head.eval()
 
     def _codes(self, features: torch.Tensor) -> np.ndarray:
         def code_of(batch: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad(), autocast(self.device):
-                return self.head(batch).float() >= 0
+            with torch.no_grad():
+                return self.head(batch) >= 0
 
         return encode_features(code_of, features, self.bits)
 

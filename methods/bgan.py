@@ -274,7 +274,9 @@ class Encoder(nn.Module):
             with torch.no_grad():  # frozen trunk: keep no activations for backward
                 features = self.backbone(images)
         features = features.float()
-        return torch.tanh(self.mean_head(features)), self.log_var_head(features)
+        # float32 heads also under CUDA autocast: μ's sign is the code, and μμᵀ meets S.
+        with torch.autocast(features.device.type, enabled=False):
+            return torch.tanh(self.mean_head(features)), self.log_var_head(features)
 
 
 def pair_loss(mean: torch.Tensor, similarity: torch.Tensor, scale: str = "none") -> torch.Tensor:

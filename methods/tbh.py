@@ -69,7 +69,7 @@ from hashbench.methods._deep import (
     validation_map,
 )
 from hashbench.params import params_to_dict
-from hashbench.training import Schedule, Trainer, autocast, cpu_threads, setup
+from hashbench.training import Schedule, Trainer, cpu_threads, setup
 
 GRAPH_EXPONENT = 1.4
 DEGREE_MARGIN = 1e-8  # the released code's OVERFLOW_MARGIN
@@ -159,18 +159,18 @@ class TwinBottleneckNet(nn.Module):
 
     def bottlenecks(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = self.encoder(features)
-        codes, _ = binary_activation(self.binary_head(hidden).float())
+        codes, _ = binary_activation(self.binary_head(hidden))
         return codes, self.continuous_head(hidden)
 
     def twin(self, codes: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
         """z' = sigmoid(Â · Dense(continuous)), Â from the codes of the batch."""
-        adjacency = normalized_adjacency(hamming_adjacency(codes.float(), self.exponent))
-        return torch.sigmoid(adjacency @ self.graph(continuous).float())
+        adjacency = normalized_adjacency(hamming_adjacency(codes.to(continuous.dtype), self.exponent))
+        return torch.sigmoid(adjacency @ self.graph(continuous))
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         codes, continuous = self.bottlenecks(features)
         latent = self.twin(codes, continuous)
-        return {"codes": codes, "latent": latent, "reconstruction": self.decoder(latent).float()}
+        return {"codes": codes, "latent": latent, "reconstruction": self.decoder(latent)}
 
 
 def tbh_losses(model: TwinBottleneckNet, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -182,7 +182,7 @@ def tbh_losses(model: TwinBottleneckNet, features: torch.Tensor) -> dict[str, to
     prior_latent = torch.rand_like(latent)
     code_adv = adversarial_loss(model.code_critic(prior_codes), model.code_critic(codes))
     latent_adv = adversarial_loss(model.latent_critic(prior_latent), model.latent_critic(latent))
-    reconstruction = 0.5 * ((out["reconstruction"] - features.float()) ** 2).sum()
+    reconstruction = 0.5 * ((out["reconstruction"] - features) ** 2).sum()
     return {
         "actor": reconstruction - code_adv - latent_adv,
         "critic": code_adv + latent_adv,
@@ -321,8 +321,7 @@ class TBH(HashingMethod):
 
         def step(positions: np.ndarray) -> dict[str, torch.Tensor]:
             batch = features[torch.as_tensor(positions, device=self.device)]
-            with autocast(self.device):
-                terms = tbh_losses(model, batch)
+            terms = tbh_losses(model, batch)
             simultaneous_step({"actor": terms["actor"], "critic": terms["critic"]}, groups, optimizers)
             return {key: value.detach() for key, value in terms.items()}
 
@@ -330,6 +329,8 @@ class TBH(HashingMethod):
             return validation_map(self._codes(self._inputs(val)), self._codes(features), val, train, self.bits)
 
         trainer.fit(len(train), step, validate=validate if validating else None)
+        # Small dense layers: float32 throughout, also on CUDA (bf16 would round logits near 0).
+        self.context.record["precision"] = "float32"
         model.eval()
 
     def _inputs(self, split: DataSplit) -> torch.Tensor:
@@ -342,7 +343,7 @@ class TBH(HashingMethod):
         model = self.model
 
         def code_of(batch: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad(), autocast(self.device):
+            with torch.no_grad():
                 return model.bottlenecks(batch)[0] > 0.5
 
         return encode_features(code_of, features, self.bits)
