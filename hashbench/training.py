@@ -274,8 +274,13 @@ class Trainer:
         fingerprint: Mapping[str, Any] | None = None,
         schedulers: Mapping[str, Any] | None = None,
         validation_metric: str = "validation score",
+        checkpoint_seconds: float = 0.0,
     ) -> None:
+        """``checkpoint_seconds``: least time between two checkpoints (0: after every epoch).
+        Methods with thousands of sub-second epochs set it, so that checkpoint writes do not
+        dominate training; a resumed run replays the epochs since the last one identically."""
         self.context = context
+        self.checkpoint_seconds = checkpoint_seconds
         self.model = model
         self.optimizers = dict(optimizers)
         self.schedulers = dict(schedulers or {})
@@ -405,6 +410,7 @@ class Trainer:
         steps_per_epoch = len(batch_positions(num_items, schedule.batch_size))
         kill_after = os.environ.get(KILL_AFTER_EPOCH_ENV)
         validating = validate is not None and schedule.validate_every > 0
+        last_checkpoint = time.monotonic()
 
         with _progress(
             f"{self.name}", schedule.epochs * steps_per_epoch, start_epoch * steps_per_epoch
@@ -457,12 +463,11 @@ class Trainer:
                             "state": _trainable_state(self.model),
                         }
                 result.curve.append(entry)
-                self._save_checkpoint(epoch, result, best)
-                if (
-                    kill_after is not None
-                    and str(epoch) == kill_after.strip()
-                    and self.checkpoint_path is not None
-                ):
+                killing = kill_after is not None and str(epoch) == kill_after.strip()
+                if killing or time.monotonic() - last_checkpoint >= self.checkpoint_seconds:
+                    self._save_checkpoint(epoch, result, best)
+                    last_checkpoint = time.monotonic()
+                if killing and self.checkpoint_path is not None:
                     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
         if best is not None:

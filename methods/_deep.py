@@ -27,6 +27,9 @@ from hashbench.params import params_to_dict
 from hashbench.training import Schedule, Trainer, cpu_threads, setup
 
 ENCODE_BATCH = 1024
+# Feature-input methods train for thousands of sub-second epochs (TBH's released budget is
+# 100,000 steps): checkpoint at most once a minute rather than after every epoch.
+CHECKPOINT_SECONDS = 60.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,6 +333,7 @@ class SimilarityPreservingHash(HashingMethod):
                          "dataset": train.dataset, "train": list(features.shape), "val": len(val) if val is not None else 0},
             schedulers=schedulers,
             validation_metric=VALIDATION_METRIC,
+            checkpoint_seconds=CHECKPOINT_SECONDS,
         )
 
         def step(positions: np.ndarray) -> dict[str, torch.Tensor]:

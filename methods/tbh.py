@@ -58,6 +58,7 @@ from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
 from hashbench.methods._deep import (
+    CHECKPOINT_SECONDS,
     VALIDATION_METRIC,
     check_threads,
     describe_features,
@@ -315,6 +316,7 @@ class TBH(HashingMethod):
             fingerprint={"bits": self.bits, "params": params_to_dict(self.params), "settings": asdict(settings),
                          "dataset": train.dataset, "train": list(features.shape), "val": len(val) if val is not None else 0},
             validation_metric=VALIDATION_METRIC,
+            checkpoint_seconds=CHECKPOINT_SECONDS,
         )
         groups = {"actor": model.actor_parameters(), "critic": model.critic_parameters()}
         optimizers = {"actor": actor, "critic": critic}

@@ -282,3 +282,32 @@ def test_a_nan_validation_score_never_wins():
     trainer, _ = make_trainer(context, Schedule(epochs=3, batch_size=5, validate_every=1))
     scores = iter([float("nan"), 0.2, 0.1])
     assert trainer.fit(20, trainer.step, validate=lambda: next(scores)).selected_epoch == 2
+
+
+def test_checkpoint_interval_skips_writes_and_resumption_still_ends_identically(tmp_path):
+    schedule = Schedule(epochs=4, batch_size=6)
+    clean_context = RunContext(seed=5, work_dir=tmp_path / "clean")
+    clean, clean_model = make_trainer(clean_context, schedule)
+    clean.fit(20, clean.step)
+
+    context = RunContext(seed=5, work_dir=tmp_path / "sparse")
+    sparse, _ = make_trainer(context, schedule)
+    sparse.checkpoint_seconds = 3600.0  # no epoch is long enough to earn a checkpoint
+    steps = []
+
+    def dying_step(positions):
+        steps.append(1)
+        if len(steps) == 3 * 4 + 1:  # at the start of epoch 4
+            raise Interrupted
+        return sparse.step(positions)
+
+    with pytest.raises(Interrupted):
+        sparse.fit(20, dying_step)
+    assert not (tmp_path / "sparse" / CHECKPOINT_NAME).exists()
+
+    resumed_context = RunContext(seed=5, work_dir=tmp_path / "sparse")
+    resumed, resumed_model = make_trainer(resumed_context, schedule)
+    result = resumed.fit(20, resumed.step)
+    assert result.resumed_from_epoch is None  # started over, from the same seeds
+    clean_final, resumed_final = _final_state(clean_model), _final_state(resumed_model)
+    assert all(torch.equal(clean_final[key], resumed_final[key]) for key in clean_final)
