@@ -74,6 +74,12 @@ class DataSplit:
         return self._arrays.labels[self.indices]
 
     @property
+    def feature_source(self) -> Any:
+        """What ``features`` come from: the dataset's own matrix, or a provider such as the
+        backbone-feature cache (methods record it to say which features they trained on)."""
+        return self._arrays.features
+
+    @property
     def features(self) -> np.ndarray:
         """Float32 feature matrix ``(n, d)`` (computed once per split)."""
         if self._features is None:

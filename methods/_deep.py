@@ -51,8 +51,7 @@ def _backbone_features(split: DataSplit) -> Any | None:
     """The backbone-feature cache behind ``split.features``, when that is where they come from."""
     from hashbench.features import BackboneFeatures
 
-    arrays = getattr(split, "_arrays", None)
-    source = getattr(arrays, "features", None)
+    source = split.feature_source
     return source if isinstance(source, BackboneFeatures) else None
 
 
