@@ -39,7 +39,7 @@ also validated when the epoch count is not a multiple of the interval.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from hashbench.backbones import (
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
-from hashbench.methods._deep import declared_profile
+from hashbench.methods._deep import declared_profile, straight_through_sign
 from hashbench.params import params_to_dict
 from hashbench.training import (
     Schedule,
@@ -78,22 +78,6 @@ KL_EPS = 1e-8  # as the released code
 
 # --------------------------------------------------------------------------------------------
 # the pieces of the loss
-
-
-class _StraightThroughSign(torch.autograd.Function):
-    """Forward: sign in {−1, +1} (0 ↦ +1); backward: the gradient passes unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, values: torch.Tensor) -> torch.Tensor:
-        return torch.where(values >= 0, torch.ones_like(values), -torch.ones_like(values))
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
-        return grad_output
-
-
-def straight_through_sign(values: torch.Tensor) -> torch.Tensor:
-    return _StraightThroughSign.apply(values)
 
 
 def binary_layer(probabilities: torch.Tensor, variant: str = "deterministic") -> torch.Tensor:
