@@ -260,7 +260,25 @@ class SimilarityHashSettings:
 _SETTING_NAMES = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "eval_every", "lr_step", "feature_dropout", "centre")
 
 
-class SimilarityPreservingHash(HashingMethod):
+class ProfiledDeepMethod(HashingMethod):
+    """A deep method whose settings resolve from its profile (paper / tiny) and which
+    trains on the run's device under its CPU thread budget (``cpu_threads``)."""
+
+    def resolve_settings(self, train: DataSplit) -> Any:
+        raise NotImplementedError
+
+    def _fit(self, train: DataSplit, val: DataSplit | None, settings: Any) -> None:
+        raise NotImplementedError
+
+    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
+        self.device = setup(self.context)
+        self.settings = self.resolve_settings(train)
+        self.threads = thread_count(self.params.cpu_threads, self.settings.profile, self.device)
+        with cpu_threads(self.threads):
+            self._fit(train, val, self.settings)
+
+
+class SimilarityPreservingHash(ProfiledDeepMethod):
     """A linear hash layer on feature vectors trained to preserve cosine similarities.
 
     Subclasses give the training-time binarisation (``binarize``), any extra loss terms
@@ -293,14 +311,6 @@ class SimilarityPreservingHash(HashingMethod):
 
     def extra_record(self) -> dict[str, Any]:
         return {}
-
-    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
-        self.device = setup(self.context)
-        settings = self.resolve_settings(train)
-        self.settings = settings
-        self.threads = thread_count(self.params.cpu_threads, settings.profile, self.device)
-        with cpu_threads(self.threads):
-            self._fit(train, val, settings)
 
     def _fit(self, train: DataSplit, val: DataSplit | None, settings: SimilarityHashSettings) -> None:
         features = feature_tensor(train, self.device)

@@ -74,14 +74,13 @@ from torch import nn
 from hashbench.backbones import build_backbone, preprocess_for, to_float_images
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
-from hashbench.method import HashingMethod
 from hashbench.methods._deep import (
     VALIDATION_METRIC,
+    ProfiledDeepMethod,
     check_threads,
     describe_features,
     image_profile,
     simultaneous_step,
-    thread_count,
     validation_map,
 )
 from hashbench.params import params_to_dict
@@ -93,7 +92,6 @@ from hashbench.training import (
     cpu_threads,
     image_loader,
     prefetch,
-    setup,
 )
 
 PROBABILITY_FLOOR = 1e-5  # the released code clips D's outputs here before the logs
@@ -433,19 +431,14 @@ def resolve_settings(params: BGANParams, train: DataSplit) -> BGANSettings:
 # --------------------------------------------------------------------------------------------
 
 
-class BGAN(HashingMethod):
+class BGAN(ProfiledDeepMethod):
     name = "bgan"
     description = "Binary generative adversarial networks (Song et al. 2018): VAE-GAN encoder with tanh codes, kNN neighbour structure"
     Params = BGANParams
     input = "images"
 
-    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
-        self.device = setup(self.context)
-        settings = resolve_settings(self.params, train)
-        self.settings = settings
-        self.threads = thread_count(self.params.cpu_threads, settings.profile, self.device)
-        with cpu_threads(self.threads):
-            self._fit(train, val, settings)
+    def resolve_settings(self, train: DataSplit) -> BGANSettings:
+        return resolve_settings(self.params, train)
 
     def _fit(self, train: DataSplit, val: DataSplit | None, settings: BGANSettings) -> None:
         params = self.params

@@ -56,21 +56,20 @@ from torch import nn
 
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
-from hashbench.method import HashingMethod
 from hashbench.methods._deep import (
     CHECKPOINT_SECONDS,
     VALIDATION_METRIC,
+    ProfiledDeepMethod,
     check_threads,
     describe_features,
     encode_features,
     feature_profile,
     feature_tensor,
     simultaneous_step,
-    thread_count,
     validation_map,
 )
 from hashbench.params import params_to_dict
-from hashbench.training import Schedule, Trainer, cpu_threads, setup
+from hashbench.training import Schedule, Trainer, cpu_threads
 
 GRAPH_EXPONENT = 1.4
 DEGREE_MARGIN = 1e-8  # the released code's OVERFLOW_MARGIN
@@ -271,19 +270,14 @@ def resolve_settings(params: TBHParams, train: DataSplit) -> TBHSettings:
 # --------------------------------------------------------------------------------------------
 
 
-class TBH(HashingMethod):
+class TBH(ProfiledDeepMethod):
     name = "tbh"
     description = "Auto-encoding twin-bottleneck hashing (Shen et al. 2020): binary + continuous bottlenecks, code graph, adversarial priors"
     Params = TBHParams
     input = "features"
 
-    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
-        self.device = setup(self.context)
-        settings = resolve_settings(self.params, train)
-        self.settings = settings
-        self.threads = thread_count(self.params.cpu_threads, settings.profile, self.device)
-        with cpu_threads(self.threads):
-            self._fit(train, val, settings)
+    def resolve_settings(self, train: DataSplit) -> TBHSettings:
+        return resolve_settings(self.params, train)
 
     def _fit(self, train: DataSplit, val: DataSplit | None, settings: TBHSettings) -> None:
         features = feature_tensor(train, self.device)
