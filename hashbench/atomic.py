@@ -15,6 +15,12 @@ from typing import Any
 
 import numpy as np
 
+# mkstemp creates files readable by their owner only; a results directory is often shared,
+# so give written files the permissions a plain open() would (0o666 less the umask).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 def write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
@@ -22,6 +28,7 @@ def write_bytes(path: Path, data: bytes) -> None:
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:
+            os.fchmod(handle.fileno(), _FILE_MODE)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

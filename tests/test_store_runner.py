@@ -36,6 +36,14 @@ def test_atomic_write_leaves_old_file_intact_when_interrupted(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
 
 
+def test_written_files_get_the_usual_permissions_not_owner_only(tmp_path):
+    target = tmp_path / "record.json"
+    atomic.write_json(target, {"status": "ok"})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_run_key_is_stable_and_distinguishes_every_field():
     base = dict(method="itq", params={"iterations": 50}, dataset="digits", protocol="standard", split_seed=0, bits=32, seed=0)
     key = run_key(**base)
