@@ -287,7 +287,12 @@ class SimilarityPreservingHash(ProfiledDeepMethod):
 
     input = "features"
     PAPER: ClassVar[dict[str, Any]] = {}
-    TINY: ClassVar[dict[str, Any]] = {}
+    # The CPU default for tiny images, shared by GreedyHash and Bi-half: centred pixels, no
+    # dropout, Adam.
+    TINY: ClassVar[dict[str, Any]] = {
+        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "epochs": 100,
+        "eval_every": 20, "lr_step": 0, "feature_dropout": 0.0, "centre": True,
+    }
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

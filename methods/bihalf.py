@@ -76,10 +76,6 @@ class BiHalf(SimilarityPreservingHash):
         "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": 32, "epochs": 300,
         "eval_every": 10, "lr_step": 120, "feature_dropout": 0.5, "centre": False,
     }
-    TINY = {
-        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "epochs": 100,
-        "eval_every": 20, "lr_step": 0, "feature_dropout": 0.0, "centre": True,
-    }
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         return bihalf_layer(hidden, self.params.gamma)

@@ -62,10 +62,6 @@ class GreedyHash(SimilarityPreservingHash):
         "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": 32, "epochs": 60,
         "eval_every": 5, "lr_step": 0, "feature_dropout": 0.5, "centre": False,
     }
-    TINY = {
-        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "epochs": 100,
-        "eval_every": 20, "lr_step": 0, "feature_dropout": 0.0, "centre": True,
-    }
 
     def paper_epochs(self) -> int:
         return 300 if self.bits == 16 else 60  # as the released code
