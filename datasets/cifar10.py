@@ -67,9 +67,6 @@ class CIBHashCodeProtocol(SplitProtocol):
         half = shuffled.size // 2
         return {"query": shuffled[half:], "val": shuffled[:half], "train": train, "database": train_pool}
 
-    def summary(self) -> str:
-        return f"{self.description}; mAP@{self.topk}"
-
 
 @dataclass(frozen=True)
 class TBHCodeProtocol(SplitProtocol):
@@ -82,9 +79,6 @@ class TBHCodeProtocol(SplitProtocol):
     def draw(self, arrays: DatasetArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
         train, test = np.sort(arrays.groups["train"]), np.sort(arrays.groups["test"])
         return {"query": test, "database": train, "train": train}
-
-    def summary(self) -> str:
-        return f"{self.description}; mAP@{self.topk}"
 
 
 class CIFAR10(OfficialSplitDataset):

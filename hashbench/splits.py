@@ -33,7 +33,8 @@ class SplitProtocol:
         raise NotImplementedError
 
     def summary(self) -> str:
-        return self.description
+        """One line for the run record: the description and the cut-off."""
+        return f"{self.description}; mAP@{self.topk}"
 
 
 def sample_per_class(
