@@ -256,7 +256,7 @@ def test_mean_average_precision_equals_evaluate_map():
 
 
 def test_map_only_does_not_depend_on_the_cutoff_guess(monkeypatch):
-    import hashbench.metrics as metrics
+    from hashbench.metrics import kernels
 
     rng = np.random.default_rng(13)
     problem = random_problem(rng, 20, 400, 10, multi_label=True)
@@ -266,7 +266,7 @@ def test_map_only_does_not_depend_on_the_cutoff_guess(monkeypatch):
         def fixed(distances, depth, groups, value=guess):
             return np.full(distances.shape[0], value, dtype=np.intp)
 
-        monkeypatch.setattr(metrics, "_guess_thresholds", fixed)
+        monkeypatch.setattr(kernels, "guess_thresholds", fixed)
         assert mean_average_precision(*problem, topk=40) == pytest.approx(expected, abs=1e-15)
 
 
@@ -509,21 +509,20 @@ def torch_problems():
 
 def test_torch_path_logic_matches_numpy_on_cpu_tensors():
     torch = pytest.importorskip("torch")
-    import hashbench.metrics as metrics
+    from hashbench.metrics import engine
 
     for (query_bits, database_bits, query_labels, database_labels), topk in torch_problems():
         expected = evaluate(query_bits, database_bits, query_labels, database_labels, topk=topk)
-        parts, bits, size = metrics._evaluate_parts_torch(
+        result = engine.evaluate_on(
+            torch.device("cpu"),
             torch.from_numpy(np.where(query_bits, 1.0, -1.0)).float(),
             torch.from_numpy(pack(database_bits)),
             query_labels,
             database_labels,
-            database_bits.shape[1],
-            topk,
-            (1, 10, 100, 1000),
-            5,
+            bits=database_bits.shape[1],
+            topk=topk,
+            chunk_size=5,
         )
-        result = metrics._summarise(parts, bits, size, topk, (1, 10, 100, 1000), 2)
         assert _close(result, expected)
 
 
