@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hashbench.errors import UserError
+from hashbench.records import Status
 
 if TYPE_CHECKING:
     from hashbench.runner import CellJob, JobResult
@@ -200,7 +201,7 @@ class LocalPoolExecutor:
                             "or crashed in native code)"
                         )
                         record_failure(jobs[position], reason)
-                        on_result(position, JobResult(jobs[position].key, "failed", None, reason))
+                        on_result(position, JobResult(jobs[position].key, Status.FAILED.value, None, reason))
                     else:
                         on_result(position, _result_or_failure(jobs[position], future.result))
         finally:
@@ -227,7 +228,7 @@ def _result_or_failure(job: CellJob, get: Callable[[], JobResult], where: str = 
         message = str(error).strip().splitlines()
         reason = f"{type(error).__name__}: {message[0] if message else 'no message'}{where}"
         record_failure(job, reason, str(error))
-        return JobResult(job.key, "failed", None, reason)
+        return JobResult(job.key, Status.FAILED.value, None, reason)
 
 
 def _import_submitit():
@@ -340,7 +341,7 @@ class SlurmExecutor:
             on_submit(position, str(job.job_id))
         if not self.wait:
             for position, job in enumerate(jobs):
-                on_result(position, JobResult(job.key, "submitted"))
+                on_result(position, JobResult(job.key, Status.PENDING.value))
             return
         poll = self.poll_seconds if self.poll_seconds is not None else (15.0 if self.cluster == "slurm" else 0.5)
         for job in submitit.helpers.as_completed(submitted, poll_frequency=poll):

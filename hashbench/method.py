@@ -50,11 +50,14 @@ class HashingMethod(abc.ABC):
     # "features": a float matrix (pixels for tiny images, backbone features otherwise);
     # "images": the raw uint8 images of the split.
     input: ClassVar[Literal["features", "images"]] = "features"
+    # Bump when what the method computes changes (a fix, a new default): runs recorded under
+    # another version are stale, so `hashbench run` redoes them instead of reusing them.
+    version: ClassVar[str] = "1"
 
     def __init__(self, bits: int, params: Any = None, context: RunContext | None = None) -> None:
-        if not isinstance(bits, int) or bits < 1:
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:
             raise UserError(f"{self.name}: bits must be a positive integer, got {bits!r}")
-        self.bits = bits
+        self.bits = int(bits)
         self.params = params if params is not None else self.Params()
         self.context = context if context is not None else RunContext()
 
@@ -68,6 +71,16 @@ class HashingMethod(abc.ABC):
     @abc.abstractmethod
     def encode(self, split: DataSplit) -> Any:
         """Codes of ``split``, one row per item in the split's order."""
+
+
+class NotFittedError(RuntimeError):
+    """``encode`` called before ``fit`` (as scikit-learn's estimators raise)."""
+
+
+def require_fitted(method: HashingMethod, *attributes: str) -> None:
+    """Refuse to encode with a method whose ``fit`` has not set ``attributes``."""
+    if not all(hasattr(method, name) for name in attributes):
+        raise NotFittedError(f"{method.name}: encode() called before fit()")
 
 
 def require_bits_at_most_dimension(method: HashingMethod, dimension: int) -> None:

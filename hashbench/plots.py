@@ -22,6 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hashbench import atomic
+from hashbench.metric_table import metric_info
+from hashbench.records import RunRecord
+from hashbench.results_frame import dataset_columns, frame_from_records, row_labels
 
 # series[label] = {"x": [...], "y": [...], ...}: what one line of one panel shows.
 Series = dict[str, dict[str, list[float]]]
@@ -36,11 +39,9 @@ class Plot:
     paths: dict[str, Path] = field(default_factory=dict)  # "png"/"pdf" → file, once saved
 
 
-def label_records(records: list[dict[str, Any]]) -> pd.DataFrame:
+def label_records(records: list[RunRecord]) -> pd.DataFrame:
     """The ok records with their table row label and dataset column (as in the tables)."""
-    from hashbench.report import dataset_columns, frame_from_records, row_labels
-
-    ok = [record for record in records if record.get("status") == "ok" and isinstance(record.get("metrics"), dict)]
+    ok = [record for record in records if record.ok]
     if not ok:
         return pd.DataFrame(columns=["label", "column_dataset", "bits", "record"])
     frame = frame_from_records(ok)
@@ -65,7 +66,10 @@ def pr_series(frame: pd.DataFrame, dataset: str, bits: int) -> Series:
     series: Series = {}
     subset = frame[(frame["column_dataset"] == dataset) & (frame["bits"] == bits)]
     for label, group in subset.groupby("label", sort=True):
-        curves = [record["metrics"]["pr_curve"] for record in group["record"] if "pr_curve" in record["metrics"]]
+        curves = [record.pr_curve for record in group["record"] if record.pr_curve is not None]
+        # Seeds of one cell share the code length, so their curves share the radii 0..bits;
+        # a record that does not is left out rather than misaligned.
+        curves = [curve for curve in curves if len(curve["radius"]) == int(bits) + 1]
         if not curves:
             continue
         recall = _mean_curves(curves, "radius", "recall")
@@ -79,7 +83,7 @@ def precision_at_k_series(frame: pd.DataFrame, dataset: str, bits: int) -> Serie
     series: Series = {}
     subset = frame[(frame["column_dataset"] == dataset) & (frame["bits"] == bits)]
     for label, group in subset.groupby("label", sort=True):
-        tables = [record["metrics"].get("precision_at_k") or {} for record in group["record"]]
+        tables = [record.precision_at_k for record in group["record"]]
         ks = sorted(set.intersection(*(set(table) for table in tables)), key=int) if tables else []
         if not ks:
             continue
@@ -104,10 +108,6 @@ def metric_vs_bits_series(frame: pd.DataFrame, dataset: str, metric: str) -> Ser
             "std": stats["std"].fillna(0.0).tolist(),
         }
     return series
-
-
-def _metric_label(metric: str) -> str:
-    return {"map": "mAP@k", "map_all": "mAP@all"}.get(metric, metric.replace("_", " "))
 
 
 def _figure(panels: int) -> tuple[Figure, list]:
@@ -170,10 +170,8 @@ def metric_vs_bits_plot(frame: pd.DataFrame, dataset: str, metric: str = "map") 
     ax.set_xscale("log", base=2)
     ax.set_xticks(bits_values, [str(b) for b in bits_values])
     ax.minorticks_off()
-    name = _metric_label(metric)
     cutoffs = frame.loc[frame["column_dataset"] == dataset, "map_k"].dropna().unique() if "map_k" in frame else []
-    if metric == "map" and len(cutoffs) == 1:
-        name = f"mAP@{int(cutoffs[0])}"
+    name = metric_info(metric, int(cutoffs[0]) if len(cutoffs) == 1 else None).label
     ax.set(title=dataset, xlabel="bits", ylabel=f"{name} (mean ± std over seeds)")
     ax.grid(alpha=0.3)
     _legend(figure, [ax])
@@ -202,7 +200,7 @@ def save_plot(plot: Plot, folder: Path) -> dict[str, Path]:
     return plot.paths
 
 
-def make_plots(records: list[dict[str, Any]], metric: str = "map") -> list[Plot]:
+def make_plots(records: list[RunRecord], metric: str = "map") -> list[Plot]:
     """Every plot of the report, per dataset column: PR, P@k and metric versus bits."""
     frame = label_records(records)
     plots = []
@@ -213,7 +211,7 @@ def make_plots(records: list[dict[str, Any]], metric: str = "map") -> list[Plot]
     return plots
 
 
-def write_plots(records: list[dict[str, Any]], folder: Path, metric: str = "map") -> list[Plot]:
+def write_plots(records: list[RunRecord], folder: Path, metric: str = "map") -> list[Plot]:
     plots = make_plots(records, metric)
     for plot in plots:
         save_plot(plot, folder)

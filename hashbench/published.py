@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from hashbench.errors import UserError
+from hashbench.metric_table import metric_info
+from hashbench.results_frame import row_labels
 
 COLUMNS = ["method", "dataset", "protocol", "metric", "bits", "value", "source"]
 OPTIONAL_COLUMNS = ["checked"]
@@ -89,11 +91,9 @@ def compare(runs: pd.DataFrame, published: pd.DataFrame, metric: str) -> pd.Data
     are compared; a method run with several parameter sets gets one line per set. The
     difference is reproduced − published.
     """
-    from hashbench.report import row_labels
-
     columns = ["method", "dataset", "protocol", "bits", "metric", "published", "reproduced", "std", "runs", "difference", "source"]
     ok = runs[runs["status"] == "ok"].copy() if len(runs) else runs
-    wanted = published[(published["metric"] == metric) & published["dataset"].isin(set(ok.get("dataset", [])))]
+    wanted = published[(published["metric"] == metric) & published["dataset"].isin(set(ok["dataset"] if "dataset" in ok else []))]
     if wanted.empty:
         return pd.DataFrame(columns=columns)
     ok["label"] = row_labels(ok)
@@ -133,7 +133,7 @@ def compare(runs: pd.DataFrame, published: pd.DataFrame, metric: str) -> pd.Data
 
 
 def comparison_markdown(comparison: pd.DataFrame, metric: str, source_file: Path | str) -> str:
-    lines = [f"published {metric.replace('_', ' ')} beside the reproduced mean (difference = reproduced − published; {source_file})", ""]
+    lines = [f"published {metric_info(metric).label} beside the reproduced mean (difference = reproduced − published; {source_file})", ""]
     if comparison.empty:
         return "\n".join([*lines, "no published numbers for this metric on the datasets that were run"]) + "\n"
     header = ["method", "dataset", "protocol", "bits", "published", "reproduced", "difference", "source"]

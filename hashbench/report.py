@@ -7,7 +7,6 @@ best mean of each column in bold; written as Markdown, LaTeX (booktabs), CSV and
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,83 +15,15 @@ import pandas as pd
 
 from hashbench import atomic
 from hashbench.errors import UserError
-from hashbench.store import ResultsStore
-
-ID_COLUMNS = ["key", "method", "params", "dataset", "protocol", "split_seed", "seed", "bits", "status"]
-
-
-def _flatten(prefix: str, value: Any, into: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, into)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        into[prefix] = value
-
-
-def read_records(results: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every readable run record, and a warning for each one skipped."""
-    records, warnings = [], []
-    for item in ResultsStore(results).iter_records():
-        record = item.record
-        if record is None:
-            warnings.append(f"skipping {item.path}: unreadable run record ({item.error})")
-            continue
-        missing = [column for column in ("method", "dataset", "bits", "status") if column not in record]
-        if missing:
-            warnings.append(f"skipping {item.path}: run record lacks {', '.join(missing)}")
-            continue
-        records.append(record)
-    return records, warnings
-
-
-def frame_from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per record: identity columns, flattened ``metrics``, ``timings.*``, device."""
-    rows = []
-    for record in records:
-        row: dict[str, Any] = {column: record.get(column) for column in ID_COLUMNS}
-        row["params"] = json.dumps(record.get("params", {}), sort_keys=True)
-        row["error"] = record.get("error")
-        row["device"] = (record.get("environment") or {}).get("device")
-        _flatten("", record.get("metrics", {}), row)
-        _flatten("timings", record.get("timings", {}), row)
-        if "peak_memory_mb" in record:
-            row["peak_memory_mb"] = record["peak_memory_mb"]
-        rows.append(row)
-    return pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
-
-
-def load_runs(results: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per run record: identity columns, flattened ``metrics``, ``timings.*``.
-
-    Returns the frame and a warning for each record that could not be read (skipped).
-    """
-    records, warnings = read_records(results)
-    return frame_from_records(records), warnings
-
-
-def row_labels(frame: pd.DataFrame) -> pd.Series:
-    """The method name, plus the parameters that differ when a method ran with several."""
-    labels = frame["method"].astype(str).copy()
-    for method, group in frame.groupby("method"):
-        variants = group["params"].unique()
-        if len(variants) < 2:
-            continue
-        decoded = {variant: json.loads(variant) for variant in variants}
-        keys = sorted({key for params in decoded.values() for key in params})
-        differing = [key for key in keys if len({json.dumps(p.get(key)) for p in decoded.values()}) > 1]
-        for variant, params in decoded.items():
-            suffix = ", ".join(f"{key}={params.get(key)}" for key in differing)
-            labels[group.index[group["params"] == variant]] = f"{method} ({suffix})"
-    return labels
-
-
-def dataset_columns(frame: pd.DataFrame) -> list[str]:
-    """One column per dataset (and protocol, when a dataset was run under several)."""
-    protocols_per_dataset = frame.groupby("dataset")["protocol"].nunique()
-    return [
-        f"{dataset}/{protocol}" if protocols_per_dataset[dataset] > 1 else dataset
-        for dataset, protocol in zip(frame["dataset"], frame["protocol"], strict=True)
-    ]
+from hashbench.metric_table import MetricInfo, metric_info
+from hashbench.results_frame import (
+    ID_COLUMNS,
+    dataset_columns,
+    frame_from_records,
+    load_runs,
+    read_records,
+    row_labels,
+)
 
 
 @dataclass
@@ -103,11 +34,20 @@ class SummaryTable:
     mean: pd.DataFrame
     std: pd.DataFrame
     count: pd.DataFrame
+    info: MetricInfo | None = None
+
+    def __post_init__(self) -> None:
+        if self.info is None:
+            self.info = metric_info(self.metric)
+
+    @property
+    def title(self) -> str:
+        return f"{self.info.label} (mean ± std over seeds; best in bold, {'higher' if self.info.higher_is_better else 'lower'} is better)"
 
     def best(self) -> pd.DataFrame:
-        """True where a cell holds its column's best mean (ties all bold)."""
-        maxima = self.mean.max(axis=0)
-        return self.mean.eq(maxima, axis=1) & self.mean.notna()
+        """True where a cell holds its column's best mean by the metric's direction (ties all bold)."""
+        extremes = self.mean.max(axis=0) if self.info.higher_is_better else self.mean.min(axis=0)
+        return self.mean.eq(extremes, axis=1) & self.mean.notna()
 
     def cell_text(self, row: str, column: tuple) -> str | None:
         mean = self.mean.at[row, column]
@@ -115,21 +55,20 @@ class SummaryTable:
             return None
         std = self.std.at[row, column]
         count = int(self.count.at[row, column])
-        text = f"{mean:.4f}"
+        text = self.info.formatted(mean)
         if count > 1:
-            text += f" ± {0.0 if pd.isna(std) else std:.4f}"
+            text += f" ± {self.info.formatted(0.0 if pd.isna(std) else std)}"
         return text
 
 
 def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
+    metric_info(metric)  # refuses what is not a metric, with a suggestion
     ok = frame[frame["status"] == "ok"].copy() if len(frame) else frame
     if ok.empty:
         raise UserError("no successful runs in the results directory; run `hashbench run` first")
     if metric not in ok.columns:
-        numeric = sorted(
-            c for c in ok.columns if c not in (*ID_COLUMNS, "error", "device", "peak_memory_mb") and not c.startswith("timings")
-        )
-        raise UserError(f"unknown metric {metric!r}; available: {', '.join(numeric)}")
+        numeric = sorted(c for c in ok.columns if c not in (*ID_COLUMNS, "error", "device", "profile", "map_k"))
+        raise UserError(f"no run recorded the metric {metric!r}; recorded: {', '.join(numeric)}")
     ok["row"] = row_labels(ok)
     ok["column_dataset"] = dataset_columns(ok)
     grouped = ok.groupby(["row", "column_dataset", "bits"])[metric]
@@ -141,17 +80,15 @@ def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
         table = table.reindex(index=order)
         return table.sort_index(axis=1)
 
-    return SummaryTable(metric, pivot("mean"), pivot("std"), pivot("count").fillna(0))
-
-
-def _metric_title(metric: str) -> str:
-    return metric.replace("_", " ")
+    cutoffs = sorted({int(k) for k in ok["map_k"].dropna()}) if "map_k" in ok else []
+    map_k = cutoffs[0] if len(cutoffs) == 1 else ("k" if not cutoffs else "/".join(map(str, cutoffs)))
+    return SummaryTable(metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k))
 
 
 def to_markdown(table: SummaryTable) -> str:
     best = table.best()
     header = ["method", *[f"{dataset} {bits} bits" for dataset, bits in table.mean.columns]]
-    lines = [f"{_metric_title(table.metric)} (mean ± std over seeds; best in bold)", ""]
+    lines = [table.title, ""]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("| --- |" + " ---: |" * (len(header) - 1))
     for row in table.mean.index:
@@ -208,7 +145,7 @@ def to_html(table: SummaryTable) -> str:
     datasets = list(dict.fromkeys(dataset for dataset, _ in columns))
     parts = [
         "<table class=\"hashbench\">",
-        f"<caption>{html.escape(_metric_title(table.metric))} (mean ± std over seeds; best in bold)</caption>",
+        f"<caption>{html.escape(table.title)}</caption>",
         "<thead><tr><th rowspan=\"2\">method</th>",
     ]
     for dataset in datasets:
@@ -405,6 +342,7 @@ def write_report(
     *,
     plots: bool = True,
     published: Path | bool | None = None,
+    include_stale: bool = False,
 ) -> tuple[SummaryTable, dict[str, Path], list[str]]:
     """Write the tables, timings, plots and the HTML report into ``out``.
 
@@ -413,7 +351,8 @@ def write_report(
     """
     from hashbench.published import builtin_path, compare, comparison_markdown, load_published
 
-    records, warnings = read_records(results)
+    metric_info(metric)  # refuse a non-metric before reading anything
+    records, warnings = read_records(results, include_stale=include_stale)
     frame = frame_from_records(records)
     if frame.empty:
         raise UserError(f"no run records under {results}; run `hashbench run --results {results}` first")

@@ -26,13 +26,20 @@ from hashbench.data import DatasetArrays, DataSplit, HashingDataset, load_datase
 from hashbench.environment import describe_environment, resolve_device, seed_everything
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, RunContext
+from hashbench.metric_table import METRICS_VERSION
 from hashbench.params import params_to_dict, resolve_params
+from hashbench.records import CellIdentity, RunRecord, SplitInfo, Status
 from hashbench.splits import SplitManifest, draw_split
-from hashbench.store import CODES_NAME, LOG_NAME, RECORD_NAME, ResultsStore, run_key
+from hashbench.store import CODES_NAME, LOG_NAME, ResultsStore, file_sha256
 
 # Candidate cut-offs of P@k / R@k; those above the database size are dropped per dataset.
 PRECISION_KS = (1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
 BUSY_RECHECK_SECONDS = 0.2
+MAX_SEED = 2**63  # seeds feed numpy and torch generators, which take 64-bit integers
+
+
+def protocol_version(protocol: Any) -> str:
+    return str(getattr(protocol, "version", "1"))
 
 
 @dataclass
@@ -65,21 +72,33 @@ class Cell:
     bits: int
     seed: int
     split_seed: int
+    protocol_version: str = "1"
+
+    @property
+    def identity(self) -> CellIdentity:
+        return CellIdentity(
+            self.method, params_to_dict(self.params), self.dataset, self.protocol, self.split_seed, self.bits, self.seed
+        )
+
+    @property
+    def method_version(self) -> str:
+        return str(self.method_cls.version)
 
     @property
     def key(self) -> str:
-        return run_key(
-            self.method, params_to_dict(self.params), self.dataset, self.protocol, self.split_seed, self.bits, self.seed
-        )
+        return self.identity.key(self.method_version, self.protocol_version)
 
 
 @dataclass
 class CellOutcome:
     cell: Cell
-    status: str  # ok | failed | skipped (already ok) | busy (another runner holds it)
-    record: dict[str, Any] | None = None
+    # OK or FAILED once run; OK with ``reused`` when done before; RUNNING when another runner
+    # holds it; PENDING when submitted to a cluster without waiting.
+    status: Status
+    record: RunRecord | None = None
     error: str | None = None
     job_id: str | None = None  # the cluster job that ran (or will run) it
+    reused: bool = False
 
 
 @dataclass
@@ -113,8 +132,8 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
         raise UserError("no datasets given; pass --datasets (see `hashbench list`)")
     _positive_ints(spec.bits, "--bits")
     for seed in [*spec.seeds, spec.split_seed]:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise UserError(f"seeds must be non-negative integers, got {seed!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
+            raise UserError(f"seeds must be integers from 0 to 2**63 - 1, got {seed!r}")
     for owner in spec.params:
         if owner not in spec.methods:
             raise UserError(
@@ -134,12 +153,15 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
     cells = []
     for dataset_name in spec.datasets:
         dataset = registry.get_dataset(dataset_name)()
-        protocol = dataset.protocol(spec.protocols.get(dataset_name, spec.protocol)).name
+        protocol = dataset.protocol(spec.protocols.get(dataset_name, spec.protocol))
         for method in spec.methods:
             for bits in spec.bits:
                 for seed in spec.seeds:
                     cells.append(
-                        Cell(method, method_classes[method], resolved[method], dataset_name, protocol, bits, seed, spec.split_seed)
+                        Cell(
+                            method, method_classes[method], resolved[method], dataset_name, protocol.name,
+                            bits, seed, spec.split_seed, protocol_version(protocol),
+                        )
                     )
     return cells
 
@@ -210,14 +232,12 @@ def run_cell(
     store: ResultsStore,
     device: str,
     force: bool,
-    extra: dict[str, Any] | None = None,
+    execution: dict[str, Any] | None = None,
 ) -> CellOutcome:
     """Fit, encode, evaluate and store one cell; never raises for a failing method.
 
-    ``extra`` goes into the record as is (how the cell was executed: worker, cluster job).
+    ``execution`` says how the cell was executed (worker, cluster job) for the record.
     """
-    from hashbench.metrics import evaluate
-
     key = cell.key
     lock = store.try_lock(key)
     if lock is None:
@@ -226,38 +246,18 @@ def run_cell(
         time.sleep(BUSY_RECHECK_SECONDS)
         lock = store.try_lock(key)
     if lock is None:
-        return CellOutcome(cell, "busy")
+        return CellOutcome(cell, Status.RUNNING)
     try:
-        existing = store.read_record(key)
-        if existing is not None and existing.get("status") == "ok" and not force:
-            return CellOutcome(cell, "skipped", existing)
+        if not force:
+            stored = store.stored_state(cell.identity, cell.method_version, cell.protocol_version)
+            if stored.status is Status.OK:
+                return CellOutcome(cell, Status.OK, stored.record, reused=True)
         run_dir = store.run_dir(key)
         run_dir.mkdir(parents=True, exist_ok=True)
-        record: dict[str, Any] = {
-            "key": key,
-            "method": cell.method,
-            "method_description": cell.method_cls.description,
-            "params": params_to_dict(cell.params),
-            "dataset": cell.dataset,
-            "protocol": cell.protocol,
-            "protocol_description": data.protocol.summary(),
-            "split_seed": cell.split_seed,
-            "seed": cell.seed,
-            "bits": cell.bits,
-            "input": cell.method_cls.input,
-            "split": {
-                "manifest": str(data.manifest_path.relative_to(store.root)),
-                "hash": data.manifest.hash,
-                "sizes": {name: int(indices.size) for name, indices in data.manifest.splits.items()},
-            },
-            "data": data.arrays.provenance,
-            "status": "running",
-            "started": _now(),
-            "environment": describe_environment(device),
-            **(extra or {}),
-        }
+        started = _now()
         timings: dict[str, float] = {}
         context = RunContext(seed=cell.seed, device=device, work_dir=run_dir)
+        outcome: dict[str, Any] = {}
         try:
             seed_everything(cell.seed)
             method = cell.method_cls(cell.bits, cell.params, context)
@@ -270,33 +270,74 @@ def run_cell(
             database_codes = pack(method.encode(database), cell.bits, name=f"{cell.method}'s database codes")
             timings["encode"] = time.perf_counter() - start
             start = time.perf_counter()
-            topk = data.manifest.topk
-            result = evaluate(
-                query_codes,
-                database_codes,
-                query.labels,
-                database.labels,
-                bits=cell.bits,
-                topk=topk,
-                ks=precision_ks(len(database), topk),
-            )
+            result = evaluate_codes(data.manifest, query_codes, database_codes, query.labels, database.labels, cell.bits)
             timings["evaluate"] = time.perf_counter() - start
             atomic.save_npz(run_dir / CODES_NAME, query_codes=query_codes, database_codes=database_codes)
-            record.update(status="ok", metrics=result.to_dict())
+            outcome.update(
+                status=Status.OK,
+                metrics=result.to_dict(),
+                metrics_version=METRICS_VERSION,
+                codes_sha256=file_sha256(run_dir / CODES_NAME),
+            )
             (run_dir / LOG_NAME).unlink(missing_ok=True)
-        except Exception as error:  # a failing cell must not stop the grid
-            record.update(status="failed", error=f"{type(error).__name__}: {error}")
+        except BaseException as error:  # a failing cell must not stop the grid, not even sys.exit
+            if isinstance(error, KeyboardInterrupt):
+                raise
+            outcome.update(status=Status.FAILED, error=f"{type(error).__name__}: {error}")
             atomic.write_text(run_dir / LOG_NAME, traceback.format_exc())
         timings["total"] = sum(timings.values())
-        record["timings"] = timings
-        record["peak_memory_mb"] = _peak_memory_mb()
-        if context.record:
-            record["training"] = context.record
-        record["finished"] = _now()
-        atomic.write_json(run_dir / RECORD_NAME, record)
-        return CellOutcome(cell, record["status"], record, record.get("error"))
+        record = RunRecord(
+            key=key,
+            cell_id=cell.identity.cell_id,
+            method=cell.method,
+            dataset=cell.dataset,
+            protocol=cell.protocol,
+            bits=cell.bits,
+            seed=cell.seed,
+            split_seed=cell.split_seed,
+            params=params_to_dict(cell.params),
+            method_version=cell.method_version,
+            protocol_version=cell.protocol_version,
+            method_description=cell.method_cls.description,
+            protocol_description=data.protocol.summary(),
+            input=cell.method_cls.input,
+            split=SplitInfo(
+                str(data.manifest_path.relative_to(store.root)),
+                data.manifest.hash,
+                {name: int(indices.size) for name, indices in data.manifest.splits.items()},
+            ),
+            data=data.arrays.provenance,
+            timings=timings,
+            peak_memory_mb=_peak_memory_mb(),
+            training=context.record or None,
+            environment=describe_environment(device),
+            execution=execution or {"executor": "in process"},
+            started=started,
+            finished=_now(),
+            **outcome,
+        )
+        store.write_record(record)
+        return CellOutcome(cell, record.status, record, record.error)
     finally:
         lock.release()
+
+
+def evaluate_codes(
+    manifest: SplitManifest, query_codes: Any, database_codes: Any, query_labels: Any, database_labels: Any, bits: int
+) -> Any:
+    """The full metric set of one run, at the protocol's cut-off (also what `reeval` computes)."""
+    from hashbench.metrics import evaluate
+
+    database_size = int(manifest.splits["database"].size)
+    return evaluate(
+        query_codes,
+        database_codes,
+        query_labels,
+        database_labels,
+        bits=bits,
+        topk=manifest.topk,
+        ks=precision_ks(database_size, manifest.topk),
+    )
 
 
 @dataclass(frozen=True)
@@ -319,16 +360,23 @@ class CellJob:
     manifest_hash: str
     working_dir: str  # the parent's, for dotted --plugin modules and relative paths in plugins
     execution: dict[str, Any] = field(default_factory=dict)  # stored as "execution" in the record
+    cell_id: str = ""
+    method_version: str = "1"
+    protocol_version: str = "1"
 
 
 @dataclass
 class JobResult:
-    """What a job sends back (plain data, no classes, so any process can unpickle it)."""
+    """What a job sends back (plain data: the record as JSON, so any process can unpickle it)."""
 
     key: str
     status: str
     record: dict[str, Any] | None = None
     error: str | None = None
+
+    def outcome(self, cell: Cell, job_id: str | None = None) -> CellOutcome:
+        record = None if self.record is None else RunRecord.from_json(self.record)
+        return CellOutcome(cell, Status(self.status), record, self.error, job_id)
 
 
 def _portable(spec: GridSpec) -> GridSpec:
@@ -359,6 +407,9 @@ def make_job(cell: Cell, data: PreparedDataset, spec: GridSpec, execution: dict[
         manifest_hash=data.manifest.hash,
         working_dir=str(Path.cwd()),
         execution=execution,
+        cell_id=cell.identity.cell_id,
+        method_version=cell.method_version,
+        protocol_version=cell.protocol_version,
     )
 
 
@@ -392,27 +443,31 @@ def record_failure(job: CellJob, reason: str, log: str | None = None) -> bool:
         return False
     try:
         existing = store.read_record(job.key)
-        if existing is not None and existing.get("status") == "ok":
+        if existing is not None and existing.ok:
             return False
         run_dir = store.run_dir(job.key)
         run_dir.mkdir(parents=True, exist_ok=True)
         if log:
             atomic.write_text(run_dir / LOG_NAME, log)
-        record = {
-            "key": job.key,
-            "method": job.method,
-            "params": job.params,
-            "dataset": job.dataset,
-            "protocol": job.protocol,
-            "split_seed": job.spec.split_seed,
-            "seed": job.seed,
-            "bits": job.bits,
-            "status": "failed",
-            "error": reason,
-            "execution": job.execution,
-            "finished": _now(),
-        }
-        atomic.write_json(run_dir / RECORD_NAME, record)
+        store.write_record(
+            RunRecord(
+                key=job.key,
+                cell_id=job.cell_id,
+                method=job.method,
+                dataset=job.dataset,
+                protocol=job.protocol,
+                bits=job.bits,
+                seed=job.seed,
+                split_seed=job.spec.split_seed,
+                status=Status.FAILED,
+                params=job.params,
+                method_version=job.method_version,
+                protocol_version=job.protocol_version,
+                error=reason,
+                execution=job.execution,
+                finished=_now(),
+            )
+        )
         return True
     finally:
         lock.release()
@@ -426,7 +481,10 @@ def run_job(job: CellJob) -> JobResult:
         registry.load_plugins(job.spec.plugins)
         method_cls = registry.get_method(job.method)
         params = resolve_params(method_cls.Params, job.params, owner=job.method)
-        cell = Cell(job.method, method_cls, params, job.dataset, job.protocol, job.bits, job.seed, job.spec.split_seed)
+        cell = Cell(
+            job.method, method_cls, params, job.dataset, job.protocol, job.bits, job.seed, job.spec.split_seed,
+            job.protocol_version,
+        )
         if cell.key != job.key:
             raise UserError(
                 f"{job.method} rebuilt in this process has another run key ({cell.key}, expected {job.key}); "
@@ -434,12 +492,18 @@ def run_job(job: CellJob) -> JobResult:
             )
         device = resolve_device(job.spec.device)
         data = _job_data(job, device)
+        if protocol_version(data.protocol) != job.protocol_version:
+            raise UserError(
+                f"protocol {job.dataset}/{job.protocol} is version {protocol_version(data.protocol)} here, "
+                f"{job.protocol_version} where the grid was planned; install the same hashbench everywhere"
+            )
     except Exception as error:  # the cell fails; the grid goes on
         reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
         record_failure(job, reason, traceback.format_exc())
-        return JobResult(job.key, "failed", None, reason)
-    outcome = run_cell(cell, data, ResultsStore(job.spec.results), device, job.spec.force, {"execution": job.execution})
-    return JobResult(job.key, outcome.status, outcome.record, outcome.error)
+        return JobResult(job.key, Status.FAILED.value, None, reason)
+    outcome = run_cell(cell, data, ResultsStore(job.spec.results), device, job.spec.force, job.execution)
+    record = None if outcome.record is None else outcome.record.to_json()
+    return JobResult(job.key, outcome.status.value, record, outcome.error)
 
 
 class Executor(Protocol):
@@ -504,9 +568,9 @@ def run_grid(
     results: dict[int, CellOutcome] = {}
     to_run: list[int] = []
     for index, cell in enumerate(cells):
-        existing = None if spec.force else store.read_record(cell.key)
-        if existing is not None and existing.get("status") == "ok":
-            results[index] = CellOutcome(cell, "skipped", existing)
+        stored = None if spec.force else store.stored_state(cell.identity, cell.method_version, cell.protocol_version)
+        if stored is not None and stored.status is Status.OK:
+            results[index] = CellOutcome(cell, Status.OK, stored.record, reused=True)
             if on_done is not None:
                 on_done(results[index])
         else:
@@ -522,7 +586,7 @@ def run_grid(
 
     def on_result(position: int, result: JobResult) -> None:
         index = to_run[position]
-        outcome = CellOutcome(cells[index], result.status, result.record, result.error, job_ids.get(index))
+        outcome = result.outcome(cells[index], job_ids.get(index))
         results[index] = outcome
         if on_done is not None:
             on_done(outcome)

@@ -28,6 +28,8 @@ class SplitProtocol:
     name: str
     description: str
     topk: int  # the retrieval cut-off k of mAP@k
+    # Bump when the draw or the cut-off changes: runs recorded under another version are stale.
+    version: str = "1"
 
     def draw(self, arrays: DatasetArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -86,6 +88,7 @@ class SampledProtocol(SplitProtocol):
     val_per_class: int | None = None
     val_size: int | None = None
     pool: str | None = None
+    version: str = "1"
 
     def _sample(self, arrays, pool, per_class, size, rng, what) -> np.ndarray:
         if per_class is not None:

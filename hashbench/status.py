@@ -1,4 +1,5 @@
-"""Where a grid stands: each cell done, running (its lock is held), failed (and why) or pending.
+"""Where a grid stands: each cell ok, failed (and why), stale, damaged, running, interrupted or
+pending (the states of :class:`hashbench.records.Status`).
 
 Read-only: nothing is created in the results directory. A cell is *running* when a
 process holds its run lock, which is probed by taking and at once releasing it; the runner
@@ -10,26 +11,33 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
-from hashbench.store import ResultsStore
+from hashbench import registry
+from hashbench.errors import UserError
+from hashbench.records import RunRecord, Status
+from hashbench.store import RECORD_NAME, ResultsStore, StoredState, read_record_file
 
-STATES = ("done", "running", "failed", "pending")
+# The order states are counted and listed in.
+STATES = tuple(Status)
 
 
 @dataclass
 class CellStatus:
     key: str
-    state: str  # one of STATES
+    state: Status
     method: str | None = None
     dataset: str | None = None
     protocol: str | None = None
     bits: int | None = None
     seed: int | None = None
-    reason: str | None = None  # why it failed
-    record: dict[str, Any] | None = None
+    reason: str | None = None  # why it failed, is stale or damaged
+    record: RunRecord | None = None
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.method or self.key, self.dataset or "", self.protocol or "", self.bits or 0, self.seed or 0, self.key)
 
 
 def _lock_path(store: ResultsStore, key: str) -> Path:
@@ -40,7 +48,7 @@ def _lock_path(store: ResultsStore, key: str) -> Path:
 def is_running(store: ResultsStore, key: str) -> bool:
     """Whether some process (on any node sharing the directory) holds the run's lock."""
     path = _lock_path(store, key)
-    if not path.exists():
+    if not path.is_file():
         return False  # never locked, and probing must not create lock files
     lock = FileLock(str(path))
     try:
@@ -53,15 +61,20 @@ def is_running(store: ResultsStore, key: str) -> bool:
     return False
 
 
-def cell_state(store: ResultsStore, key: str) -> tuple[str, str | None, dict[str, Any] | None]:
-    record = store.read_record(key)
-    if is_running(store, key):
-        return "running", None, record
-    if record is None:
-        return "pending", None, None
-    if record.get("status") == "ok":
-        return "done", None, record
-    return "failed", str(record.get("error") or "no reason recorded; see log.txt in the run folder"), record
+def _status(key: str, stored: StoredState, cell=None) -> CellStatus:
+    record = stored.record
+    source = cell if cell is not None else record
+    return CellStatus(
+        key,
+        stored.status,
+        getattr(source, "method", None),
+        getattr(source, "dataset", None),
+        getattr(source, "protocol", None),
+        getattr(source, "bits", None),
+        getattr(source, "seed", None),
+        stored.reason,
+        record,
+    )
 
 
 def grid_status(spec) -> list[CellStatus]:
@@ -71,42 +84,70 @@ def grid_status(spec) -> list[CellStatus]:
     store = ResultsStore(spec.results)
     statuses = []
     for cell in plan_grid(spec):
-        state, reason, record = cell_state(store, cell.key)
-        statuses.append(
-            CellStatus(cell.key, state, cell.method, cell.dataset, cell.protocol, cell.bits, cell.seed, reason, record)
-        )
+        if is_running(store, cell.key):
+            stored = StoredState(Status.RUNNING, store.read_record(cell.key), "lock held by a runner")
+        else:
+            stored = store.stored_state(cell.identity, cell.method_version, cell.protocol_version)
+        statuses.append(_status(cell.key, stored, cell))
     return statuses
 
 
-def directory_status(results: Path) -> list[CellStatus]:
-    """Every run the results directory knows of (records and held locks), without a grid."""
+def current_versions(record: RunRecord) -> tuple[str, str] | None:
+    """The versions the installed method and protocol of ``record`` declare (None: not installed)."""
+    try:
+        method_version = str(registry.get_method(record.method).version)
+        protocol = registry.get_dataset(record.dataset)().protocol(record.protocol)
+    except UserError:
+        return None
+    return method_version, str(getattr(protocol, "version", "1"))
+
+
+def recorded_state(store: ResultsStore, record: RunRecord) -> StoredState:
+    """The state of one record on its own: stale against the installed versions, damaged
+    when ok but its codes are not whole."""
+    versions = current_versions(record)
+    if versions is not None and not record.is_current(*versions):
+        return StoredState(
+            Status.STALE,
+            record,
+            f"recorded under {record.method} version {record.method_version}, protocol version "
+            f"{record.protocol_version}; installed: {versions[0]} / {versions[1]}",
+        )
+    if not record.ok:
+        return StoredState(Status.FAILED, record, record.error or "no reason recorded; see log.txt in the run folder")
+    if not store.codes_whole(record):
+        return StoredState(Status.DAMAGED, record, "codes.npz is missing or differs from the one recorded")
+    return StoredState(Status.OK, record)
+
+
+def directory_status(results: Path) -> tuple[list[CellStatus], list[str]]:
+    """Every run the results directory knows of, without a grid, and a warning for each run
+    folder whose record cannot be used."""
     store = ResultsStore(results)
-    keys = {path.parent.name for path in store.runs_dir.glob("*/run.json")} if store.runs_dir.is_dir() else set()
+    keys = {path.name for path in store.runs_dir.iterdir() if path.is_dir()} if store.runs_dir.is_dir() else set()
     locks = store.root / "locks"
     if locks.is_dir():
         keys |= {path.stem for path in locks.glob("*.lock")}
-    statuses = []
+    statuses, warnings = [], []
     for key in sorted(keys):
-        state, reason, record = cell_state(store, key)
-        if state == "pending":
-            continue  # a lock file left by a finished or killed run, without a record
-        record = record or {}
-        statuses.append(
-            CellStatus(
-                key,
-                state,
-                record.get("method"),
-                record.get("dataset"),
-                record.get("protocol"),
-                record.get("bits"),
-                record.get("seed"),
-                reason,
-                record or None,
-            )
-        )
-    return statuses
+        if is_running(store, key):
+            statuses.append(_status(key, StoredState(Status.RUNNING, store.read_record(key), "lock held by a runner")))
+            continue
+        path = store.run_dir(key) / RECORD_NAME
+        if not path.exists():
+            if store.run_dir(key).is_dir():
+                statuses.append(_status(key, StoredState(Status.INTERRUPTED, None, "a run folder without a record")))
+            continue  # else a lock file left by a finished or killed run
+        item = read_record_file(path)
+        if item.record is None:
+            warnings.append(f"skipping {path}: {item.error}")
+            continue
+        record = item.record
+        statuses.append(_status(key, recorded_state(store, record)))
+    statuses.sort(key=lambda status: status.sort_key)
+    return statuses, warnings
 
 
-def counts(statuses: list[CellStatus]) -> dict[str, int]:
+def counts(statuses: list[CellStatus]) -> dict[Status, int]:
     counter = Counter(status.state for status in statuses)
-    return {state: counter.get(state, 0) for state in STATES}
+    return {state: counter[state] for state in STATES}

@@ -8,9 +8,10 @@ Layout (a public format, documented in the README)::
       runs/<run key>/codes.npz                                packed query/database codes
       runs/<run key>/log.txt                                  the failure's traceback, if any
 
-Writes are atomic; ``run.json`` is written last, so a record with ``status: ok`` means
-codes and metrics are complete. A per-run file lock keeps two runners sharing a directory
-from doing the same run at once.
+Writes are atomic; ``run.json`` is written last and holds the SHA-256 of ``codes.npz``, so a
+cell counts as done only when its record is ok, made under the current method and protocol
+versions, and its codes are whole. A per-run file lock keeps two runners sharing a
+directory from doing the same run at once.
 """
 
 from __future__ import annotations
@@ -21,49 +22,59 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from filelock import FileLock, Timeout
 
+from hashbench import atomic
 from hashbench.errors import UserError
+from hashbench.records import CellIdentity, RecordError, RunRecord, Status
 
 RECORD_NAME = "run.json"
 CODES_NAME = "codes.npz"
 LOG_NAME = "log.txt"
+_HASH_BLOCK = 1 << 20
 
 
-def run_key(
-    method: str,
-    params: dict[str, Any],
-    dataset: str,
-    protocol: str,
-    split_seed: int,
-    bits: int,
-    seed: int,
-) -> str:
-    """A stable, readable folder name for one run of the grid."""
-    identity = json.dumps(
-        {
-            "method": method,
-            "params": params,
-            "dataset": dataset,
-            "protocol": protocol,
-            "split_seed": split_seed,
-            "bits": bits,
-            "seed": seed,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
-    return f"{method}-{dataset}-{protocol}-split{split_seed}-{bits}b-seed{seed}-{digest}"
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
 class RecordFile:
+    """One ``run.json``: the record, or why it cannot be used."""
+
     path: Path
-    record: dict[str, Any] | None
+    record: RunRecord | None
     error: str | None = None
+
+
+@dataclass
+class StoredState:
+    """What the files of a results directory say about one cell (locks aside)."""
+
+    status: Status  # OK, FAILED, STALE, DAMAGED, INTERRUPTED or PENDING
+    record: RunRecord | None = None  # the record behind the state, if any
+    reason: str | None = None  # why it failed, is stale or damaged
+
+
+def read_record_file(path: Path) -> RecordFile:
+    """Parse and check one record file; never raises for a bad file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return RecordFile(path, None, f"unreadable ({type(error).__name__}: {error})")
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        return RecordFile(path, None, f"not valid JSON ({error})")
+    try:
+        return RecordFile(path, RunRecord.from_json(value))
+    except RecordError as error:
+        return RecordFile(path, None, str(error))
 
 
 class ResultsStore:
@@ -94,13 +105,68 @@ class ResultsStore:
     def run_dir(self, key: str) -> Path:
         return self.runs_dir / key
 
-    def read_record(self, key: str) -> dict[str, Any] | None:
-        """The record of run ``key``, or None when absent or unreadable (it is then redone)."""
+    def read_record(self, key: str) -> RunRecord | None:
+        """The record of run ``key``, or None when absent or unusable (it is then redone)."""
         path = self.run_dir(key) / RECORD_NAME
+        return read_record_file(path).record if path.is_file() else None
+
+    def write_record(self, record: RunRecord) -> None:
+        atomic.write_json(self.run_dir(record.key) / RECORD_NAME, record.to_json())
+
+    def codes_whole(self, record: RunRecord) -> bool:
+        """Whether the run's ``codes.npz`` is there and is what the record was written with."""
+        path = self.run_dir(record.key) / CODES_NAME
+        if not path.is_file():
+            return False
+        if record.codes_sha256 is not None:
+            return file_sha256(path) == record.codes_sha256
+        # A schema-1 record has no hash: the file must at least load with both code arrays.
+        import numpy as np
+
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+            with np.load(path, allow_pickle=False) as codes:
+                return all(codes[name].ndim == 2 for name in ("query_codes", "database_codes"))
+        except (OSError, ValueError, KeyError, EOFError):
+            return False
+
+    def cell_records(self, identity: CellIdentity) -> list[RecordFile]:
+        """Every record of this cell, under any method or protocol version."""
+        if not self.runs_dir.is_dir():
+            return []
+        found = []
+        for path in sorted(self.runs_dir.glob(f"{_glob_escape(identity.prefix)}*/{RECORD_NAME}")):
+            item = read_record_file(path)
+            if item.record is not None and item.record.cell_id == identity.cell_id:
+                found.append(item)
+        return found
+
+    def stored_state(self, identity: CellIdentity, method_version: str, protocol_version: str) -> StoredState:
+        """The cell's state from its files: ok only when current and whole."""
+        key = identity.key(method_version, protocol_version)
+        record = self.read_record(key)
+        if record is None:
+            # A record of the current versions under another key (made before versions were
+            # part of the key), else one of an older version.
+            others = [item.record for item in self.cell_records(identity) if item.record.key != key]
+            current = [r for r in others if r.is_current(method_version, protocol_version)]
+            record = next((r for r in current if r.ok), current[0] if current else None)
+            if record is None:
+                older = next((r for r in others if r.ok), None)
+                if older is not None:
+                    return StoredState(
+                        Status.STALE,
+                        older,
+                        f"recorded under {older.method} version {older.method_version}, protocol version "
+                        f"{older.protocol_version}; now {method_version} / {protocol_version}",
+                    )
+                if self.run_dir(key).is_dir():
+                    return StoredState(Status.INTERRUPTED, None, "a run folder without a record: killed before it finished")
+                return StoredState(Status.PENDING)
+        if record.status is Status.FAILED:
+            return StoredState(Status.FAILED, record, record.error or "no reason recorded; see log.txt in the run folder")
+        if not self.codes_whole(record):
+            return StoredState(Status.DAMAGED, record, f"{CODES_NAME} is missing or differs from the one recorded")
+        return StoredState(Status.OK, record)
 
     def lock(self, key: str) -> FileLock:
         """A lock file per run key (beside the run folders, so a run folder holds only results)."""
@@ -117,15 +183,12 @@ class ResultsStore:
         return lock
 
     def iter_records(self) -> Iterator[RecordFile]:
-        """Every run record under the results directory; unreadable ones carry an error."""
+        """Every run record under the results directory; unusable ones carry an error."""
         if not self.runs_dir.is_dir():
             return
         for path in sorted(self.runs_dir.glob(f"*/{RECORD_NAME}")):
-            try:
-                record = json.loads(path.read_text())
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except (OSError, ValueError) as error:
-                yield RecordFile(path, None, f"{type(error).__name__}: {error}")
-                continue
-            yield RecordFile(path, record)
+            yield read_record_file(path)
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

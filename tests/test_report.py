@@ -67,5 +67,21 @@ def test_other_metrics_and_unknown_metric(grid, tmp_path):
     values = [r["metrics"]["precision_at_k"]["10"] for r in _records(grid) if r["method"] == "lsh" and r["bits"] == 8]
     assert record["metrics"]["precision_at_k"]["10"] in values
     assert table.mean.at["lsh", ("digits", 8)] == pytest.approx(statistics.mean(values), abs=1e-12)
-    with pytest.raises(UserError, match="unknown metric 'mapp'"):
+    with pytest.raises(UserError, match="'mapp' is not a metric; did you mean 'map'"):
         summarise(load_runs(grid)[0], "mapp")
+    # The cut-off and the run counts are not metrics, and a known metric nobody recorded is named.
+    for name in ("map_k", "num_queries", "bits"):
+        with pytest.raises(UserError, match="is not a metric"):
+            summarise(load_runs(grid)[0], name)
+    with pytest.raises(UserError, match="no run recorded the metric 'precision_at_k.7'"):
+        summarise(load_runs(grid)[0], "precision_at_k.7")
+
+
+def test_lower_is_better_metrics_bold_the_smallest(grid, tmp_path):
+    table, paths, _ = write_report(grid, tmp_path, "timings.fit", plots=False)
+    frame = load_runs(grid)[0]
+    means = frame[frame["bits"] == 8].groupby("method")["timings.fit"].mean()
+    fastest = means.idxmin()
+    assert table.best().loc[:, ("digits", 8)].idxmax() == fastest
+    assert f"**{table.cell_text(fastest, ('digits', 8))}**" in paths["markdown"].read_text()
+    assert "lower is better" in paths["markdown"].read_text() and "fit time (s)" in paths["markdown"].read_text()

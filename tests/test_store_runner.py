@@ -15,9 +15,9 @@ import pytest
 
 from hashbench import atomic
 from hashbench.metrics import evaluate
+from hashbench.records import CellIdentity, Status
 from hashbench.runner import GridSpec, run_grid
 from hashbench.splits import SplitManifest
-from hashbench.store import run_key
 
 PLUGINS = Path(__file__).resolve().parent / "plugins.py"
 
@@ -44,30 +44,36 @@ def test_written_files_get_the_usual_permissions_not_owner_only(tmp_path):
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
-def test_run_key_is_stable_and_distinguishes_every_field():
+def test_run_key_is_stable_and_distinguishes_every_field_and_version():
     base = dict(method="itq", params={"iterations": 50}, dataset="digits", protocol="standard", split_seed=0, bits=32, seed=0)
-    key = run_key(**base)
-    assert key == run_key(**base)
+    key = CellIdentity(**base).key("1", "1")
+    assert key == CellIdentity(**base).key("1", "1")
     assert key.startswith("itq-digits-standard-split0-32b-seed0-")
     for field, value in [("params", {"iterations": 10}), ("bits", 16), ("seed", 1), ("split_seed", 1), ("protocol", "x")]:
-        assert run_key(**{**base, field: value}) != key
+        assert CellIdentity(**{**base, field: value}).key("1", "1") != key
+    assert CellIdentity(**base).key("2", "1") != key and CellIdentity(**base).key("1", "2") != key
+    # The cell id leaves the versions out: every version of a cell shares it.
+    assert CellIdentity(**base).cell_id == CellIdentity(**base).cell_id != key
 
 
 def test_grid_runs_stores_codes_and_resumes_without_work(results):
     spec = GridSpec(methods=["lsh", "itq"], bits=[12, 32], seeds=[0], results=results)
     first = run_grid(spec)
-    assert [o.status for o in first] == ["ok"] * 4
+    assert [o.status for o in first] == [Status.OK] * 4 and not any(o.reused for o in first)
     record = first[0].record
-    for field in ("method", "params", "dataset", "protocol", "split_seed", "seed", "bits", "status", "metrics", "timings", "environment", "split"):
-        assert field in record
-    assert record["metrics"]["map_k"] == 100
-    assert set(record["timings"]) >= {"fit", "encode", "evaluate"}
-    assert record["environment"]["numpy"] == np.__version__
-    manifest = SplitManifest.load(results / record["split"]["manifest"])
-    assert manifest.hash == record["split"]["hash"]
+    stored = json.loads((results / "runs" / record.key / "run.json").read_text())
+    for field in ("schema_version", "method", "method_version", "protocol_version", "params", "dataset", "protocol",
+                  "split_seed", "seed", "bits", "status", "metrics", "metrics_version", "codes_sha256", "timings",
+                  "environment", "split", "execution"):
+        assert field in stored
+    assert record.map_k == 100
+    assert set(record.timings) >= {"fit", "encode", "evaluate"}
+    assert record.environment["numpy"] == np.__version__
+    manifest = SplitManifest.load(results / record.split.manifest)
+    assert manifest.hash == record.split.hash
 
     # The stored codes re-evaluate to the recorded metrics (12 bits: 2 bytes per row).
-    run_dir = results / "runs" / record["key"]
+    run_dir = results / "runs" / record.key
     codes = np.load(run_dir / "codes.npz")
     assert codes["query_codes"].dtype == np.uint8 and codes["query_codes"].shape == (300, 2)
     from hashbench.datasets.digits import Digits
@@ -77,22 +83,22 @@ def test_grid_runs_stores_codes_and_resumes_without_work(results):
         codes["query_codes"], codes["database_codes"], labels[manifest.splits["query"]],
         labels[manifest.splits["database"]], bits=12, topk=100,
     )
-    assert again.to_dict()["map"] == pytest.approx(record["metrics"]["map"], abs=1e-12)
+    assert again.to_dict()["map"] == pytest.approx(record.metric("map"), abs=1e-12)
 
     stamp = (run_dir / "run.json").stat().st_mtime_ns
     second = run_grid(spec)
-    assert [o.status for o in second] == ["skipped"] * 4
+    assert [(o.status, o.reused) for o in second] == [(Status.OK, True)] * 4
     assert (run_dir / "run.json").stat().st_mtime_ns == stamp
     forced = run_grid(GridSpec(methods=["lsh"], bits=[12], results=results, force=True))
-    assert forced[0].status == "ok"
+    assert forced[0].status == Status.OK and not forced[0].reused
 
 
 def test_same_seed_gives_same_codes(results, tmp_path):
     spec = GridSpec(methods=["itq"], bits=[16], seeds=[3], results=results)
     first = run_grid(spec)[0]
     other = run_grid(GridSpec(methods=["itq"], bits=[16], seeds=[3], results=tmp_path / "other"))[0]
-    a = np.load(results / "runs" / first.record["key"] / "codes.npz")
-    b = np.load(tmp_path / "other" / "runs" / other.record["key"] / "codes.npz")
+    a = np.load(results / "runs" / first.record.key / "codes.npz")
+    b = np.load(tmp_path / "other" / "runs" / other.record.key / "codes.npz")
     assert np.array_equal(a["database_codes"], b["database_codes"])
 
 

@@ -62,14 +62,16 @@ def cli(plugins: tuple[str, ...]) -> None:
 
 
 def _register_commands() -> None:
+    from hashbench.cli.check import check_method_command
     from hashbench.cli.data import data_command
     from hashbench.cli.eval import eval_command
     from hashbench.cli.listing import list_command
+    from hashbench.cli.reeval import reeval_command
     from hashbench.cli.report import report_command
     from hashbench.cli.run import run_command
     from hashbench.cli.status import status_command
 
-    for command in (list_command, run_command, report_command, eval_command, data_command, status_command):
+    for command in (list_command, run_command, status_command, report_command, reeval_command, eval_command, data_command, check_method_command):
         cli.add_command(command)
 
 

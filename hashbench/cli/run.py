@@ -17,6 +17,7 @@ from hashbench.cli.options import NAMES, NON_NEGATIVE_INTS, POSITIVE_INTS
 from hashbench.config import EXECUTORS, load_config
 from hashbench.errors import UserError
 from hashbench.params import parse_assignments
+from hashbench.records import Status
 from hashbench.runner import CellOutcome, GridSpec, run_grid
 
 DEFAULTS = {
@@ -155,31 +156,36 @@ def plugin_specs() -> tuple[str, ...]:
     return tuple(root.params.get("plugins", ())) if root is not None else ()
 
 
+def outcome_text(outcome: CellOutcome) -> str:
+    """The state of one cell after `run`, in words."""
+    if outcome.status is Status.OK:
+        return "ok (done before)" if outcome.reused else "ok"
+    if outcome.status is Status.RUNNING:
+        return "running elsewhere"
+    if outcome.status is Status.PENDING:
+        return f"submitted as job {outcome.job_id}" if outcome.job_id else "pending"
+    return f"[red]failed[/red]: {outcome.error}"
+
+
 def summary_table(outcomes: list[CellOutcome]) -> Table:
     table = Table(title="hashbench run", show_lines=False)
     for column in ("method", "dataset", "bits", "seed", "status", "mAP@k", "mAP@all", "P@r≤2", "time (s)"):
         table.add_column(column, justify="right" if column not in ("method", "dataset", "status") else "left")
     for outcome in outcomes:
-        record = outcome.record or {}
-        metrics = record.get("metrics", {})
-        status = {"skipped": "done before", "busy": "running elsewhere"}.get(outcome.status, outcome.status)
-        if outcome.status == "submitted":
-            status = f"submitted as job {outcome.job_id}"
-        if outcome.status == "failed":
-            status = f"[red]failed[/red]: {outcome.error}"
+        record = outcome.record
 
-        def number(key: str, metrics: dict = metrics) -> str:
-            value = metrics.get(key)
-            return f"{value:.4f}" if isinstance(value, float) else ""
+        def number(name: str, record=record) -> str:
+            value = None if record is None else record.metric(name)
+            return "" if value is None else f"{value:.4f}"
 
-        map_label = f"{number('map')} @{metrics['map_k']}" if "map_k" in metrics else ""
-        seconds = record.get("timings", {}).get("total")
+        map_label = f"{number('map')} @{record.map_k}" if record is not None and record.map_k is not None else ""
+        seconds = None if record is None else record.timings.get("total")
         table.add_row(
             outcome.cell.method,
             outcome.cell.dataset,
             str(outcome.cell.bits),
             str(outcome.cell.seed),
-            status,
+            outcome_text(outcome),
             map_label,
             number("map_all"),
             number("precision_radius2"),
@@ -279,7 +285,7 @@ def run_command(config_path: Path | None, **options) -> None:
     if not output.is_terminal:  # piped or captured: room for the columns and failure reasons
         output.width = max(output.width, 160)
     output.print(summary_table(outcomes))
-    failed = [outcome for outcome in outcomes if outcome.status == "failed"]
+    failed = [outcome for outcome in outcomes if outcome.status is Status.FAILED]
     if failed:
         click.echo(f"{len(failed)} of {len(outcomes)} runs failed; see log.txt in their run folders.", err=True)
         sys.exit(1)

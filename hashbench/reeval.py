@@ -1,0 +1,153 @@
+"""``hashbench reeval``: recompute every run's metrics from its stored codes, without training.
+
+As ann-benchmarks recomputes its metrics from stored neighbours: after a metric changes (or
+to fill in one that older records lack) the codes and the split manifest of each ok run are
+evaluated again with the current engine. A run is refused, and left as it is, when its
+``codes.npz`` or its manifest no longer match the hashes in its record. A record is
+rewritten only when something changed: a metric's value, the metrics version, or a codes
+hash that an older record lacked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashbench import registry
+from hashbench.data import DatasetArrays, load_dataset
+from hashbench.errors import UserError
+from hashbench.metric_table import METRICS_VERSION
+from hashbench.records import RunRecord
+from hashbench.runner import evaluate_codes
+from hashbench.splits import SplitManifest
+from hashbench.store import CODES_NAME, ResultsStore, file_sha256
+
+
+@dataclass
+class ReevalOutcome:
+    key: str
+    state: str  # "unchanged", "updated", "refused" or "busy"
+    detail: str = ""
+    changed: list[str] = field(default_factory=list)  # metrics whose values changed
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Refused(Exception):
+    """A run whose stored files cannot be trusted; the message says which and why."""
+
+
+def _changed_metrics(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Names of the metrics that differ (compared as their JSON text: exact, NaN included)."""
+    names = sorted(set(old) | set(new))
+    return [name for name in names if json.dumps(old.get(name), sort_keys=True) != json.dumps(new.get(name), sort_keys=True)]
+
+
+class _Datasets:
+    """Each (dataset, dropped rows) loaded once, for its labels."""
+
+    def __init__(self, data_root: Path, cache_dir: Path | None) -> None:
+        self.data_root, self.cache_dir = Path(data_root), cache_dir
+        self.loaded: dict[tuple[str, bool], DatasetArrays] = {}
+
+    def labels(self, record: RunRecord) -> np.ndarray:
+        dropped = bool(record.data and "dropped_by_reason" in record.data)
+        if (record.dataset, dropped) not in self.loaded:
+            from hashbench.cache import default_cache_dir
+
+            plugin = registry.get_dataset(record.dataset)()
+            cache = self.cache_dir if self.cache_dir is not None else default_cache_dir(self.data_root)
+            self.loaded[record.dataset, dropped] = load_dataset(plugin, self.data_root, cache_dir=cache, drop_bad_rows=dropped)
+        return np.asarray(self.loaded[record.dataset, dropped].labels)
+
+
+def _checked_inputs(store: ResultsStore, record: RunRecord) -> tuple[SplitManifest, np.ndarray, np.ndarray]:
+    """The run's manifest and codes, each checked against the hashes in its record."""
+    codes_path = store.run_dir(record.key) / CODES_NAME
+    if not codes_path.is_file():
+        raise Refused(f"{codes_path} is missing; rerun the cell with `hashbench run --force`")
+    if record.codes_sha256 is not None and file_sha256(codes_path) != record.codes_sha256:
+        raise Refused(f"{codes_path} does not match the SHA-256 in its record (truncated or replaced); rerun the cell")
+    if record.split is None or record.split.manifest is None:
+        raise Refused("its record names no split manifest")
+    manifest_path = store.root / record.split.manifest
+    try:
+        manifest = SplitManifest.load(manifest_path)
+    except UserError as error:
+        raise Refused(str(error)) from None
+    if manifest.hash != record.split.hash:
+        raise Refused(f"split manifest {manifest_path} is not the one the run used (hash {manifest.hash[:12]}, recorded {str(record.split.hash)[:12]})")
+    try:
+        with np.load(codes_path, allow_pickle=False) as codes:
+            query_codes, database_codes = codes["query_codes"], codes["database_codes"]
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise Refused(f"{codes_path} cannot be read ({type(error).__name__}: {error}); rerun the cell") from None
+    width = -(-record.bits // 8)
+    for name, codes, split in (("query", query_codes, "query"), ("database", database_codes, "database")):
+        expected = (int(manifest.splits[split].size), width)
+        if codes.dtype != np.uint8 or codes.shape != expected:
+            raise Refused(f"{codes_path}: {name} codes are {codes.dtype} {codes.shape}, expected uint8 {expected}")
+    return manifest, query_codes, database_codes
+
+
+def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Datasets, now: Callable[[], str]) -> ReevalOutcome:
+    manifest, query_codes, database_codes = _checked_inputs(store, record)
+    labels = datasets.labels(record)
+    if manifest.num_items != len(labels):
+        raise Refused(f"{record.dataset} now has {len(labels)} items, the split manifest {manifest.num_items}: the data changed")
+    query, database = manifest.splits["query"], manifest.splits["database"]
+    result = evaluate_codes(manifest, query_codes, database_codes, labels[query], labels[database], record.bits)
+    metrics = json.loads(json.dumps(result.to_dict()))  # as stored: string keys, plain floats
+    changed = _changed_metrics(record.metrics or {}, metrics)
+    codes_hash = record.codes_sha256 or file_sha256(store.run_dir(record.key) / CODES_NAME)
+    if not changed and record.metrics_version == METRICS_VERSION and record.codes_sha256 is not None:
+        return ReevalOutcome(record.key, "unchanged", f"metrics version {METRICS_VERSION}")
+    store.write_record(
+        record.with_updates(metrics=metrics, metrics_version=METRICS_VERSION, codes_sha256=codes_hash, reevaluated=now())
+    )
+    detail = f"metrics version {record.metrics_version} → {METRICS_VERSION}"
+    if changed:
+        detail += f"; changed: {', '.join(changed)}"
+    return ReevalOutcome(record.key, "updated", detail, changed)
+
+
+def reevaluate(
+    results: Path,
+    data_root: Path,
+    cache_dir: Path | None = None,
+    on_outcome: Callable[[ReevalOutcome], None] | None = None,
+) -> tuple[list[ReevalOutcome], list[str]]:
+    """Re-evaluate every ok run of ``results``; returns the outcomes and a warning for each
+    record that cannot be read (skipped)."""
+    store = ResultsStore(results)
+    datasets = _Datasets(data_root, cache_dir)
+    outcomes, warnings = [], []
+    for item in store.iter_records():
+        if item.record is None:
+            warnings.append(f"skipping {item.path}: {item.error}")
+            continue
+        record = item.record
+        if not record.ok:
+            continue
+        lock = store.try_lock(record.key)
+        if lock is None:
+            outcome = ReevalOutcome(record.key, "busy", "a runner holds it; run reeval again when it has finished")
+        else:
+            try:
+                outcome = reevaluate_record(store, record, datasets, _now)
+            except (Refused, UserError) as error:  # untrustworthy files, or the data is not there
+                outcome = ReevalOutcome(record.key, "refused", str(error))
+            finally:
+                lock.release()
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes, warnings

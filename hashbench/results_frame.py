@@ -1,0 +1,104 @@
+"""Run records as a pandas DataFrame: what the report, the plots and the published-number
+comparison share (they import this module; it imports none of them).
+
+Reading leaves out, each with a warning naming the file: records that cannot be used, stale
+records (an older method or protocol version than the one installed; kept with
+``include_stale``), and ok records whose codes are missing or changed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hashbench.records import RunRecord, Status
+from hashbench.status import recorded_state
+from hashbench.store import ResultsStore
+
+ID_COLUMNS = [
+    "key", "method", "params", "dataset", "protocol", "split_seed", "seed", "bits", "status",
+    "method_version", "protocol_version",
+]
+
+
+def read_records(results: Path, *, include_stale: bool = False) -> tuple[list[RunRecord], list[str]]:
+    """The usable run records of ``results``, and a warning for each one left out."""
+    store = ResultsStore(results)
+    records, warnings = [], []
+    stale = damaged = 0
+    for item in store.iter_records():
+        if item.record is None:
+            warnings.append(f"skipping {item.path}: {item.error}")
+            continue
+        state = recorded_state(store, item.record)
+        if state.status is Status.STALE and not include_stale:
+            stale += 1
+            continue
+        if state.status is Status.DAMAGED:
+            warnings.append(f"skipping {item.path}: {state.reason}; rerun it with `hashbench run`")
+            damaged += 1
+            continue
+        records.append(item.record)
+    if stale:
+        warnings.append(
+            f"left out {stale} stale run(s), made under an older method or protocol version "
+            "(`hashbench status` lists them; `hashbench run` redoes them; --include-stale keeps them)"
+        )
+    return records, warnings
+
+
+def frame_from_records(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per record: identity columns, every recorded number (dotted names), device,
+    profile and the mAP cut-off."""
+    rows = []
+    for record in records:
+        row: dict[str, Any] = {column: getattr(record, column) for column in ID_COLUMNS}
+        row["status"] = record.status.value
+        row["params"] = json.dumps(record.params, sort_keys=True)
+        row["error"] = record.error
+        row["device"] = record.device
+        row["profile"] = record.profile
+        row["map_k"] = record.map_k
+        row.update(record.scalar_metrics())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
+
+
+def load_runs(results: Path, *, include_stale: bool = False) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`read_records` as a frame, with the warnings."""
+    records, warnings = read_records(results, include_stale=include_stale)
+    return frame_from_records(records), warnings
+
+
+def row_labels(frame: pd.DataFrame) -> pd.Series:
+    """The method name, plus what differs when a method ran with several parameter sets or
+    versions (a row per distinct setting, so overridden runs never pass for default ones)."""
+    labels = frame["method"].astype(str).copy()
+    versioned = frame.get("method_version")
+    for method, group in frame.groupby("method"):
+        variants = group["params"].unique()
+        versions = versioned[group.index].unique() if versioned is not None else []
+        if len(variants) < 2 and len(versions) < 2:
+            continue
+        decoded = {variant: json.loads(variant) for variant in variants}
+        keys = sorted({key for params in decoded.values() for key in params})
+        differing = [key for key in keys if len({json.dumps(p.get(key)) for p in decoded.values()}) > 1]
+        for index in group.index:
+            params = decoded[frame.at[index, "params"]]
+            parts = [f"{key}={params.get(key)}" for key in differing]
+            if len(versions) > 1:
+                parts.insert(0, f"v{frame.at[index, 'method_version']}")
+            labels[index] = f"{method} ({', '.join(parts)})"
+    return labels
+
+
+def dataset_columns(frame: pd.DataFrame) -> list[str]:
+    """One column per dataset (and protocol, when a dataset was run under several)."""
+    protocols_per_dataset = frame.groupby("dataset")["protocol"].nunique()
+    return [
+        f"{dataset}/{protocol}" if protocols_per_dataset[dataset] > 1 else dataset
+        for dataset, protocol in zip(frame["dataset"], frame["protocol"], strict=True)
+    ]
