@@ -166,6 +166,51 @@ def test_each_bad_input_is_one_clear_line(files, tmp_path):
         assert lines[0].startswith("Error: ") and fragment in lines[0], (fragment, lines[0])
 
 
+def test_one_column_labels_are_refused_naming_the_file(files, tmp_path):
+    labels = tmp_path / "column.npy"
+    np.save(labels, np.load(files["query_labels"])[:, None] % 2)
+    result = run(options(files, query_labels=labels))
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: query labels ({labels}) have shape (15, 1)")
+    assert "class ids" in line and "multi-hot" in line and "(n,)" in line and "C >= 2" in line
+
+
+@pytest.mark.parametrize("bits", [256, 65537])
+def test_long_packed_codes(tmp_path, bits):
+    # codes near all-zeros and all-ones: distances up to `bits`, many ties
+    rng = np.random.default_rng(bits)
+    far = rng.random(40) < 0.5
+    database = np.zeros((40, bits), dtype=bool)
+    database[far] = True
+    database[:, :3] ^= rng.random((40, 3)) < 0.3
+    query = np.zeros((4, bits), dtype=bool)
+    query[1::2] = True
+    query_labels = rng.integers(0, 3, 4)
+    database_labels = rng.integers(0, 3, 40)
+    paths = {}
+    arrays = {
+        "query_codes": np.packbits(query, axis=1),
+        "database_codes": np.packbits(database, axis=1),
+        "query_labels": query_labels,
+        "database_labels": database_labels,
+    }
+    for name, array in arrays.items():
+        paths[name] = tmp_path / f"{name}.npy"
+        np.save(paths[name], array)
+    result = run([*options(paths), "--bits", str(bits), "--topk", "10", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    aps = []
+    for q in range(4):  # brute force: stable sort of the distances
+        distances = (query[q] != database).sum(1)
+        ranked = (database_labels == query_labels[q])[np.argsort(distances, kind="stable")][:10]
+        hits = np.cumsum(ranked)
+        aps.append((hits / np.arange(1, 11))[ranked].sum() / hits[-1] if hits[-1] else 0.0)
+    assert data["map"] == pytest.approx(np.mean(aps), abs=1e-12)
+    assert data["bits"] == bits and len(data["pr_curve"]["radius"]) == bits + 1
+
+
 def test_subprocess_end_to_end(files, tmp_path):
     command = [sys.executable, "-c", "from hashbench.cli import main; main()", "eval"]
     ok = subprocess.run(

@@ -66,11 +66,14 @@ def reference(
         aps_all.append(reference_ap(ranked, n))
         p_at.append([ranked[: min(k, n)].sum() / min(k, n) for k in ks])
         r_at.append([ranked[: min(k, n)].sum() / positives if positives else 0.0 for k in ks])
-        row_p, row_r = [], []
-        for r in range(bits + 1):
-            inside = distances <= r
-            row_p.append(relevant[inside].sum() / inside.sum() if inside.any() else 0.0)
-            row_r.append(relevant[inside].sum() / positives if positives else 0.0)
+        # every radius at once (codes of 65,537 bits have 65,538 radii): (radii, items)
+        inside = distances[None, :] <= np.arange(bits + 1)[:, None]
+        items_inside = inside.sum(1)
+        relevant_inside = (inside & relevant[None, :]).sum(1)
+        row_p = np.divide(
+            relevant_inside, items_inside, out=np.zeros(bits + 1), where=items_inside > 0
+        )
+        row_r = relevant_inside / positives if positives else np.zeros(bits + 1)
         curve_p.append(row_p)
         curve_r.append(row_r)
         p_rad.append(row_p[min(radius, bits)])
@@ -304,6 +307,101 @@ def test_to_dict_is_json_and_named_by_radius():
 
 
 # --------------------------------------------------------------------------------------------
+# long codes: distances above 255 and 65,535
+
+
+def tie_heavy_problem(rng, bits, queries, database, multi_label):
+    """Codes from three patterns (all zeros, all ones, half ones), each with a few of its
+    first 4 bits flipped: distances take a handful of values from 0 up to ``bits``, so
+    nearly every item ties with others and the largest distances occur."""
+    patterns = np.zeros((3, bits), dtype=bool)
+    patterns[1] = True
+    patterns[2, : bits // 2] = True
+
+    def codes(count):
+        out = patterns[rng.integers(0, 3, count)]
+        out[:, :4] ^= rng.random((count, 4)) < 0.3
+        return out
+
+    query_bits, database_bits = codes(queries), codes(database)
+    if multi_label:
+        query_labels = rng.random((queries, 3)) < 0.4
+        database_labels = rng.random((database, 3)) < 0.4
+    else:
+        query_labels = rng.integers(0, 3, queries)
+        database_labels = rng.integers(0, 3, database)
+    return query_bits, database_bits, query_labels, database_labels
+
+
+LONG_CODE_BITS = [255, 256, 65535, 65536, 65537]
+
+
+@pytest.mark.parametrize("bits", LONG_CODE_BITS)
+def test_long_codes_match_reference(bits):
+    rng = np.random.default_rng(bits)
+    problem = tie_heavy_problem(rng, bits, 5, 60, multi_label=bits % 2 == 0)
+    query_bits, database_bits = problem[:2]
+    largest = max((query_bits[q] != database_bits).sum(1).max() for q in range(5))
+    assert largest >= bits - 4  # the top of the distance range is exercised
+    for topk in (None, 7, 25):
+        result = assert_matches_reference(problem, classes=3, topk=topk, ks=(1, 10, 60))
+        assert result.bits == bits
+        assert mean_average_precision(*problem, topk=topk) == pytest.approx(result.map, abs=1e-15)
+    packed = evaluate(pack(query_bits), pack(database_bits), *problem[2:], bits=bits, topk=7)
+    assert packed.to_dict() == evaluate(*problem, topk=7).to_dict()
+
+
+@pytest.mark.parametrize("bits", LONG_CODE_BITS)
+def test_long_codes_tie_aware_exact_over_all_tie_orders(bits):
+    rng = np.random.default_rng(bits + 1)
+    problem = tie_heavy_problem(rng, bits, 3, 7, multi_label=True)
+    query_bits, database_bits, query_labels, database_labels = problem
+    for topk in (2, 4, 7):
+        result = evaluate(*problem, topk=topk)
+        expected, best, worst = [], [], []
+        for q in range(3):
+            distances, _, relevant = reference_ranking(
+                query_bits, database_bits, query_labels, database_labels, q
+            )
+            values = [reference_ap(relevant[order], topk) for order in all_tie_orders(distances)]
+            expected.append(np.mean(values))
+            best.append(max(values))
+            worst.append(min(values))
+        assert result.map_tie_aware == pytest.approx(np.mean(expected), abs=1e-12)
+        assert result.map_optimistic == pytest.approx(np.mean(best), abs=1e-12)
+        assert result.map_pessimistic == pytest.approx(np.mean(worst), abs=1e-12)
+
+
+def test_far_items_rank_last_above_65535_bits():
+    # the item at distance 65,537 must rank after the one at distance 1 (a 16-bit distance
+    # wraps to 1 and would tie them, the far item first by index)
+    bits = 65537
+    query = np.zeros((1, bits), dtype=bool)
+    database = np.zeros((2, bits), dtype=bool)
+    database[0] = True
+    database[1, 0] = True
+    result = evaluate(query, database, np.array([0]), np.array([1, 0]), topk=1)
+    assert result.map == 1.0 and result.map_all == 1.0
+    assert result.pr_precision[1] == 1.0 and result.pr_precision[-1] == 0.5
+
+
+def test_group_counts_with_the_widest_keys_of_a_type():
+    # 255 bits and 2**22 + 1 items fill a 32-bit key exactly (8 distance bits, 23 index
+    # bits, the relevant bit); the end of the last group, 256 << 24, needs a 33rd bit
+    from hashbench.metrics import kernels
+
+    size = 2**22 + 1
+    rng = np.random.default_rng(14)
+    distances = rng.integers(0, 256, (1, size)).astype(np.uint8)
+    relevant = rng.random(size) < 0.5
+    ranking = kernels.whole_ranking(distances, np.packbits(relevant)[None, :], 256, 10, ())
+    np.testing.assert_array_equal(ranking.counts[0], np.bincount(distances[0], minlength=256))
+    np.testing.assert_array_equal(
+        ranking.relevant_counts[0], np.bincount(distances[0][relevant], minlength=256)
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # tie-aware mAP
 
 
@@ -464,6 +562,34 @@ def test_input_errors_are_user_errors():
         evaluate(query_bits, database_bits, query_labels, -np.ones(20, dtype=int))
     with pytest.raises(UserError, match="empty"):
         evaluate(query_bits, database_bits[:0], query_labels, database_labels[:0])
+
+
+def test_one_column_labels_are_refused_as_ambiguous():
+    # (n, 1) of 0/1 could be class ids (class 0 items relevant to each other) or a one-class
+    # multi-hot matrix (class 0 items never relevant): the two give different numbers
+    rng = np.random.default_rng(15)
+    query_bits, database_bits, _, _ = random_problem(rng, 30, 200, 16)
+    query_ids = rng.integers(0, 2, 30)
+    database_ids = rng.integers(0, 2, 200)
+    as_ids = evaluate(query_bits, database_bits, query_ids, database_ids)
+    as_multi_hot = evaluate(
+        query_bits, database_bits, multi_hot(query_ids, 2), multi_hot(database_ids, 2)
+    )
+    assert as_ids.to_dict() == as_multi_hot.to_dict()
+    one_class = np.stack([database_ids, np.zeros_like(database_ids)], axis=1)
+    query_one_class = np.stack([query_ids, np.zeros_like(query_ids)], axis=1)
+    assert evaluate(query_bits, database_bits, query_one_class, one_class).map < as_ids.map
+    for column in (database_ids[:, None], (database_ids[:, None] * 3), database_ids[:, None] > 0):
+        for query_labels, database_labels, side in (
+            (query_ids, column, "database labels"),
+            (column[:30], database_ids, "query labels"),
+        ):
+            for function in (evaluate, mean_average_precision):
+                with pytest.raises(UserError) as error:
+                    function(query_bits, database_bits, query_labels, database_labels)
+                message = str(error.value)
+                assert message.startswith(f"{side} have shape")
+                assert "ambiguous" in message and "(n,)" in message and "C >= 2" in message
 
 
 # --------------------------------------------------------------------------------------------

@@ -148,7 +148,8 @@ def _print_table(data: dict[str, Any], sources: dict[str, str]) -> None:
 @click.option(
     "--query-labels",
     metavar="FILE",
-    help="Query labels .npy: class ids (n,) or multi-hot (n, classes).",
+    help="Query labels .npy: class ids (n,) or multi-hot (n, classes >= 2); one column is "
+    "refused as ambiguous.",
 )
 @click.option(
     "--database-labels",
