@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.method import HashingMethod
+from hashbench.method import HashingMethod, require_fitted
 
 
 @dataclass(frozen=True)
@@ -29,4 +29,5 @@ class LSH(HashingMethod):
         self.mean = features.mean(axis=0, dtype=np.float64) if self.params.centre else np.zeros(features.shape[1])
 
     def encode(self, split: DataSplit) -> np.ndarray:
+        require_fitted(self, "projection")
         return (split.features - self.mean) @ self.projection >= 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.method import HashingMethod, require_bits_at_most_dimension
+from hashbench.method import HashingMethod, require_bits_at_most_dimension, require_fitted
 from hashbench.methods._linear import principal_components
 
 
@@ -21,4 +21,5 @@ class PCAH(HashingMethod):
         self.mean, self.components = principal_components(train.features, self.bits)
 
     def encode(self, split: DataSplit) -> np.ndarray:
+        require_fitted(self, "components")
         return (split.features - self.mean) @ self.components >= 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.method import HashingMethod
+from hashbench.method import HashingMethod, require_fitted
 from hashbench.methods._linear import principal_components
 
 _EPS = np.finfo(np.float64).eps
@@ -49,6 +49,7 @@ class SpectralHashing(HashingMethod):
         self.omegas = spectral_modes(ranges, self.bits) * (np.pi / ranges)
 
     def encode(self, split: DataSplit) -> np.ndarray:
+        require_fitted(self, "omegas")
         offset = np.asarray(split.features, dtype=np.float64) @ self.components - self.minimum
         # Each mode has one non-zero frequency, so the product over directions of
         # sin(ω_j x_j + π/2) reduces to that direction's factor (the others are sin(π/2) = 1).

@@ -1,0 +1,225 @@
+"""The typed run record: versions make old runs stale, bad records are named and skipped,
+damaged codes are redone, schema-1 records migrate, reeval reproduces stored metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hashbench import registry
+from hashbench.records import SCHEMA_VERSION, CellIdentity, RecordError, RunRecord, Status
+from hashbench.runner import GridSpec, run_grid
+from hashbench.status import directory_status, grid_status
+from hashbench.store import ResultsStore
+
+SPEC = dict(methods=["lsh", "itq"], bits=[8, 16], seeds=[0])
+
+
+@pytest.fixture
+def ran(tmp_path_factory) -> Path:
+    """lsh and itq on digits at 8 and 16 bits: four ok runs (made once, copied per test)."""
+    results = tmp_path_factory.mktemp("records") / "results"
+    assert all(o.status is Status.OK for o in run_grid(GridSpec(**SPEC, results=results)))
+    return results
+
+
+@pytest.fixture
+def results(ran, tmp_path) -> Path:
+    copy = tmp_path / "results"
+    shutil.copytree(ran, copy)
+    return copy
+
+
+def _states(results: Path) -> dict[tuple[str, int], str]:
+    return {(s.method, s.bits): s.state.value for s in grid_status(GridSpec(**SPEC, results=results))}
+
+
+def _record_paths(results: Path, method: str) -> list[Path]:
+    return sorted(results.glob(f"runs/{method}-*/run.json"))
+
+
+def test_a_new_method_version_makes_its_runs_stale_and_run_redoes_exactly_those(results, invoke, monkeypatch):
+    monkeypatch.setattr(registry.get_method("itq"), "version", "2")
+    assert _states(results) == {("lsh", 8): "ok", ("lsh", 16): "ok", ("itq", 8): "stale", ("itq", 16): "stale"}
+    shown = invoke("status", "--methods", "lsh,itq", "--bits", "8,16", "--results", results)
+    assert "stale 2" in shown.output and "version 1" in shown.output
+
+    outcomes = run_grid(GridSpec(**SPEC, results=results))
+    redone = sorted((o.cell.method, o.cell.bits) for o in outcomes if not o.reused)
+    assert redone == [("itq", 8), ("itq", 16)]
+    assert all(o.status is Status.OK for o in outcomes)
+    assert {o.record.method_version for o in outcomes if o.cell.method == "itq"} == {"2"}
+    assert set(_states(results).values()) == {"ok"}
+    # The old runs stay on disk under their own keys, stale.
+    assert len(_record_paths(results, "itq")) == 4
+
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots")
+    assert report.exit_code == 0, report.output
+    assert "left out 2 stale run(s)" in report.output
+    table = (results.parent / "report" / "map.md").read_text()
+    assert "| itq |" in table and "v1" not in table
+    kept = invoke("report", "--results", results, "--out", results.parent / "all", "--no-plots", "--include-stale")
+    assert kept.exit_code == 0, kept.output
+    table = (results.parent / "all" / "map.md").read_text()
+    assert "itq (v1)" in table and "itq (v2)" in table
+
+
+def test_a_new_protocol_version_makes_every_run_of_it_stale(results, monkeypatch):
+    digits = registry.get_dataset("digits")
+    changed = dataclasses.replace(digits.protocols["standard"], version="2")
+    monkeypatch.setattr(digits, "protocols", {**digits.protocols, "standard": changed})
+    assert set(_states(results).values()) == {"stale"}
+    statuses, _ = directory_status(results)
+    assert {s.state.value for s in statuses} == {"stale"}
+
+
+BAD_RECORDS = {
+    "method is null": lambda r: {**r, "method": None},
+    "a list": lambda r: [r],
+    "pr_curve a string": lambda r: {**r, "metrics": {**r["metrics"], "pr_curve": "oops"}},
+    "pr_curve lengths differ": lambda r: {**r, "metrics": {**r["metrics"], "pr_curve": {"radius": [0, 1], "precision": [1.0], "recall": [0.0, 1.0]}}},
+    "metrics missing": lambda r: {k: v for k, v in r.items() if k != "metrics"},
+    "bits a string": lambda r: {**r, "bits": "8"},
+    "unknown status": lambda r: {**r, "status": "done"},
+    "a newer schema": lambda r: {**r, "schema_version": SCHEMA_VERSION + 1},
+}
+
+
+@pytest.mark.parametrize("damage", sorted(BAD_RECORDS))
+def test_a_bad_record_is_named_and_skipped_by_report_status_and_run(results, invoke, damage):
+    (path,) = [p for p in _record_paths(results, "lsh") if "-8b-" in str(p)]
+    value = json.loads(path.read_text())
+    with pytest.raises(RecordError):
+        RunRecord.from_json(BAD_RECORDS[damage](value))
+    path.write_text(json.dumps(BAD_RECORDS[damage](value)))
+
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots")
+    assert report.exit_code == 0, report.output
+    assert f"skipping {path}" in report.output
+    status = invoke("status", "--results", results)
+    assert status.exit_code == 0 and f"skipping {path}" in status.output
+    # `run` cannot use the record, so it redoes the cell (and writes a good record).
+    outcomes = run_grid(GridSpec(**SPEC, results=results))
+    assert sorted((o.cell.method, o.cell.bits) for o in outcomes if not o.reused) == [("lsh", 8)]
+    assert RunRecord.from_json(json.loads(path.read_text())).ok
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe not utf-8", b'{"truncated": ', b"[1, 2]"])
+def test_unreadable_record_files_are_named(results, invoke, content):
+    (path,) = [p for p in _record_paths(results, "itq") if "-16b-" in str(p)]
+    path.write_bytes(content)
+    statuses, warnings = directory_status(results)
+    assert len(statuses) == 3 and [w for w in warnings if str(path) in w]
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots")
+    assert report.exit_code == 0 and f"skipping {path}" in report.output
+
+
+def test_a_folder_where_the_record_should_be_is_named(results, invoke):
+    (path,) = [p for p in _record_paths(results, "itq") if "-16b-" in str(p)]
+    path.unlink()
+    path.mkdir()
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots")
+    assert report.exit_code == 0 and f"skipping {path}" in report.output
+
+
+def test_missing_or_truncated_codes_make_a_run_damaged_and_run_redoes_it(results, invoke):
+    (lsh8,) = [p.parent for p in _record_paths(results, "lsh") if "-8b-" in str(p)]
+    (itq8,) = [p.parent for p in _record_paths(results, "itq") if "-8b-" in str(p)]
+    (lsh8 / "codes.npz").unlink()
+    data = (itq8 / "codes.npz").read_bytes()
+    (itq8 / "codes.npz").write_bytes(data[: len(data) // 2])
+    assert _states(results) == {("lsh", 8): "damaged", ("lsh", 16): "ok", ("itq", 8): "damaged", ("itq", 16): "ok"}
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots")
+    assert "codes.npz is missing or differs" in report.output
+    outcomes = run_grid(GridSpec(**SPEC, results=results))
+    assert sorted((o.cell.method, o.cell.bits) for o in outcomes if not o.reused) == [("itq", 8), ("lsh", 8)]
+    assert set(_states(results).values()) == {"ok"}
+
+
+def _as_schema_1(results: Path, path: Path) -> Path:
+    """Rewrite a record as the format before versions existed, in a folder named as then."""
+    value = json.loads(path.read_text())
+    for name in ("schema_version", "method_version", "protocol_version", "metrics_version", "codes_sha256", "cell_id"):
+        value.pop(name)
+    legacy_key = CellIdentity(
+        value["method"], value["params"], value["dataset"], value["protocol"], value["split_seed"], value["bits"], value["seed"]
+    )
+    legacy_key = legacy_key.prefix + legacy_key.cell_id
+    value["key"] = legacy_key
+    legacy = results / "runs" / legacy_key
+    path.parent.rename(legacy)
+    (legacy / "run.json").write_text(json.dumps(value))
+    return legacy / "run.json"
+
+
+def test_schema_1_records_migrate_and_count_as_done(results, invoke):
+    legacy = [_as_schema_1(results, path) for path in _record_paths(results, "lsh")]
+    record = RunRecord.from_json(json.loads(legacy[0].read_text()))
+    assert (record.method_version, record.protocol_version, record.metrics_version) == ("1", "1", "1")
+    assert set(_states(results).values()) == {"ok"}
+    outcomes = run_grid(GridSpec(**SPEC, results=results))
+    assert all(o.reused for o in outcomes)
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots")
+    assert report.exit_code == 0 and "| lsh |" in report.output and "skipping" not in report.output
+
+    # reeval fills in what the old format lacked, changing no metric.
+    before = {path: json.loads(path.read_text())["metrics"] for path in legacy}
+    again = invoke("reeval", "--results", results)
+    assert again.exit_code == 0, again.output
+    assert "2 updated" in again.output and "2 unchanged" in again.output
+    for path in legacy:
+        value = json.loads(path.read_text())
+        assert value["schema_version"] == SCHEMA_VERSION and value["codes_sha256"] and value["metrics_version"] == "2"
+        assert value["metrics"] == before[path]
+
+
+def test_reeval_reproduces_every_recorded_metric_exactly(results, invoke):
+    before = {path: path.read_bytes() for path in results.glob("runs/*/run.json")}
+    result = invoke("reeval", "--results", results)
+    assert result.exit_code == 0, result.output
+    assert "4 unchanged" in result.output and "0 refused" in result.output
+    assert {path: path.read_bytes() for path in results.glob("runs/*/run.json")} == before
+
+
+def test_reeval_recomputes_a_changed_metric_and_refuses_truncated_codes(results, invoke):
+    (itq16,) = [p for p in _record_paths(results, "itq") if "-16b-" in str(p)]
+    value = json.loads(itq16.read_text())
+    truth = value["metrics"]["map"]
+    value["metrics"]["map"] = 0.5
+    value["metrics_version"] = "1"
+    itq16.write_text(json.dumps(value))
+    (lsh8,) = [p.parent for p in _record_paths(results, "lsh") if "-8b-" in str(p)]
+    data = (lsh8 / "codes.npz").read_bytes()
+    (lsh8 / "codes.npz").write_bytes(data[:-10])
+    record_before = (lsh8 / "run.json").read_bytes()
+
+    result = invoke("reeval", "--results", results)
+    assert result.exit_code == 1
+    refused = [line for line in result.output.splitlines() if line.startswith("refused")]
+    assert len(refused) == 1 and lsh8.name in refused[0] and "SHA-256" in refused[0]
+    assert (lsh8 / "run.json").read_bytes() == record_before  # left as it was
+    repaired = json.loads(itq16.read_text())
+    assert repaired["metrics"]["map"] == truth and repaired["metrics_version"] == "2" and repaired["reevaluated"]
+    assert "changed: map" in result.output
+
+
+def test_reeval_refuses_a_run_whose_manifest_was_edited(results, invoke):
+    (manifest,) = results.glob("splits/*.json")
+    value = json.loads(manifest.read_text())
+    value["query"][0], value["database"][0] = value["database"][0], value["query"][0]
+    manifest.write_text(json.dumps(value))
+    result = invoke("reeval", "--results", results)
+    assert result.exit_code == 1 and "4 refused" in result.output and "content hash" in result.output
+
+
+def test_codes_hash_in_the_record_matches_the_file(results):
+    store = ResultsStore(results)
+    for item in store.iter_records():
+        assert item.record.codes_sha256 and store.codes_whole(item.record)
+        with np.load(store.run_dir(item.record.key) / "codes.npz") as codes:
+            assert codes["query_codes"].shape[0] == item.record.split.sizes["query"]
