@@ -2,11 +2,25 @@
 
 Overrides come from ``--set method.param=value`` (strings) or from a TOML config (typed
 values). Both are converted to the field's declared type or refused with a clear message.
+
+A numeric field declares its allowed values in its metadata, and :func:`resolve_params`
+enforces them, naming the parameter, the value and the range::
+
+    @dataclass(frozen=True)
+    class MyParams:
+        lr: float | None = field(default=None, metadata=positive())
+        batch_size: int = field(default=64, metadata=at_least(2, "pairs of items"))
+        dropout: float = field(default=0.5, metadata=in_range(0, 1, high_open=True))
+
+Every float parameter must be finite (no nan, inf or -inf) unless its field declares
+``non_finite_allowed()``. A ``validate()`` method on the dataclass, when present, runs after
+these checks, for rules that relate several fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -20,6 +34,105 @@ _FALSE = {"false", "no", "0", "off"}
 @dataclasses.dataclass(frozen=True)
 class NoParams:
     """For methods without hyperparameters."""
+
+
+# --------------------------------------------------------------------------------------------
+# declared ranges
+
+_BOUNDS = "bounds"
+_FINITE = "finite"
+
+
+def _number(value: float) -> str:
+    return format(value, "g")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a numeric parameter; None (left unset) always passes."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    text: str = ""  # the rule in words, after "must": "be positive", "be at least 2", ...
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+
+def _declare(bounds: Bounds, why: str) -> dict[str, Any]:
+    if why:
+        bounds = dataclasses.replace(bounds, text=f"{bounds.text} ({why})")
+    return {_BOUNDS: bounds}
+
+
+def positive(why: str = "") -> dict[str, Any]:
+    """Field metadata: the value must be > 0."""
+    return _declare(Bounds(low=0, low_open=True, text="be positive"), why)
+
+
+def non_negative(why: str = "") -> dict[str, Any]:
+    """Field metadata: the value must be >= 0."""
+    return _declare(Bounds(low=0, text="be >= 0"), why)
+
+
+def at_least(minimum: float, why: str = "") -> dict[str, Any]:
+    """Field metadata: the value must be >= ``minimum``."""
+    return _declare(Bounds(low=minimum, text=f"be at least {_number(minimum)}"), why)
+
+
+def in_range(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False, why: str = ""
+) -> dict[str, Any]:
+    """Field metadata: the value must lie between ``low`` and ``high`` (closed unless opened)."""
+    text = f"lie in {'(' if low_open else '['}{_number(low)}, {_number(high)}{')' if high_open else ']'}"
+    return _declare(Bounds(low, high, low_open, high_open, text), why)
+
+
+def non_finite_allowed() -> dict[str, Any]:
+    """Field metadata: a float parameter that may be nan, inf or -inf (refused otherwise).
+
+    Combine with a range with ``|``: ``metadata=at_least(0) | non_finite_allowed()``.
+    """
+    return {_FINITE: False}
+
+
+def declared_range(spec: dataclasses.Field) -> Bounds | None:
+    """The range a dataclass field declares, if any."""
+    return spec.metadata.get(_BOUNDS)
+
+
+def _floats(value: Any) -> list[float]:
+    if isinstance(value, float):
+        return [value]
+    if isinstance(value, tuple):
+        return [item for item in value if isinstance(item, float)]
+    return []
+
+
+def _check_field(spec: dataclasses.Field, value: Any, where: str) -> None:
+    if spec.metadata.get(_FINITE, True):
+        for number in _floats(value):
+            if not math.isfinite(number):
+                raise UserError(f"{where} must be a finite number, got {number}")
+    bounds = declared_range(spec)
+    if bounds is None or value is None:
+        return
+    for item in value if isinstance(value, tuple) else (value,):  # a tuple: each of its items
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not bounds.admits(item):
+            raise UserError(f"{where} must {bounds.text}, got {item}")
+
+
+def check_params(params: Any, *, owner: str) -> None:
+    """Enforce the declared ranges, finiteness, then the dataclass's own ``validate()``."""
+    for spec in dataclasses.fields(params):
+        _check_field(spec, getattr(params, spec.name), f"{owner}.{spec.name}")
+    validate = getattr(params, "validate", None)
+    if callable(validate):
+        validate()
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:
@@ -86,7 +199,8 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
 
 
 def resolve_params(params_cls: type, overrides: dict[str, Any], *, owner: str) -> Any:
-    """Build ``params_cls`` from its defaults and ``overrides``, checking names and types."""
+    """Build ``params_cls`` from its defaults and ``overrides``, checking names, types and
+    declared ranges (see the module docstring)."""
     hints = typing.get_type_hints(params_cls)
     fields = {f.name: f for f in dataclasses.fields(params_cls)}
     values: dict[str, Any] = {}
@@ -99,9 +213,7 @@ def resolve_params(params_cls: type, overrides: dict[str, Any], *, owner: str) -
         params = params_cls(**values)
     except (TypeError, ValueError) as error:
         raise UserError(f"invalid parameters for {owner}: {error}") from error
-    validate = getattr(params, "validate", None)
-    if callable(validate):
-        validate()
+    check_params(params, owner=owner)
     return params
 
 

@@ -1,39 +1,89 @@
-"""Pieces shared by the deep baselines TBH, BGAN, GreedyHash and Bi-half.
+"""The setup shared by every deep method (CIBHash, CLHash, TBH, BGAN, GreedyHash, Bi-half).
 
-* which profile (``paper`` or ``tiny``) a run uses when it asks for ``auto``;
-* what the feature vectors of a split are (VGG-16 fc7 from the backbone cache, or the
-  dataset's own vectors such as the pixels of tiny images), for the run record;
-* the straight-through sign layer, encoding a split in batches, the validation score, and
-  optimiser steps that update several networks from one forward pass at the same time (as
-  the released TensorFlow code does with one ``sess.run``).
+:class:`DeepHashingMethod` does everything around a method's own network and loss:
+
+* the profile: ``paper`` or ``tiny`` as asked, or for ``auto`` what the dataset declares
+  (``image_profile``), else the image shape (image methods) or where the features come from
+  (feature methods);
+* the settings: the method resolves its own from the profile (``profile_settings``);
+  they are recorded under ``settings`` in the run record, with the CPU threads used;
+* the run's device, seeds and CPU thread budget (1 thread for the tiny profile on the CPU);
+* the :class:`~hashbench.training.Trainer` with its checkpoint fingerprint and the
+  validation score (mAP of the validation split against the training split);
+* encoding a split batch by batch under the thread budget, refusing before ``fit``.
+
+A method subclasses it with its ``Params`` (a :class:`DeepParams`), and defines
+``profile_settings`` (returning a :class:`DeepSettings`), ``train_model`` (build
+``self.model`` and its optimisers, then call :meth:`~DeepHashingMethod.run_trainer`) and
+``code_batch`` (the codes of one batch of network inputs).
+
+Also here: the straight-through sign, the features' provenance for the run record, and
+optimiser steps that update several networks from one forward pass at the same time (as
+the released TensorFlow code does with one ``sess.run``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hashbench import registry
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
-from hashbench.params import params_to_dict
-from hashbench.training import Schedule, Trainer, cpu_threads, setup
+from hashbench.params import at_least, params_to_dict
+from hashbench.training import (
+    Schedule,
+    Trainer,
+    TrainingResult,
+    batch_positions,
+    cpu_threads,
+    image_loader,
+    prefetch,
+    setup,
+)
 
-ENCODE_BATCH = 1024
+FEATURE_ENCODE_BATCH = 1024
+IMAGE_ENCODE_BATCH = 256
 # Feature-input methods train for thousands of sub-second epochs (TBH's released budget is
 # 100,000 steps): checkpoint at most once a minute rather than after every epoch.
 CHECKPOINT_SECONDS = 60.0
 
 
 # --------------------------------------------------------------------------------------------
-# profiles and feature provenance
+# parameters and settings
+
+
+@dataclass(frozen=True)
+class DeepParams:
+    """The parameters every deep method has; each method's ``Params`` extends these."""
+
+    profile: Literal["auto", "paper", "tiny"] = "auto"
+    # Intra-op CPU threads; None: 1 for the tiny profile on the CPU, torch's default otherwise.
+    cpu_threads: int | None = field(default=None, metadata=at_least(1))
+
+
+@dataclass(frozen=True)
+class DeepSettings:
+    """What a run resolved from its profile and parameters; each method extends these."""
+
+    profile: str  # the profile used: paper or tiny
+    lr: float
+    batch_size: int
+    epochs: int
+    eval_every: int  # epochs between validations; 0: never
+
+
+def check_backbone_weights(params: Any, owner: str) -> None:
+    """A weights file and random weights cannot both be asked for."""
+    if params.backbone_weights is not None and not params.pretrained:
+        raise UserError(f"{owner}.backbone_weights and pretrained=false contradict each other; drop one")
 
 
 def declared_profile(dataset: str) -> str | None:
@@ -47,41 +97,6 @@ def declared_profile(dataset: str) -> str | None:
     return {"natural": "paper", "tiny": "tiny"}.get(declared) if isinstance(declared, str) else None
 
 
-def _backbone_features(split: DataSplit) -> Any | None:
-    """The backbone-feature cache behind ``split.features``, when that is where they come from."""
-    from hashbench.features import BackboneFeatures
-
-    source = split.feature_source
-    return source if isinstance(source, BackboneFeatures) else None
-
-
-def feature_profile(requested: str, split: DataSplit) -> str:
-    """Resolve ``auto`` for a feature-input method.
-
-    What the dataset declares wins; otherwise backbone (VGG-16 fc7) features mean the
-    paper's setting, and the dataset's own vectors (pixels of tiny images) the CPU one.
-    """
-    if requested != "auto":
-        return requested
-    declared = declared_profile(split.dataset)
-    if declared is not None:
-        return declared
-    return "paper" if _backbone_features(split) is not None else "tiny"
-
-
-def image_profile(requested: str, split: DataSplit) -> str:
-    """Resolve ``auto`` for an image-input method (as CIBHash: tiny for small or grey images)."""
-    if requested != "auto":
-        return requested
-    declared = declared_profile(split.dataset)
-    if declared is not None:
-        return declared
-    shape = split.image_shape
-    if shape is None or len(shape) != 3:
-        raise UserError("this method trains on images; the dataset provides none (use a feature method)")
-    return "tiny" if shape[2] == 1 or min(shape[:2]) < 32 else "paper"
-
-
 def thread_count(requested: int | None, profile: str, device: torch.device) -> int | None:
     """Intra-op CPU threads of a run: as asked, else 1 for the tiny profile on the CPU.
 
@@ -93,9 +108,12 @@ def thread_count(requested: int | None, profile: str, device: torch.device) -> i
     return 1 if profile == "tiny" and device.type == "cpu" else None
 
 
-def check_threads(value: int | None, owner: str) -> None:
-    if value is not None and value < 1:
-        raise UserError(f"{owner}.cpu_threads must be at least 1, got {value}")
+def _backbone_features(split: DataSplit) -> Any | None:
+    """The backbone-feature cache behind ``split.features``, when that is where they come from."""
+    from hashbench.features import BackboneFeatures
+
+    source = split.feature_source
+    return source if isinstance(source, BackboneFeatures) else None
 
 
 def describe_features(split: DataSplit) -> dict[str, Any]:
@@ -117,8 +135,209 @@ def describe_features(split: DataSplit) -> dict[str, Any]:
     }
 
 
+def feature_tensor(split: DataSplit, device: torch.device) -> torch.Tensor:
+    """The split's features as one float32 tensor on ``device`` (small enough for memory)."""
+    return torch.from_numpy(np.ascontiguousarray(split.features, dtype=np.float32)).to(device)
+
+
+def validation_map(val_codes: np.ndarray, train_codes: np.ndarray, val: DataSplit, train: DataSplit, bits: int) -> float:
+    """mAP over the full ranking of the training split for the validation items (never queries)."""
+    from hashbench.metrics import mean_average_precision
+
+    return mean_average_precision(val_codes, train_codes, val.labels, train.labels, bits=bits)
+
+
 # --------------------------------------------------------------------------------------------
-# layers and helpers
+# the shared setup
+
+
+class DeepHashingMethod(HashingMethod):
+    """A deep method: profile, settings, device, thread budget, trainer and encoding.
+
+    Subclasses define:
+
+    ``profile_settings(profile, train)``  the method's :class:`DeepSettings` for a resolved
+        profile (:meth:`profile_values` picks each value as asked or the profile's);
+    ``train_model(train, val)``  build ``self.model`` and its optimisers, then train with
+        :meth:`run_trainer`;
+    ``code_batch(batch)``  bool (or {0, 1}) codes of one batch of network inputs: uint8
+        images (image methods) or rows of :meth:`inputs` (feature methods);
+    ``transform_features(features)``  feature methods only, optional: what the network sees
+        of the feature vectors (e.g. centred), set up in ``train_model``.
+
+    ``fit`` resolves the settings (``self.settings``), seeds, picks the device
+    (``self.device``) and runs ``train_model`` under the thread budget; ``encode`` checks the
+    split against the training input (``self.input_shape``) and encodes it in batches.
+    """
+
+    Params: ClassVar[type] = DeepParams
+    # Set when the run's precision is not the trainer's (bf16 autocast on CUDA), e.g. small
+    # dense layers kept in float32.
+    precision: ClassVar[str | None] = None
+
+    # ---- what a method defines ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def profile_settings(self, profile: str, train: DataSplit) -> DeepSettings:
+        """The resolved settings for ``profile`` (``paper`` or ``tiny``)."""
+
+    @abc.abstractmethod
+    def train_model(self, train: DataSplit, val: DataSplit | None) -> None:
+        """Build ``self.model`` and train it with :meth:`run_trainer`."""
+
+    @abc.abstractmethod
+    def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Codes of one batch of network inputs (called under ``torch.no_grad``, model in eval mode)."""
+
+    def transform_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Feature methods: the network's input from the raw feature vectors."""
+        return features
+
+    # ---- profile and settings -----------------------------------------------------------
+
+    def resolve_profile(self, train: DataSplit) -> str:
+        """``paper`` or ``tiny``: as asked; for ``auto`` what the dataset declares, else by input.
+
+        Image methods: ``tiny`` for grey images or images smaller than 32 pixels. Feature
+        methods: ``paper`` on backbone (VGG-16 fc7) features, ``tiny`` on a dataset's own
+        vectors (the pixels of tiny images).
+        """
+        if self.input == "images":
+            shape = train.image_shape
+            if shape is None or len(shape) != 3:
+                raise UserError(f"{self.name} trains on images; this dataset provides none (use a feature method)")
+        requested = self.params.profile
+        if requested != "auto":
+            return requested
+        declared = declared_profile(train.dataset)
+        if declared is not None:
+            return declared
+        if self.input == "images":
+            return "tiny" if shape[2] == 1 or min(shape[:2]) < 32 else "paper"
+        return "paper" if _backbone_features(train) is not None else "tiny"
+
+    def resolve_settings(self, train: DataSplit) -> DeepSettings:
+        return self.profile_settings(self.resolve_profile(train), train)
+
+    def profile_values(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
+        """Each setting named in ``defaults`` (a profile's values): as asked in the
+        parameters, or the profile's where the parameter is None or ``auto``."""
+        values = {}
+        for name, default in defaults.items():
+            asked = getattr(self.params, name)
+            values[name] = default if asked is None or asked == "auto" else asked
+        return values
+
+    # ---- training -----------------------------------------------------------------------
+
+    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
+        self.device = setup(self.context)
+        self.settings = self.resolve_settings(train)
+        self.threads = thread_count(self.params.cpu_threads, self.settings.profile, self.device)
+        with cpu_threads(self.threads):
+            self.input_shape = self._input_shape(train)
+            threads = torch.get_num_threads()
+            self.context.record.update(settings={**asdict(self.settings), "cpu_threads": threads}, cpu_threads=threads)
+            self.train_model(train, val)
+        self.model.eval()
+
+    def run_trainer(
+        self,
+        optimizers: Mapping[str, torch.optim.Optimizer],
+        step: Any,
+        train: DataSplit,
+        val: DataSplit | None,
+        *,
+        load: Any = None,
+        schedulers: Mapping[str, Any] | None = None,
+        fingerprint: Mapping[str, Any] | None = None,
+    ) -> TrainingResult:
+        """Train ``self.model`` for the settings' schedule with the :class:`Trainer`.
+
+        ``step(batch)`` trains on one batch (``load(positions)``, or the positions) and returns
+        its loss terms. With a non-empty ``val``, the model is scored every ``eval_every``
+        epochs and the best one kept. ``fingerprint`` adds what else a checkpoint depends on
+        (e.g. the backbone's weights) to the bits, parameters, settings and data sizes.
+        """
+        settings = self.settings
+        validating = val is not None and len(val) > 0
+        kind = "images" if self.input == "images" else "items"
+        trainer = Trainer(
+            self.context,
+            self.model,
+            optimizers,
+            Schedule(settings.epochs, settings.batch_size, settings.eval_every if validating else 0),
+            name=self.name,
+            fingerprint={
+                "bits": self.bits,
+                "params": params_to_dict(self.params),
+                "settings": asdict(settings),
+                "dataset": train.dataset,
+                "train": [len(train), *self.input_shape],
+                "val": len(val) if val is not None else 0,
+                **dict(fingerprint or {}),
+            },
+            schedulers=schedulers,
+            validation_metric=f"mAP over the full ranking: validation {kind} against the training split",
+            checkpoint_seconds=CHECKPOINT_SECONDS if self.input == "features" else 0.0,
+        )
+
+        def validate() -> float:
+            return validation_map(self.codes(val), self.codes(train), val, train, self.bits)
+
+        result = trainer.fit(len(train), step, load=load, validate=validate if validating else None)
+        if self.precision is not None:
+            self.context.record["precision"] = self.precision
+        return result
+
+    # ---- encoding -----------------------------------------------------------------------
+
+    def _input_shape(self, split: DataSplit) -> tuple[int, ...]:
+        return tuple(split.image_shape) if self.input == "images" else (int(split.features.shape[1]),)
+
+    def inputs(self, split: DataSplit) -> torch.Tensor:
+        """Feature methods: the network's input for a whole split, on the run's device."""
+        return self.transform_features(feature_tensor(split, self.device))
+
+    def _batches(self, split: DataSplit) -> Iterable[torch.Tensor]:
+        if self.input == "images":
+            return prefetch(batch_positions(len(split), IMAGE_ENCODE_BATCH), image_loader(split, self.device))
+        inputs = self.inputs(split)
+        return (inputs[start : start + FEATURE_ENCODE_BATCH] for start in range(0, inputs.shape[0], FEATURE_ENCODE_BATCH))
+
+    def codes(self, split: DataSplit) -> np.ndarray:
+        """bool codes ``(n, bits)`` of a split, batch by batch, the model in eval mode."""
+        model = self.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            chunks = [self.code_batch(batch).bool().cpu() for batch in self._batches(split)]
+        model.train(was_training)
+        return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.bits), dtype=bool)
+
+    def check_split(self, split: DataSplit) -> None:
+        """Refuse a split whose input differs from the training split's."""
+        if self.input == "images":
+            if tuple(split.image_shape or ()) != self.input_shape:
+                raise UserError(
+                    f"{self.name}: images of shape {split.image_shape} differ from the training images' {self.input_shape}"
+                )
+        elif self._input_shape(split) != self.input_shape:
+            raise UserError(
+                f"{self.name}: features of {split.name} have {split.features.shape[1]} dimensions, "
+                f"the model was trained on {self.input_shape[0]}"
+            )
+
+    def encode(self, split: DataSplit) -> np.ndarray:
+        if not hasattr(self, "model"):
+            raise RuntimeError(f"{self.name}: encode() called before fit()")
+        self.check_split(split)
+        with cpu_threads(self.threads):
+            return self.codes(split)
+
+
+# --------------------------------------------------------------------------------------------
+# layers and optimiser steps
 
 
 class _StraightThroughSign(torch.autograd.Function):
@@ -135,29 +354,6 @@ class _StraightThroughSign(torch.autograd.Function):
 
 def straight_through_sign(values: torch.Tensor) -> torch.Tensor:
     return _StraightThroughSign.apply(values)
-
-
-def feature_tensor(split: DataSplit, device: torch.device) -> torch.Tensor:
-    """The split's features as one float32 tensor on ``device`` (small enough for memory)."""
-    return torch.from_numpy(np.ascontiguousarray(split.features, dtype=np.float32)).to(device)
-
-
-def encode_features(
-    code_of: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor, bits: int, batch: int = ENCODE_BATCH
-) -> np.ndarray:
-    """bool codes ``(n, bits)`` of a feature tensor, ``code_of`` applied batch by batch."""
-    chunks = [code_of(features[start : start + batch]).bool().cpu() for start in range(0, features.shape[0], batch)]
-    return torch.cat(chunks).numpy() if chunks else np.zeros((0, bits), dtype=bool)
-
-
-def validation_map(val_codes: np.ndarray, train_codes: np.ndarray, val: DataSplit, train: DataSplit, bits: int) -> float:
-    """mAP over the full ranking of the training split for the validation items (never queries)."""
-    from hashbench.metrics import mean_average_precision
-
-    return mean_average_precision(val_codes, train_codes, val.labels, train.labels, bits=bits)
-
-
-VALIDATION_METRIC = "mAP over the full ranking: validation items against the training split"
 
 
 def simultaneous_step(
@@ -183,205 +379,3 @@ def simultaneous_step(
         for parameter, grad in zip(parameters, grads, strict=True):
             parameter.grad = None if grad is None else grad.detach()
         optimizers[name].step()
-
-
-# --------------------------------------------------------------------------------------------
-# similarity-preserving hashing on feature vectors (GreedyHash, Bi-half)
-
-
-def cosine_similarity_loss(codes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """MSE between the cosine similarities of codes and of features over pairs of the batch.
-
-    As the released GreedyHash and Bi-half code: the first half of the batch is paired with
-    the second half, item by item; an odd item out is left unpaired.
-    """
-    half = codes.shape[0] // 2
-    code_similarity = F.cosine_similarity(codes[:half], codes[half : 2 * half])
-    feature_similarity = F.cosine_similarity(features[:half], features[half : 2 * half])
-    return F.mse_loss(code_similarity, feature_similarity)
-
-
-@dataclass(frozen=True)
-class SimilarityHashParams:
-    """Hyperparameters shared by GreedyHash and Bi-half; None: the profile's value."""
-
-    profile: Literal["auto", "paper", "tiny"] = "auto"
-    optimizer: Literal["auto", "sgd", "adam"] = "auto"
-    lr: float | None = None
-    momentum: float = 0.9  # SGD only
-    weight_decay: float | None = None
-    batch_size: int | None = None
-    epochs: int | None = None
-    eval_every: int | None = None  # epochs between validations; 0: never
-    lr_step: int | None = None  # epochs between ×0.1 learning-rate decays; 0: none
-    # Dropout on the input features while training: the released code keeps VGG-16's
-    # classifier in train mode, so its fc7 output passes a Dropout(0.5) (the one before it,
-    # on fc6, cannot be reproduced on cached fc7 features).
-    feature_dropout: float | None = None
-    centre: bool | None = None  # subtract the training mean from the features (tiny profile)
-    cpu_threads: int | None = None  # None: 1 for the tiny profile on the CPU, torch's default otherwise
-
-    owner: ClassVar[str] = "method"  # the method's name, for messages
-
-    def validate(self) -> None:
-        check_threads(self.cpu_threads, self.owner)
-        checks = [
-            (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}"),
-            (self.weight_decay is None or self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (self.batch_size is None or self.batch_size >= 2, f"batch_size must be at least 2 (pairs of items), got {self.batch_size}"),
-            (self.epochs is None or self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.eval_every is None or self.eval_every >= 0, f"eval_every must be >= 0, got {self.eval_every}"),
-            (self.lr_step is None or self.lr_step >= 0, f"lr_step must be >= 0, got {self.lr_step}"),
-            (self.feature_dropout is None or 0 <= self.feature_dropout < 1, f"feature_dropout must lie in [0, 1), got {self.feature_dropout}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(f"{self.owner}.{message}")
-
-
-@dataclass(frozen=True)
-class SimilarityHashSettings:
-    """Resolved settings of one GreedyHash / Bi-half run (recorded in the run record)."""
-
-    profile: str
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    batch_size: int
-    epochs: int
-    eval_every: int
-    lr_step: int
-    feature_dropout: float
-    centre: bool
-
-
-_SETTING_NAMES = ("optimizer", "lr", "weight_decay", "batch_size", "epochs", "eval_every", "lr_step", "feature_dropout", "centre")
-
-
-class ProfiledDeepMethod(HashingMethod):
-    """A deep method whose settings resolve from its profile (paper / tiny) and which
-    trains on the run's device under its CPU thread budget (``cpu_threads``)."""
-
-    def resolve_settings(self, train: DataSplit) -> Any:
-        raise NotImplementedError
-
-    def _fit(self, train: DataSplit, val: DataSplit | None, settings: Any) -> None:
-        raise NotImplementedError
-
-    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
-        self.device = setup(self.context)
-        self.settings = self.resolve_settings(train)
-        self.threads = thread_count(self.params.cpu_threads, self.settings.profile, self.device)
-        with cpu_threads(self.threads):
-            self._fit(train, val, self.settings)
-
-
-class SimilarityPreservingHash(ProfiledDeepMethod):
-    """A linear hash layer on feature vectors trained to preserve cosine similarities.
-
-    Subclasses give the training-time binarisation (``binarize``), any extra loss terms
-    (``penalties``) and their profiles; codes are sign(Wx + b) at test time (0 ↦ +1).
-    """
-
-    input = "features"
-    PAPER: ClassVar[dict[str, Any]] = {}
-    # The CPU default for tiny images, shared by GreedyHash and Bi-half: centred pixels, no
-    # dropout, Adam.
-    TINY: ClassVar[dict[str, Any]] = {
-        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "epochs": 100,
-        "eval_every": 20, "lr_step": 0, "feature_dropout": 0.0, "centre": True,
-    }
-
-    def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def penalties(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {}
-
-    def paper_epochs(self) -> int:
-        return int(self.PAPER["epochs"])
-
-    def resolve_settings(self, train: DataSplit) -> SimilarityHashSettings:
-        profile = feature_profile(self.params.profile, train)
-        base = dict(self.PAPER if profile == "paper" else self.TINY)
-        if profile == "paper":
-            base["epochs"] = self.paper_epochs()
-        values = {}
-        for name in _SETTING_NAMES:
-            value = getattr(self.params, name)
-            values[name] = base[name] if value is None or value == "auto" else value
-        return SimilarityHashSettings(profile=profile, momentum=self.params.momentum, **values)
-
-    def extra_record(self) -> dict[str, Any]:
-        return {}
-
-    def _fit(self, train: DataSplit, val: DataSplit | None, settings: SimilarityHashSettings) -> None:
-        features = feature_tensor(train, self.device)
-        self.input_dim = int(features.shape[1])
-        self.mean = features.mean(dim=0) if settings.centre else torch.zeros(self.input_dim, device=self.device)
-        features = features - self.mean
-        head = nn.Linear(self.input_dim, self.bits).to(self.device)
-        self.head = head
-        if settings.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                head.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
-            )
-        else:
-            optimizer = torch.optim.Adam(head.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-        schedulers = {}
-        if settings.lr_step > 0:
-            schedulers["lr"] = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=0.1)
-        validating = val is not None and len(val) > 0
-        self.context.record.update(
-            settings=asdict(settings), features=describe_features(train), cpu_threads=torch.get_num_threads(), **self.extra_record()
-        )
-        trainer = Trainer(
-            self.context,
-            head,
-            {"optimizer": optimizer},
-            Schedule(settings.epochs, settings.batch_size, settings.eval_every if validating else 0),
-            name=self.name,
-            fingerprint={"bits": self.bits, "params": params_to_dict(self.params), "settings": asdict(settings),
-                         "dataset": train.dataset, "train": list(features.shape), "val": len(val) if val is not None else 0},
-            schedulers=schedulers,
-            validation_metric=VALIDATION_METRIC,
-            checkpoint_seconds=CHECKPOINT_SECONDS,
-        )
-
-        def step(positions: np.ndarray) -> dict[str, torch.Tensor]:
-            batch = features[torch.as_tensor(positions, device=self.device)]
-            if settings.feature_dropout > 0:
-                batch = F.dropout(batch, settings.feature_dropout, training=True)
-            hidden = head(batch)
-            terms = {"similarity": cosine_similarity_loss(self.binarize(hidden), batch)}
-            terms.update(self.penalties(hidden))
-            loss = sum(terms.values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return {"loss": loss.detach(), **{key: value.detach() for key, value in terms.items()}}
-
-        def validate() -> float:
-            return validation_map(self._codes(feature_tensor(val, self.device) - self.mean), self._codes(features), val, train, self.bits)
-
-        trainer.fit(len(train), step, validate=validate if validating else None)
-        self.context.record["precision"] = "float32"  # one linear layer: no autocast, also on CUDA
-        head.eval()
-
-    def _codes(self, features: torch.Tensor) -> np.ndarray:
-        def code_of(batch: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return self.head(batch) >= 0
-
-        return encode_features(code_of, features, self.bits)
-
-    def encode(self, split: DataSplit) -> np.ndarray:
-        if not hasattr(self, "head"):
-            raise RuntimeError(f"{self.name}: encode() called before fit()")
-        features = feature_tensor(split, self.device)
-        if features.shape[1] != self.input_dim:
-            raise UserError(f"{self.name}: features of {split.name} have {features.shape[1]} dimensions, the model was trained on {self.input_dim}")
-        with cpu_threads(self.threads):
-            return self._codes(features - self.mean)

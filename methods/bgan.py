@@ -62,8 +62,8 @@ lower index (the released code's quicksort leaves them arbitrary).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import scipy.sparse
@@ -75,28 +75,18 @@ from hashbench.backbones import build_backbone, preprocess_for, to_float_images
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.methods._deep import (
-    VALIDATION_METRIC,
-    ProfiledDeepMethod,
-    check_threads,
+    DeepHashingMethod,
+    DeepParams,
+    DeepSettings,
+    check_backbone_weights,
     describe_features,
-    image_profile,
     simultaneous_step,
-    validation_map,
 )
-from hashbench.params import params_to_dict
-from hashbench.training import (
-    Schedule,
-    Trainer,
-    autocast,
-    batch_positions,
-    cpu_threads,
-    image_loader,
-    prefetch,
-)
+from hashbench.params import at_least, non_negative, positive
+from hashbench.training import autocast, image_loader
 
 PROBABILITY_FLOOR = 1e-5  # the released code clips D's outputs here before the logs
 LOG_VAR_CLIP = 10.0  # and the KL term's inputs to ±10
-ENCODE_BATCH = 256
 HEAD_INIT_STD = 1e-3
 KNN_CHUNK = 1024
 
@@ -343,53 +333,32 @@ def bgan_losses(
 
 
 @dataclass(frozen=True)
-class BGANParams:
-    profile: Literal["auto", "paper", "tiny"] = "auto"
+class BGANParams(DeepParams):
     backbone: Literal["auto", "vgg16", "small"] = "auto"  # auto: vgg16 (paper), small (tiny)
     finetune_backbone: bool = True  # train the VGG-16 trunk too (the released code trains its VGG)
     backbone_weights: str | None = None  # a VGG-16 state dict file
     pretrained: bool = True  # False: random VGG-16 weights (recorded; not the paper's setting)
-    lr: float = 1e-3
-    adam_eps: float | None = None  # None: the profile's (paper 1.0 as released; tiny 1e-8)
-    batch_size: int = 40
-    epochs: int | None = None  # None: the profile's (paper 50)
-    eval_every: int | None = None  # epochs between validations; 0: never
-    pair_weight: float = 10.0
+    lr: float = field(default=1e-3, metadata=positive())
+    adam_eps: float | None = field(default=None, metadata=positive())  # None: the profile's (paper 1.0 as released; tiny 1e-8)
+    batch_size: int = field(default=40, metadata=at_least(2))
+    epochs: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper 50)
+    eval_every: int | None = field(default=None, metadata=non_negative())  # epochs between validations; 0: never
+    pair_weight: float = field(default=10.0, metadata=non_negative())
     pair_scale: Literal["none", "bits"] = "none"
-    kl_weight: float = 0.0
-    k1: int | None = None  # None: the profile's (paper 20)
-    k2: int | None = None  # None: the profile's (paper 30)
-    image_size: int | None = None  # reconstruction side; None: 64 (paper) or native (tiny)
-    width: float | None = None  # channel multiplier of generator and discriminator; None: the profile's
-    cpu_threads: int | None = None  # None: 1 for the tiny profile on the CPU, torch's default otherwise
+    kl_weight: float = field(default=0.0, metadata=non_negative())
+    k1: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper 20)
+    k2: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper 30)
+    image_size: int | None = field(default=None, metadata=at_least(4))  # reconstruction side; None: 64 (paper) or native (tiny)
+    width: float | None = field(default=None, metadata=positive())  # channel multiplier of generator and discriminator; None: the profile's
 
     def validate(self) -> None:
-        check_threads(self.cpu_threads, "bgan")
-        checks = [
-            (self.lr > 0, f"bgan.lr must be positive, got {self.lr}"),
-            (self.adam_eps is None or self.adam_eps > 0, f"bgan.adam_eps must be positive, got {self.adam_eps}"),
-            (self.batch_size >= 2, f"bgan.batch_size must be at least 2, got {self.batch_size}"),
-            (self.epochs is None or self.epochs >= 1, f"bgan.epochs must be at least 1, got {self.epochs}"),
-            (self.eval_every is None or self.eval_every >= 0, f"bgan.eval_every must be >= 0, got {self.eval_every}"),
-            (self.pair_weight >= 0 and self.kl_weight >= 0, "bgan.pair_weight and bgan.kl_weight must be >= 0"),
-            (self.k1 is None or self.k1 >= 1, f"bgan.k1 must be at least 1, got {self.k1}"),
-            (self.k2 is None or self.k2 >= 1, f"bgan.k2 must be at least 1, got {self.k2}"),
-            (self.image_size is None or self.image_size >= 4, f"bgan.image_size must be at least 4, got {self.image_size}"),
-            (self.width is None or self.width > 0, f"bgan.width must be positive, got {self.width}"),
-            (self.backbone_weights is None or self.pretrained, "bgan.backbone_weights and pretrained=false contradict each other; drop one"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
+        check_backbone_weights(self, "bgan")
 
 
 @dataclass(frozen=True)
-class BGANSettings:
-    profile: str
+class BGANSettings(DeepSettings):
     backbone: str
     train_backbone: bool
-    epochs: int
-    eval_every: int
     k1: int
     k2: int
     image_size: tuple[int, int] | None  # None: native
@@ -397,74 +366,58 @@ class BGANSettings:
     adam_eps: float
 
 
-PAPER = {"epochs": 50, "eval_every": 10, "k1": 20, "k2": 30, "image_size": 64, "width": 1.0, "adam_eps": 1.0}
-TINY = {"epochs": 20, "eval_every": 5, "k1": 5, "k2": 5, "image_size": None, "width": 0.25, "adam_eps": 1e-8}
-
-
-def resolve_settings(params: BGANParams, train: DataSplit) -> BGANSettings:
-    profile = image_profile(params.profile, train)
-    base = PAPER if profile == "paper" else TINY
-    backbone = params.backbone if params.backbone != "auto" else ("vgg16" if profile == "paper" else "small")
-    if backbone == "small" and params.backbone_weights is not None:
-        raise UserError("bgan.backbone_weights is set but the small backbone is trained from scratch; drop it or use backbone=vgg16")
-    size = params.image_size if params.image_size is not None else base["image_size"]
-
-    def pick(name: str) -> Any:
-        value = getattr(params, name)
-        return base[name] if value is None else value
-
-    return BGANSettings(
-        profile=profile,
-        backbone=backbone,
-        # The small backbone is randomly initialised: it is always trained.
-        train_backbone=bool(params.finetune_backbone) or backbone == "small",
-        epochs=pick("epochs"),
-        eval_every=pick("eval_every"),
-        k1=pick("k1"),
-        k2=pick("k2"),
-        image_size=None if size is None else (int(size), int(size)),
-        width=float(pick("width")),
-        adam_eps=float(pick("adam_eps")),
-    )
+PAPER = {"backbone": "vgg16", "epochs": 50, "eval_every": 10, "k1": 20, "k2": 30, "image_size": 64, "width": 1.0, "adam_eps": 1.0}
+TINY = {"backbone": "small", "epochs": 20, "eval_every": 5, "k1": 5, "k2": 5, "image_size": None, "width": 0.25, "adam_eps": 1e-8}
 
 
 # --------------------------------------------------------------------------------------------
 
 
-class BGAN(ProfiledDeepMethod):
+class BGAN(DeepHashingMethod):
     name = "bgan"
     description = "Binary generative adversarial networks (Song et al. 2018): VAE-GAN encoder with tanh codes, kNN neighbour structure"
     Params = BGANParams
     input = "images"
 
-    def resolve_settings(self, train: DataSplit) -> BGANSettings:
-        return resolve_settings(self.params, train)
-
-    def _fit(self, train: DataSplit, val: DataSplit | None, settings: BGANSettings) -> None:
+    def profile_settings(self, profile: str, train: DataSplit) -> BGANSettings:
         params = self.params
-        self.image_shape = tuple(train.image_shape)
-        height, width, channels = self.image_shape
+        values = self.profile_values(PAPER if profile == "paper" else TINY)
+        if values["backbone"] == "small" and params.backbone_weights is not None:
+            raise UserError("bgan.backbone_weights is set but the small backbone is trained from scratch; drop it or use backbone=vgg16")
+        size = values["image_size"]
+        values["image_size"] = None if size is None else (int(size), int(size))
+        values["width"], values["adam_eps"] = float(values["width"]), float(values["adam_eps"])
+        return BGANSettings(
+            profile=profile,
+            lr=params.lr,
+            batch_size=params.batch_size,
+            # The small backbone is randomly initialised: it is always trained.
+            train_backbone=bool(params.finetune_backbone) or values["backbone"] == "small",
+            **values,
+        )
+
+    def train_model(self, train: DataSplit, val: DataSplit | None) -> None:
+        params, settings = self.params, self.settings
+        height, width, channels = self.input_shape
         target_chw = (channels, *(settings.image_size or (height, width)))
         backbone = build_backbone(
-            settings.backbone, weights=params.backbone_weights, pretrained=params.pretrained, image_shape=self.image_shape
+            settings.backbone, weights=params.backbone_weights, pretrained=params.pretrained, image_shape=self.input_shape
         )
         encoder = Encoder(backbone, self.bits, settings.train_backbone)
         generator = Generator(self.bits, target_chw, settings.width)
         discriminator = Discriminator(target_chw, settings.width)
         self.model = nn.ModuleDict({"encoder": encoder, "generator": generator, "discriminator": discriminator}).to(self.device)
-        self.preprocess = preprocess_for(settings.backbone, self.image_shape)
+        self.preprocess = preprocess_for(settings.backbone, self.input_shape)
         groups = {
             "encoder": [parameter for parameter in encoder.parameters() if parameter.requires_grad],
             "generator": list(generator.parameters()),
             "discriminator": list(discriminator.parameters()),
         }
-        optimizers = {name: torch.optim.Adam(group, lr=params.lr, eps=settings.adam_eps) for name, group in groups.items()}
+        optimizers = {name: torch.optim.Adam(group, lr=settings.lr, eps=settings.adam_eps) for name, group in groups.items()}
 
         # S once per training split, from the split's feature vectors (fc7 / pixels).
         positive = neighbour_structure(train.features, settings.k1, settings.k2, self.device)
-        record = self.context.record
-        record.update(
-            settings=asdict(settings),
+        self.context.record.update(
             backbone={
                 "name": settings.backbone,
                 "weights_source": backbone.weights_source,
@@ -480,27 +433,8 @@ class BGAN(ProfiledDeepMethod):
                 "positives_per_item": float(positive.sum() / max(len(train), 1)),
             },
             losses={"pair_weight": params.pair_weight, "pair_scale": params.pair_scale, "kl_weight": params.kl_weight},
-            optimizer=f"Adam (lr {params.lr}, eps {settings.adam_eps}) for encoder, generator and discriminator; simultaneous updates",
+            optimizer=f"Adam (lr {settings.lr}, eps {settings.adam_eps}) for encoder, generator and discriminator; simultaneous updates",
             reconstruction_shape=list(target_chw),
-            cpu_threads=torch.get_num_threads(),
-        )
-        validating = val is not None and len(val) > 0
-        trainer = Trainer(
-            self.context,
-            self.model,
-            optimizers,
-            Schedule(settings.epochs, params.batch_size, settings.eval_every if validating else 0),
-            name=self.name,
-            fingerprint={
-                "bits": self.bits,
-                "params": params_to_dict(params),
-                "settings": asdict(settings),
-                "weights": backbone.weights_id,
-                "dataset": train.dataset,
-                "train": [len(train), *self.image_shape],
-                "val": len(val) if val is not None else 0,
-            },
-            validation_metric=VALIDATION_METRIC,
         )
         images_of = image_loader(train, self.device)
 
@@ -529,30 +463,10 @@ class BGAN(ProfiledDeepMethod):
             simultaneous_step({name: terms[name] for name in groups}, groups, optimizers)
             return {key: value.detach() for key, value in terms.items()}
 
-        def validate() -> float:
-            return validation_map(self._codes(val), self._codes(train), val, train, self.bits)
+        self.run_trainer(optimizers, step, train, val, load=load, fingerprint={"weights": backbone.weights_id})
 
-        trainer.fit(len(train), step, load=load, validate=validate if validating else None)
-        self.model.eval()
-
-    def _codes(self, split: DataSplit) -> np.ndarray:
-        """sign(μ) of a split as bool ``(n, bits)`` (μ ≥ 0 ↦ True)."""
-        encoder = self.model["encoder"]
-        was_training = encoder.training
-        encoder.eval()
-        chunks = []
-        with torch.no_grad():
-            for images in prefetch(batch_positions(len(split), ENCODE_BATCH), image_loader(split, self.device)):
-                with autocast(self.device):
-                    mean, _ = encoder(self.preprocess(images, self.device))
-                chunks.append((mean >= 0).cpu())
-        encoder.train(was_training)
-        return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.bits), dtype=bool)
-
-    def encode(self, split: DataSplit) -> np.ndarray:
-        if not hasattr(self, "model"):
-            raise RuntimeError("bgan: encode() called before fit()")
-        if tuple(split.image_shape or ()) != self.image_shape:
-            raise UserError(f"bgan: images of shape {split.image_shape} differ from the training images' {self.image_shape}")
-        with cpu_threads(self.threads):
-            return self._codes(split)
+    def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """sign(μ) (μ ≥ 0 ↦ True) of a batch of uint8 images."""
+        with autocast(self.device):
+            mean, _ = self.model["encoder"](self.preprocess(batch, self.device))
+        return mean >= 0

@@ -20,24 +20,18 @@ released code's VGG-16 runs in train mode); ``tiny`` centred pixels, Adam (lr 1e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from hashbench.errors import UserError
-from hashbench.methods._deep import SimilarityHashParams, SimilarityPreservingHash
+from hashbench.methods._similarity import SimilarityHashParams, SimilarityPreservingHash
+from hashbench.params import non_negative
 
 
 @dataclass(frozen=True)
 class BiHalfParams(SimilarityHashParams):
-    owner: ClassVar[str] = "bihalf"
-    gamma: float = 6.0  # weight of the (u − b) term in the backward pass
-
-    def validate(self) -> None:
-        super().validate()
-        if self.gamma < 0:
-            raise UserError(f"bihalf.gamma must be >= 0, got {self.gamma}")
+    gamma: float = field(default=6.0, metadata=non_negative())  # weight of the (u − b) term in the backward pass
 
 
 def half_split(values: torch.Tensor) -> torch.Tensor:

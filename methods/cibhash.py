@@ -38,10 +38,9 @@ also validated when the epoch count is not a multiple of the interval.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,23 +55,17 @@ from hashbench.backbones import (
 )
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
-from hashbench.method import HashingMethod
-from hashbench.methods._deep import declared_profile, straight_through_sign
-from hashbench.params import params_to_dict
-from hashbench.training import (
-    Schedule,
-    Trainer,
-    autocast,
-    batch_positions,
-    cpu_threads,
-    image_loader,
-    prefetch,
-    setup,
-    trainable,
+from hashbench.methods._deep import (
+    DeepHashingMethod,
+    DeepParams,
+    DeepSettings,
+    check_backbone_weights,
+    straight_through_sign,
 )
+from hashbench.params import at_least, non_negative, positive
+from hashbench.training import autocast, image_loader, trainable
 
 HEAD_HIDDEN = 1024
-ENCODE_BATCH = 256
 KL_EPS = 1e-8  # as the released code
 
 
@@ -128,59 +121,39 @@ def cibhash_loss(
 
 
 @dataclass(frozen=True)
-class ContrastiveHashParams:
+class ContrastiveHashParams(DeepParams):
     """Hyperparameters shared by CIBHash and CLHash (CIBHash adds β)."""
 
-    tau: float = 0.3
-    lr: float = 1e-3
-    batch_size: int = 64
-    epochs: int | None = None  # None: the profile's (paper: 60, 80 at 16 bits)
-    eval_every: int | None = None  # epochs between validations; None: the profile's; 0: never
+    tau: float = field(default=0.3, metadata=positive())
+    lr: float = field(default=1e-3, metadata=positive())
+    batch_size: int = field(default=64, metadata=at_least(2, "NT-Xent needs negatives"))
+    # None: the profile's (paper: 60, 80 at 16 bits)
+    epochs: int | None = field(default=None, metadata=at_least(1))
+    # epochs between validations; None: the profile's; 0: never
+    eval_every: int | None = field(default=None, metadata=non_negative())
     variant: Literal["deterministic", "stochastic"] = "deterministic"
-    profile: Literal["auto", "paper", "tiny"] = "auto"
     backbone_weights: str | None = None  # a VGG-16 state dict file (paper profile)
     pretrained: bool = True  # False: random VGG-16 weights (recorded; not the paper's setting)
-    # Intra-op CPU threads; None: 1 for the tiny profile on the CPU, torch's default otherwise.
-    cpu_threads: int | None = None
+
+    owner: ClassVar[str] = "clhash"  # the method's name, for messages
 
     def validate(self) -> None:
-        if not self.tau > 0:
-            raise UserError(f"tau must be positive, got {self.tau}")
-        if not self.lr > 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        if self.batch_size < 2:
-            raise UserError(
-                f"batch_size must be at least 2 (NT-Xent needs negatives), got {self.batch_size}"
-            )
-        if self.epochs is not None and self.epochs < 1:
-            raise UserError(f"epochs must be at least 1, got {self.epochs}")
-        if self.eval_every is not None and self.eval_every < 0:
-            raise UserError(f"eval_every must be >= 0, got {self.eval_every}")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise UserError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
-        if self.backbone_weights is not None and not self.pretrained:
-            raise UserError("backbone_weights and pretrained=false contradict each other; drop one")
+        check_backbone_weights(self, self.owner)
 
 
 @dataclass(frozen=True)
 class CIBHashParams(ContrastiveHashParams):
-    beta: float = 0.001
+    beta: float = field(default=0.001, metadata=non_negative())
 
-    def validate(self) -> None:
-        super().validate()
-        if self.beta < 0:
-            raise UserError(f"beta must be >= 0, got {self.beta}")
+    owner: ClassVar[str] = "cibhash"
 
 
 @dataclass(frozen=True)
-class Profile:
+class CIBHashSettings(DeepSettings):
     """The resolved settings of a profile for one dataset and code length."""
 
-    name: str
     backbone: str
-    policy: AugmentPolicy
-    epochs: int
-    eval_every: int
+    augment: AugmentPolicy
 
 
 # The tiny profile's schedule: small training sets (hundreds to thousands of images) need more
@@ -189,37 +162,10 @@ TINY_EPOCHS = 100
 TINY_EVAL_EVERY = 20
 
 
-def resolve_profile(
-    params: ContrastiveHashParams, bits: int, image_shape: tuple[int, ...] | None, dataset: str
-) -> Profile:
-    if image_shape is None or len(image_shape) != 3:
-        raise UserError(
-            "cibhash trains on images; this dataset provides none (use a feature method)"
-        )
-    name = params.profile
-    if name == "auto":
-        name = declared_profile(dataset) or (
-            "tiny" if image_shape[2] == 1 or min(image_shape[:2]) < 32 else "paper"
-        )
-    if name == "paper":
-        epochs = params.epochs if params.epochs is not None else (80 if bits == 16 else 60)
-        every = params.eval_every if params.eval_every is not None else 20
-        return Profile("paper", "vgg16", paper_policy(), epochs, every)
-    if params.backbone_weights is not None:
-        raise UserError(
-            "backbone_weights is set but the tiny profile trains its small backbone from scratch; "
-            "drop backbone_weights or use profile=paper"
-        )
-    spec = input_spec("small", image_shape)
-    epochs = params.epochs if params.epochs is not None else TINY_EPOCHS
-    every = params.eval_every if params.eval_every is not None else TINY_EVAL_EVERY
-    return Profile("tiny", "small", tiny_policy(image_shape, spec.mean, spec.std), epochs, every)
-
-
 # --------------------------------------------------------------------------------------------
 
 
-class CIBHash(HashingMethod):
+class CIBHash(DeepHashingMethod):
     name = "cibhash"
     description = "Contrastive information bottleneck hashing (Qiu et al. 2021): VGG-16 fc7 + trained head, NT-Xent on codes + Bernoulli KL"
     Params = CIBHashParams
@@ -228,6 +174,29 @@ class CIBHash(HashingMethod):
     @property
     def beta(self) -> float:
         return float(getattr(self.params, "beta", 0.0))
+
+    def profile_settings(self, profile: str, train: DataSplit) -> CIBHashSettings:
+        params, shape = self.params, tuple(train.image_shape)
+        if profile == "paper":
+            backbone, policy = "vgg16", paper_policy()
+            schedule = {"epochs": 80 if self.bits == 16 else 60, "eval_every": 20}
+        else:
+            if params.backbone_weights is not None:
+                raise UserError(
+                    "backbone_weights is set but the tiny profile trains its small backbone from scratch; "
+                    "drop backbone_weights or use profile=paper"
+                )
+            spec = input_spec("small", shape)
+            backbone, policy = "small", tiny_policy(shape, spec.mean, spec.std)
+            schedule = {"epochs": TINY_EPOCHS, "eval_every": TINY_EVAL_EVERY}
+        return CIBHashSettings(
+            profile=profile,
+            lr=params.lr,
+            batch_size=params.batch_size,
+            backbone=backbone,
+            augment=policy,
+            **self.profile_values(schedule),
+        )
 
     def _forward_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Bit probabilities of a normalised batch; the head runs in float32."""
@@ -241,27 +210,14 @@ class CIBHash(HashingMethod):
         # float32 head: bf16 would round many probabilities to exactly 0.5.
         return torch.sigmoid(head(features.float()))
 
-    def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
-        params = self.params
-        self.device = setup(self.context)
-        profile = resolve_profile(params, self.bits, train.image_shape, train.dataset)
-        self.profile = profile
-        # The tiny profile's tensors are too small for parallel CPU kernels to pay off (and
-        # threads waiting for each other on a busy machine cost up to 10x): one thread.
-        self.threads = params.cpu_threads
-        if self.threads is None and profile.name == "tiny" and self.device.type == "cpu":
-            self.threads = 1
-        with cpu_threads(self.threads):
-            self._fit(train, val, profile)
-
-    def _fit(self, train: DataSplit, val: DataSplit | None, profile: Profile) -> None:
-        params = self.params
-        self.image_shape = tuple(train.image_shape)
+    def train_model(self, train: DataSplit, val: DataSplit | None) -> None:
+        params, settings = self.params, self.settings
+        policy = settings.augment
         backbone = build_backbone(
-            profile.backbone,
+            settings.backbone,
             weights=params.backbone_weights,
             pretrained=params.pretrained,
-            image_shape=self.image_shape,
+            image_shape=self.input_shape,
         )
         head = nn.Sequential(
             nn.Linear(backbone.feature_dim, HEAD_HIDDEN),
@@ -271,52 +227,29 @@ class CIBHash(HashingMethod):
         self.model = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
         if self.device.type == "cuda" and not backbone.trainable:
             self.model["backbone"].to(memory_format=torch.channels_last)
-        self.preprocess = preprocess_for(profile.backbone, self.image_shape)
+        self.preprocess = preprocess_for(settings.backbone, self.input_shape)
         spec = self.preprocess.spec
-        optimizer = torch.optim.Adam(trainable(self.model), lr=params.lr)
+        optimizer = torch.optim.Adam(trainable(self.model), lr=settings.lr)
 
-        record = self.context.record
-        record.update(
-            profile=profile.name,
+        self.context.record.update(
+            profile=settings.profile,
             variant=params.variant,
             beta=self.beta,
-            epochs=profile.epochs,
+            epochs=settings.epochs,
             backbone={
-                "name": profile.backbone,
+                "name": settings.backbone,
                 "weights_source": backbone.weights_source,
                 "weights_id": backbone.weights_id,
-                "pretrained": bool(params.pretrained) if profile.backbone == "vgg16" else False,
+                "pretrained": bool(params.pretrained) if settings.backbone == "vgg16" else False,
                 "feature_dim": backbone.feature_dim,
                 "trained": bool(backbone.trainable),
             },
-            augment=profile.policy.to_dict(),
-            cpu_threads=torch.get_num_threads(),
-        )
-        trainer = Trainer(
-            self.context,
-            self.model,
-            {"adam": optimizer},
-            Schedule(
-                profile.epochs,
-                params.batch_size,
-                profile.eval_every if val is not None and len(val) else 0,
-            ),
-            name=self.name,
-            fingerprint={
-                "bits": self.bits,
-                "params": params_to_dict(params),
-                "profile": profile.name,
-                "weights": backbone.weights_id,
-                "dataset": train.dataset,
-                "train": [len(train), *self.image_shape],
-                "val": len(val) if val is not None else 0,
-            },
-            validation_metric="mAP over the full ranking: validation images against the training split",
+            augment=policy.to_dict(),
         )
 
         def step(images: torch.Tensor) -> dict[str, torch.Tensor]:
             pixels = match_channels(to_float_images(images, self.device), spec.channels)
-            view_i, view_j = augment(pixels, profile.policy), augment(pixels, profile.policy)
+            view_i, view_j = augment(pixels, policy), augment(pixels, policy)
             if self.device.type == "cuda":
                 view_i = view_i.contiguous(memory_format=torch.channels_last)
                 view_j = view_j.contiguous(memory_format=torch.channels_last)
@@ -329,46 +262,17 @@ class CIBHash(HashingMethod):
             optimizer.step()
             return {key: value.detach() for key, value in terms.items()}
 
-        def validate() -> float:
-            from hashbench.metrics import mean_average_precision
+        self.run_trainer(
+            {"adam": optimizer}, step, train, val,
+            load=image_loader(train, self.device), fingerprint={"weights": backbone.weights_id},
+        )  # fmt: skip
 
-            return mean_average_precision(
-                self._codes(val), self._codes(train), val.labels, train.labels, bits=self.bits
-            )
-
-        trainer.fit(
-            len(train),
-            step,
-            load=image_loader(train, self.device),
-            validate=validate if val is not None and len(val) else None,
-        )
-        self.model.eval()
-
-    def _codes(self, split: DataSplit) -> np.ndarray:
-        """Deterministic codes (bit = p ≥ 0.5) of a split, as bool ``(n, bits)``."""
-        was_training = self.model.training
-        self.model.eval()
-        chunks = []
-        with torch.no_grad():
-            for images in prefetch(
-                batch_positions(len(split), ENCODE_BATCH), image_loader(split, self.device)
-            ):
-                inputs = self.preprocess(images, self.device)
-                if self.device.type == "cuda":
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                chunks.append((self._forward_probabilities(inputs) >= 0.5).cpu())
-        self.model.train(was_training)
-        return torch.cat(chunks).numpy() if chunks else np.zeros((0, self.bits), dtype=bool)
-
-    def encode(self, split: DataSplit) -> np.ndarray:
-        if not hasattr(self, "model"):
-            raise RuntimeError(f"{self.name}: encode() called before fit()")
-        if tuple(split.image_shape or ()) != self.image_shape:
-            raise UserError(
-                f"{self.name}: images of shape {split.image_shape} differ from the training images' {self.image_shape}"
-            )
-        with cpu_threads(self.threads):
-            return self._codes(split)
+    def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Deterministic codes (bit = p ≥ 0.5) of a batch of uint8 images."""
+        inputs = self.preprocess(batch, self.device)
+        if self.device.type == "cuda":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return self._forward_probabilities(inputs) >= 0.5
 
 
 class CLHash(CIBHash):

@@ -25,28 +25,19 @@ one (the released code scored the test queries), else the last epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from hashbench.errors import UserError
-from hashbench.methods._deep import (
-    SimilarityHashParams,
-    SimilarityPreservingHash,
-    straight_through_sign,
-)
+from hashbench.methods._deep import straight_through_sign
+from hashbench.methods._similarity import SimilarityHashParams, SimilarityPreservingHash
+from hashbench.params import non_negative
 
 
 @dataclass(frozen=True)
 class GreedyHashParams(SimilarityHashParams):
-    owner: ClassVar[str] = "greedyhash"
-    alpha: float = 0.1  # weight of the cubic penalty pulling |h| to 1
-
-    def validate(self) -> None:
-        super().validate()
-        if self.alpha < 0:
-            raise UserError(f"greedyhash.alpha must be >= 0, got {self.alpha}")
+    alpha: float = field(default=0.1, metadata=non_negative())  # weight of the cubic penalty pulling |h| to 1
 
 
 def cubic_penalty(hidden: torch.Tensor) -> torch.Tensor:

@@ -7,23 +7,19 @@ Procrustes update of R from the SVD of Bᵀ V.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.errors import UserError
 from hashbench.method import HashingMethod, require_bits_at_most_dimension
 from hashbench.methods._linear import principal_components
+from hashbench.params import non_negative
 
 
 @dataclass(frozen=True)
 class ITQParams:
-    iterations: int = 50
-
-    def validate(self) -> None:
-        if self.iterations < 0:
-            raise UserError(f"itq.iterations must be >= 0, got {self.iterations}")
+    iterations: int = field(default=50, metadata=non_negative())
 
 
 def itq_rotation(projected: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:

@@ -46,7 +46,7 @@ bit 0 where the released code would emit 0.5.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -55,21 +55,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from hashbench.data import DataSplit
-from hashbench.errors import UserError
 from hashbench.methods._deep import (
-    CHECKPOINT_SECONDS,
-    VALIDATION_METRIC,
-    ProfiledDeepMethod,
-    check_threads,
+    DeepHashingMethod,
+    DeepParams,
+    DeepSettings,
     describe_features,
-    encode_features,
-    feature_profile,
     feature_tensor,
     simultaneous_step,
-    validation_map,
 )
-from hashbench.params import params_to_dict
-from hashbench.training import Schedule, Trainer, cpu_threads
+from hashbench.params import at_least, non_negative, positive
 
 GRAPH_EXPONENT = 1.4
 DEGREE_MARGIN = 1e-8  # the released code's OVERFLOW_MARGIN
@@ -197,47 +191,25 @@ def tbh_losses(model: TwinBottleneckNet, features: torch.Tensor) -> dict[str, to
 
 
 @dataclass(frozen=True)
-class TBHParams:
-    profile: Literal["auto", "paper", "tiny"] = "auto"
+class TBHParams(DeepParams):
     # None: the profile's value (see the module docstring).
-    lr: float | None = None
-    batch_size: int | None = None
-    epochs: int | None = None  # paper: as many as 100,000 steps take
-    eval_every: int | None = None  # epochs between validations; 0: never
-    hidden: int | None = None  # encoder and decoder middle layer (paper 1024)
-    continuous: int | None = None  # continuous bottleneck (paper 512)
+    lr: float | None = field(default=None, metadata=positive())
+    batch_size: int | None = field(default=None, metadata=at_least(2))
+    epochs: int | None = field(default=None, metadata=at_least(1))  # paper: as many as 100,000 steps take
+    eval_every: int | None = field(default=None, metadata=non_negative())  # epochs between validations; 0: never
+    hidden: int | None = field(default=None, metadata=at_least(1))  # encoder and decoder middle layer (paper 1024)
+    continuous: int | None = field(default=None, metadata=at_least(1))  # continuous bottleneck (paper 512)
     decoder_output: Literal["auto", "relu", "sigmoid", "linear"] = "auto"
     # Centre the features on the training mean and divide them by their overall standard
     # deviation (one number) before encoding and reconstructing them; None: the profile's.
     standardize: bool | None = None
-    exponent: float = GRAPH_EXPONENT
-    cpu_threads: int | None = None  # None: 1 for the tiny profile on the CPU, torch's default otherwise
-
-    def validate(self) -> None:
-        check_threads(self.cpu_threads, "tbh")
-        for name in ("lr",):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise UserError(f"tbh.{name} must be positive, got {value}")
-        for name in ("batch_size", "epochs", "hidden", "continuous"):
-            value = getattr(self, name)
-            if value is not None and value < (2 if name == "batch_size" else 1):
-                raise UserError(f"tbh.{name} must be at least {2 if name == 'batch_size' else 1}, got {value}")
-        if self.eval_every is not None and self.eval_every < 0:
-            raise UserError(f"tbh.eval_every must be >= 0, got {self.eval_every}")
-        if not self.exponent > 0:
-            raise UserError(f"tbh.exponent must be positive, got {self.exponent}")
+    exponent: float = field(default=GRAPH_EXPONENT, metadata=positive())
 
 
 @dataclass(frozen=True)
-class TBHSettings:
+class TBHSettings(DeepSettings):
     """Resolved settings of one run."""
 
-    profile: str
-    lr: float
-    batch_size: int
-    epochs: int
-    eval_every: int
     hidden: int
     continuous: int
     decoder_output: str
@@ -245,72 +217,58 @@ class TBHSettings:
     exponent: float
 
 
-PAPER = {"lr": 1e-4, "batch_size": 400, "hidden": 1024, "continuous": 512, "decoder_output": "relu", "standardize": False}
+# epochs / eval_every None: from the released step counts (see profile_settings).
+PAPER = {
+    "lr": 1e-4, "batch_size": 400, "hidden": 1024, "continuous": 512, "decoder_output": "relu", "standardize": False,
+    "epochs": None, "eval_every": None,
+}
 TINY = {
     "lr": 2e-3, "batch_size": 250, "hidden": 256, "continuous": 128, "decoder_output": "linear", "standardize": True,
     "epochs": 1000, "eval_every": 100,
 }
 
 
-def resolve_settings(params: TBHParams, train: DataSplit) -> TBHSettings:
-    profile = feature_profile(params.profile, train)
-    base = dict(PAPER if profile == "paper" else TINY)
-    chosen = {key: getattr(params, key) for key in ("lr", "batch_size", "hidden", "continuous", "epochs", "eval_every")}
-    values = {key: (value if value is not None else base.get(key)) for key, value in chosen.items()}
-    values["decoder_output"] = params.decoder_output if params.decoder_output != "auto" else base["decoder_output"]
-    values["standardize"] = params.standardize if params.standardize is not None else base["standardize"]
-    steps_per_epoch = max(1, math.ceil(len(train) / values["batch_size"]))
-    if values["epochs"] is None:  # paper: the released code's step budget
-        values["epochs"] = math.ceil(PAPER_STEPS / steps_per_epoch)
-    if values["eval_every"] is None:
-        values["eval_every"] = max(1, round(PAPER_VALIDATE_STEPS / steps_per_epoch))
-    return TBHSettings(profile=profile, exponent=params.exponent, **values)
-
-
 # --------------------------------------------------------------------------------------------
 
 
-class TBH(ProfiledDeepMethod):
+class TBH(DeepHashingMethod):
     name = "tbh"
     description = "Auto-encoding twin-bottleneck hashing (Shen et al. 2020): binary + continuous bottlenecks, code graph, adversarial priors"
     Params = TBHParams
     input = "features"
+    # Small dense layers: float32 throughout, also on CUDA (bf16 would round logits near 0).
+    precision = "float32"
 
-    def resolve_settings(self, train: DataSplit) -> TBHSettings:
-        return resolve_settings(self.params, train)
+    def profile_settings(self, profile: str, train: DataSplit) -> TBHSettings:
+        values = self.profile_values(PAPER if profile == "paper" else TINY)
+        steps_per_epoch = max(1, math.ceil(len(train) / values["batch_size"]))
+        if values["epochs"] is None:  # paper: the released code's step budget
+            values["epochs"] = math.ceil(PAPER_STEPS / steps_per_epoch)
+        if values["eval_every"] is None:
+            values["eval_every"] = max(1, round(PAPER_VALIDATE_STEPS / steps_per_epoch))
+        return TBHSettings(profile=profile, exponent=self.params.exponent, **values)
 
-    def _fit(self, train: DataSplit, val: DataSplit | None, settings: TBHSettings) -> None:
-        features = feature_tensor(train, self.device)
-        self.input_dim = int(features.shape[1])
+    def transform_features(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.shift) / self.scale
+
+    def train_model(self, train: DataSplit, val: DataSplit | None) -> None:
+        settings = self.settings
+        raw = feature_tensor(train, self.device)
         if settings.standardize:
-            self.shift = features.mean(dim=0)
-            self.scale = float((features - self.shift).std().clamp_min(1e-12))
+            self.shift = raw.mean(dim=0)
+            self.scale = float((raw - self.shift).std().clamp_min(1e-12))
         else:
-            self.shift, self.scale = torch.zeros(self.input_dim, device=self.device), 1.0
-        features = (features - self.shift) / self.scale
+            self.shift, self.scale = torch.zeros(raw.shape[1], device=self.device), 1.0
+        features = self.transform_features(raw)
         model = TwinBottleneckNet(
-            self.input_dim, self.bits, settings.hidden, settings.continuous, settings.decoder_output, settings.exponent
+            features.shape[1], self.bits, settings.hidden, settings.continuous, settings.decoder_output, settings.exponent
         ).to(self.device)
         self.model = model
         actor = torch.optim.Adam(model.actor_parameters(), lr=settings.lr)
         critic = torch.optim.Adam(model.critic_parameters(), lr=settings.lr)
-        validating = val is not None and len(val) > 0
         self.context.record.update(
-            settings=asdict(settings),
             features=describe_features(train),
             optimizer="Adam (actor) + Adam (critic), simultaneous updates",
-            cpu_threads=torch.get_num_threads(),
-        )
-        trainer = Trainer(
-            self.context,
-            model,
-            {"actor": actor, "critic": critic},
-            Schedule(settings.epochs, settings.batch_size, settings.eval_every if validating else 0),
-            name=self.name,
-            fingerprint={"bits": self.bits, "params": params_to_dict(self.params), "settings": asdict(settings),
-                         "dataset": train.dataset, "train": list(features.shape), "val": len(val) if val is not None else 0},
-            validation_metric=VALIDATION_METRIC,
-            checkpoint_seconds=CHECKPOINT_SECONDS,
         )
         groups = {"actor": model.actor_parameters(), "critic": model.critic_parameters()}
         optimizers = {"actor": actor, "critic": critic}
@@ -321,31 +279,7 @@ class TBH(ProfiledDeepMethod):
             simultaneous_step({"actor": terms["actor"], "critic": terms["critic"]}, groups, optimizers)
             return {key: value.detach() for key, value in terms.items()}
 
-        def validate() -> float:
-            return validation_map(self._codes(self._inputs(val)), self._codes(features), val, train, self.bits)
+        self.run_trainer(optimizers, step, train, val)
 
-        trainer.fit(len(train), step, validate=validate if validating else None)
-        # Small dense layers: float32 throughout, also on CUDA (bf16 would round logits near 0).
-        self.context.record["precision"] = "float32"
-        model.eval()
-
-    def _inputs(self, split: DataSplit) -> torch.Tensor:
-        features = feature_tensor(split, self.device)
-        if features.shape[1] != self.input_dim:
-            raise UserError(f"tbh: features of {split.name} have {features.shape[1]} dimensions, the model was trained on {self.input_dim}")
-        return (features - self.shift) / self.scale
-
-    def _codes(self, features: torch.Tensor) -> np.ndarray:
-        model = self.model
-
-        def code_of(batch: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return model.bottlenecks(batch)[0] > 0.5
-
-        return encode_features(code_of, features, self.bits)
-
-    def encode(self, split: DataSplit) -> np.ndarray:
-        if not hasattr(self, "model"):
-            raise RuntimeError("tbh: encode() called before fit()")
-        with cpu_threads(self.threads):
-            return self._codes(self._inputs(split))
+    def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.bottlenecks(batch)[0] > 0.5

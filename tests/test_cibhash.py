@@ -28,7 +28,6 @@ from hashbench.methods.cibhash import (
     binary_layer,
     cibhash_loss,
     nt_xent,
-    resolve_profile,
     straight_through_sign,
 )
 from hashbench.params import resolve_params
@@ -178,34 +177,42 @@ def test_clhash_is_cibhash_without_beta():
 # parameters and profiles
 
 
+def resolve_profile(params, bits, image_shape, dataset):
+    """The settings CIBHash resolves for a split of ``image_shape`` images from ``dataset``."""
+    arrays = DatasetArrays(
+        labels=np.ones((1, 1), dtype=bool), images=np.zeros((1, *image_shape), np.uint8), dataset=dataset
+    )
+    return CIBHash(bits, params).resolve_settings(DataSplit("train", np.arange(1), arrays))
+
+
 def test_paper_defaults():
     params = CIBHashParams()
     assert (params.tau, params.beta, params.lr, params.batch_size) == (0.3, 0.001, 1e-3, 64)
     assert params.variant == "deterministic" and params.pretrained
     for bits, epochs in ((16, 80), (32, 60), (64, 60)):
         profile = resolve_profile(params, bits, (32, 32, 3), "")
-        assert (profile.name, profile.backbone, profile.epochs, profile.eval_every) == (
+        assert (profile.profile, profile.backbone, profile.epochs, profile.eval_every) == (
             "paper",
             "vgg16",
             epochs,
             20,
         )
-        assert profile.policy.size == 224
+        assert profile.augment.size == 224
 
 
 def test_profiles_follow_the_images_and_what_the_dataset_declares(monkeypatch):
     params = CIBHashParams()
     assert resolve_profile(params, 32, (8, 8, 1), "").backbone == "small"
-    assert resolve_profile(params, 32, (28, 28, 1), "").name == "tiny"
-    assert resolve_profile(params, 32, (256, 256, 3), "").name == "paper"
+    assert resolve_profile(params, 32, (28, 28, 1), "").profile == "tiny"
+    assert resolve_profile(params, 32, (256, 256, 3), "").profile == "paper"
 
     class Declares:
         image_profile = "natural"
 
     monkeypatch.setattr(registry, "get_dataset", lambda name: Declares)
-    assert resolve_profile(params, 32, (28, 28, 1), "grey-photos").name == "paper"
+    assert resolve_profile(params, 32, (28, 28, 1), "grey-photos").profile == "paper"
     forced = resolve_profile(ContrastiveHashParams(profile="tiny", epochs=7), 16, (32, 32, 3), "x")
-    assert (forced.backbone, forced.epochs, forced.policy.size, forced.policy.flip_p) == (
+    assert (forced.backbone, forced.epochs, forced.augment.size, forced.augment.flip_p) == (
         "small",
         7,
         None,
@@ -270,7 +277,7 @@ def test_fit_and_encode_tiny_images_record_the_training():
 
 
 def test_paper_profile_trains_only_the_head_over_a_frozen_vgg16(monkeypatch):
-    import hashbench.methods.cibhash as module
+    import hashbench.methods._deep as module  # where the deep methods build their Trainer
 
     train, val = toy_splits(shape=(16, 16, 3), count=16)  # 4 training images
     val = DataSplit("val", val.indices[:2], val._arrays)

@@ -9,7 +9,8 @@ import torch
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.errors import UserError
 from hashbench.method import RunContext
-from hashbench.methods._deep import cosine_similarity_loss, straight_through_sign
+from hashbench.methods._deep import straight_through_sign
+from hashbench.methods._similarity import cosine_similarity_loss
 from hashbench.methods.bihalf import BiHalf, BiHalfParams, bihalf_layer, half_split
 from hashbench.methods.greedyhash import GreedyHash, GreedyHashParams, cubic_penalty
 from hashbench.params import resolve_params

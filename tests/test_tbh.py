@@ -16,7 +16,6 @@ from hashbench.methods.tbh import (
     binary_activation,
     hamming_adjacency,
     normalized_adjacency,
-    resolve_settings,
     tbh_losses,
 )
 
@@ -151,6 +150,10 @@ def _digits_like_split(count: int = 60, dim: int = 16) -> DataSplit:
     centres = rng.random((3, dim))
     features = (centres[np.arange(count) % 3] + 0.05 * rng.standard_normal((count, dim))).clip(0, 1).astype(np.float32)
     return DataSplit("train", np.arange(count), DatasetArrays(labels=labels, features=features))
+
+
+def resolve_settings(params: TBHParams, split: DataSplit):
+    return TBH(32, params).resolve_settings(split)
 
 
 def test_profiles_resolve_to_the_released_settings_and_the_tiny_default():
