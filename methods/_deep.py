@@ -10,7 +10,7 @@
 * the run's device, seeds and CPU thread budget (1 thread for the tiny profile on the CPU);
 * the :class:`~hashbench.training.Trainer` with its checkpoint fingerprint and the
   validation score (mAP of the validation split against the training split);
-* encoding a split batch by batch under the thread budget, refusing before ``fit``.
+* encoding a split batch by batch under the thread budget (``NotFittedError`` before ``fit``).
 
 A method subclasses it with its ``Params`` (a :class:`DeepParams`), and defines
 ``profile_settings`` (returning a :class:`DeepSettings`), ``train_model`` (build
@@ -36,7 +36,7 @@ from torch import nn
 from hashbench import registry
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
-from hashbench.method import HashingMethod
+from hashbench.method import HashingMethod, require_fitted
 from hashbench.params import at_least, params_to_dict
 from hashbench.training import (
     Schedule,
@@ -329,8 +329,7 @@ class DeepHashingMethod(HashingMethod):
             )
 
     def encode(self, split: DataSplit) -> np.ndarray:
-        if not hasattr(self, "model"):
-            raise RuntimeError(f"{self.name}: encode() called before fit()")
+        require_fitted(self, "model")
         self.check_split(split)
         with cpu_threads(self.threads):
             return self.codes(split)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.method import HashingMethod, require_bits_at_most_dimension
+from hashbench.method import HashingMethod, require_bits_at_most_dimension, require_fitted
 from hashbench.methods._linear import principal_components
 from hashbench.params import non_negative
 
@@ -49,4 +49,5 @@ class ITQ(HashingMethod):
         self.rotation = itq_rotation(projected, self.params.iterations, self.context.rng())
 
     def encode(self, split: DataSplit) -> np.ndarray:
+        require_fitted(self, "rotation")
         return (split.features - self.mean) @ self.components @ self.rotation >= 0
