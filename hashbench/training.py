@@ -1,6 +1,8 @@
 """The training layer shared by the deep methods (CIBHash, BGAN, TBH, GreedyHash, ...).
 
-A method builds its networks and optimisers, then hands the loop to a :class:`Trainer`::
+The built-in deep methods reach it through ``hashbench.methods._deep.DeepHashingMethod``,
+which builds the trainer from the method's resolved settings. Used directly, a method builds
+its networks and optimisers, then hands the loop to a :class:`Trainer`::
 
     device = setup(self.context)                         # seeds, device, cuDNN settings
     model = nn.ModuleDict({"backbone": ..., "head": ...}).to(device)

@@ -25,7 +25,7 @@ the released TensorFlow code does with one ``sess.run``).
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -244,11 +244,11 @@ class DeepHashingMethod(HashingMethod):
     def run_trainer(
         self,
         optimizers: Mapping[str, torch.optim.Optimizer],
-        step: Any,
+        step: Callable[[Any], Mapping[str, torch.Tensor]],
         train: DataSplit,
         val: DataSplit | None,
         *,
-        load: Any = None,
+        load: Callable[[np.ndarray], Any] | None = None,
         schedulers: Mapping[str, Any] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
     ) -> TrainingResult:

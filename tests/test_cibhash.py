@@ -329,6 +329,11 @@ def test_cli_trains_cibhash_and_clhash_on_digits(invoke, results):
     assert training["profile"] == "tiny" and training["backbone"]["name"] == "small"
     assert training["cpu_threads"] == 1  # the tiny profile's single-threaded CPU training
     assert training["beta"] == 0.001 and cl["training"]["beta"] == 0.0
+    for record in (cib, cl):  # the resolved settings, as every deep method records them
+        settings = record["training"]["settings"]
+        assert (settings["profile"], settings["backbone"], settings["cpu_threads"]) == ("tiny", "small", 1)
+        assert (settings["lr"], settings["batch_size"]) == (1e-3, 64)
+    assert (training["settings"]["epochs"], cl["training"]["settings"]["epochs"]) == (3, 2)
     assert [entry["epoch"] for entry in training["curve"]] == [1, 2, 3]
     assert len(training["epoch_seconds"]) == 3 and all(s > 0 for s in training["epoch_seconds"])
     assert training["train_seconds"] >= sum(training["epoch_seconds"])

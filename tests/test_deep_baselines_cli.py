@@ -25,6 +25,9 @@ def test_every_method_trains_on_digits_and_records_what_it_used(invoke, results,
         assert record["status"] == "ok", record.get("error")
         training = record["training"]
         assert training["settings"]["profile"] == "tiny"
+        # Every deep method records the same core of resolved settings, threads included.
+        assert {"lr", "batch_size", "epochs", "eval_every"} <= set(training["settings"])
+        assert training["settings"]["cpu_threads"] == training["cpu_threads"] == 1
         assert training["validation"]["metric"].startswith("mAP")  # digits has a validation split
         assert training["validation"]["selected_epoch"] in [entry["epoch"] for entry in training["validation"]["scores"]]
         assert record["metrics"]["map"] > 0.25  # random 16-bit codes give about 0.1 on digits

@@ -177,3 +177,22 @@ def test_fit_and_encode_on_a_small_split_records_its_settings():
     assert context.record["settings"]["epochs"] == 3
     assert "dataset's own feature vectors" in context.record["features"]["source"]
     assert len(context.record["curve"]) == 3
+
+
+def test_the_shared_setup_records_threads_and_guards_encode():
+    from hashbench.errors import UserError
+    from hashbench.method import NotFittedError
+
+    split = _digits_like_split()
+    with pytest.raises(NotFittedError, match="tbh: encode\\(\\) called before fit\\(\\)"):
+        TBH(8).encode(split)
+    context = RunContext(seed=0)
+    method = TBH(8, TBHParams(epochs=1, batch_size=20, cpu_threads=2), context)
+    method.fit(split)
+    settings = context.record["settings"]
+    assert settings["cpu_threads"] == 2 and settings["profile"] == "tiny"  # as asked, not the tiny rule's 1
+    assert (settings["lr"], settings["batch_size"], settings["epochs"]) == (2e-3, 20, 1)
+    assert context.record["precision"] == "float32"
+    narrower = DataSplit("query", np.arange(5), DatasetArrays(labels=split.labels[:5], features=split.features[:5, :8]))
+    with pytest.raises(UserError, match="tbh: features of query have 8 dimensions, the model was trained on 16"):
+        method.encode(narrower)
