@@ -72,6 +72,9 @@ class Registry:
             known = sorted(self._entries)
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
+            nearby = [path for path in (Path(f"{name}.py"), Path(f"{name.replace('-', '_')}.py")) if path.is_file()]
+            if nearby:
+                hint += f"{nearby[0]} is here: load it with --plugin {nearby[0]}; "
             raise UserError(
                 f"unknown {self.kind} {name!r}; {hint}known {self.kind}s: {', '.join(known) or 'none'} "
                 f"(`hashbench list` shows them)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -16,7 +17,35 @@ class UserFacingError(click.ClickException):
     exit_code = 2
 
 
+# Each command's module is imported only when the command runs (or its own --help is
+# asked for), so `hashbench --help` never loads numpy, pandas or torch. name → (module:object,
+# the one-line help `hashbench --help` shows).
+COMMANDS = {
+    "list": ("hashbench.cli.listing:list_command", "Show registered methods and datasets with one-line descriptions."),
+    "run": ("hashbench.cli.run:run_command", "Train and evaluate METHODS × DATASETS × BITS × SEEDS; finished runs are skipped."),
+    "status": ("hashbench.cli.status:status_command", "Show each cell of a grid: ok, failed, stale, damaged, running, interrupted, pending."),
+    "report": ("hashbench.cli.report:report_command", "Write tables, timings, plots and report.html from every run record."),
+    "reeval": ("hashbench.cli.reeval:reeval_command", "Recompute every run's metrics from its stored codes, without training."),
+    "eval": ("hashbench.cli.eval:eval_command", "Evaluate codes made anywhere, from .npy / .npz files."),
+    "data": ("hashbench.cli.data:data_command", "Check or obtain dataset files."),
+    "check-method": ("hashbench.cli.check:check_method_command", "Run the conformance suite every method must pass."),
+}
+
+
 class HashbenchGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, _, attribute = COMMANDS[name][0].partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, short_help) for name, (_, short_help) in COMMANDS.items()])
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
@@ -59,23 +88,6 @@ def cli(plugins: tuple[str, ...]) -> None:
     from hashbench.registry import load_plugins
 
     load_plugins(plugins)
-
-
-def _register_commands() -> None:
-    from hashbench.cli.check import check_method_command
-    from hashbench.cli.data import data_command
-    from hashbench.cli.eval import eval_command
-    from hashbench.cli.listing import list_command
-    from hashbench.cli.reeval import reeval_command
-    from hashbench.cli.report import report_command
-    from hashbench.cli.run import run_command
-    from hashbench.cli.status import status_command
-
-    for command in (list_command, run_command, status_command, report_command, reeval_command, eval_command, data_command, check_method_command):
-        cli.add_command(command)
-
-
-_register_commands()
 
 
 def main() -> None:

@@ -63,6 +63,7 @@ def build_settings(options: dict, config_path: Path | None, plugins: tuple[str, 
     from hashbench.registry import load_plugins
 
     options = dict(options)
+    plugins = (*plugins, *options.pop("local_plugins", ()))
     settings: dict[str, Any] = dict(DEFAULTS)
     settings["results"] = os.environ.get("HASHBENCH_RESULTS") or "results"
     settings["data_root"] = os.environ.get("HASHBENCH_DATA") or "data"
@@ -159,18 +160,33 @@ def plugin_specs() -> tuple[str, ...]:
 def outcome_text(outcome: CellOutcome) -> str:
     """The state of one cell after `run`, in words."""
     if outcome.status is Status.OK:
-        return "ok (done before)" if outcome.reused else "ok"
+        return "done before" if outcome.reused else "ok"
     if outcome.status is Status.RUNNING:
         return "running elsewhere"
     if outcome.status is Status.PENDING:
         return f"submitted as job {outcome.job_id}" if outcome.job_id else "pending"
-    return f"[red]failed[/red]: {outcome.error}"
+    return "[red]failed[/red]"
+
+
+def _cell_name(cell) -> str:
+    return f"{cell.method} {cell.dataset} {cell.bits}b seed {cell.seed}"
 
 
 def summary_table(outcomes: list[CellOutcome]) -> Table:
-    table = Table(title="hashbench run", show_lines=False)
-    for column in ("method", "dataset", "bits", "seed", "status", "mAP@k", "mAP@all", "P@r≤2", "time (s)"):
-        table.add_column(column, justify="right" if column not in ("method", "dataset", "status") else "left")
+    """One row per cell, narrow enough for 80 columns (failure reasons follow the table)."""
+    from rich import box
+
+    cutoffs = sorted({o.record.map_k for o in outcomes if o.record is not None and o.record.map_k is not None})
+    map_header = f"mAP@{cutoffs[0]}" if len(cutoffs) == 1 else "mAP@k"
+    profiles = sorted({o.record.profile for o in outcomes if o.record is not None and o.record.profile})
+    caption = None
+    if "tiny" in profiles:
+        caption = "tiny profile: CPU settings for small images, not the papers' (compare with papers only under paper)"
+    table = Table(title="hashbench run", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    # mAP@all and the rest are in the records and `hashbench report`.
+    for column in ("method", "dataset", "bits", "seed", "status", map_header, "P@r≤2", "seconds"):
+        text = column in ("method", "dataset", "status")
+        table.add_column(column, justify="left" if text else "right", no_wrap=True)
     for outcome in outcomes:
         record = outcome.record
 
@@ -178,7 +194,6 @@ def summary_table(outcomes: list[CellOutcome]) -> Table:
             value = None if record is None else record.metric(name)
             return "" if value is None else f"{value:.4f}"
 
-        map_label = f"{number('map')} @{record.map_k}" if record is not None and record.map_k is not None else ""
         seconds = None if record is None else record.timings.get("total")
         table.add_row(
             outcome.cell.method,
@@ -186,8 +201,7 @@ def summary_table(outcomes: list[CellOutcome]) -> Table:
             str(outcome.cell.bits),
             str(outcome.cell.seed),
             outcome_text(outcome),
-            map_label,
-            number("map_all"),
+            number("map") + ("" if len(cutoffs) < 2 or record is None else f" @{record.map_k}"),
             number("precision_radius2"),
             f"{seconds:.2f}" if seconds is not None else "",
         )
@@ -218,6 +232,13 @@ GRID_OPTIONS: list[Callable] = [
     click.option("--set", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE", help="Override a hyperparameter. Repeatable."),
     click.option(
         "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML experiment file (see experiments/)."
+    ),
+    click.option(
+        "--plugin",
+        "local_plugins",
+        multiple=True,
+        metavar="MODULE",
+        help="Import a local module (dotted path or .py file) that defines methods or datasets. Repeatable.",
     ),
 ]
 
@@ -258,34 +279,80 @@ def grid_options(command: Callable) -> Callable:
 @click.option("--cpus-per-run", type=click.IntRange(min=1), help="Slurm: CPUs per cell (also its thread count).")
 @click.option("--array-parallelism", type=click.IntRange(min=1), help="Slurm: cells running at once. Default: 64.")
 @click.option("--no-wait", is_flag=True, help="Slurm: submit and return; follow with `hashbench status`.")
-def run_command(config_path: Path | None, **options) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="No progress output: only the summary table and errors.")
+@click.option(
+    "--verbose", "-v", is_flag=True, help="Plain progress lines for every training step (default in a log: at most every 30 s)."
+)
+def run_command(config_path: Path | None, quiet: bool, verbose: bool, **options) -> None:
     """Train and evaluate METHODS × DATASETS × BITS × SEEDS; finished runs are skipped."""
+    from hashbench import progress
+
+    if quiet and verbose:
+        raise click.UsageError("--quiet and --verbose contradict each other; pass one")
+    mode = progress.choose(quiet, verbose)
     settings = build_settings(options, config_path, plugin_specs())
     spec = spec_from_settings(settings)
     executor = build_executor(settings)
-    console = Console(stderr=True)
+    if mode == "bar":
+        outcomes = _run_with_bar(spec, executor)
+    else:
+        outcomes = _run_with_lines(spec, executor, mode)
+    output = Console()
+    if not output.is_terminal:  # piped or captured: room for the columns
+        output.width = max(output.width, 120)
+    output.print(summary_table(outcomes))
+    failed = [outcome for outcome in outcomes if outcome.status is Status.FAILED]
+    for outcome in failed:
+        click.echo(f"failed: {_cell_name(outcome.cell)}: {outcome.error}", err=True)
+    if failed:
+        click.echo(f"{len(failed)} of {len(outcomes)} runs failed; see log.txt in their run folders.", err=True)
+        sys.exit(1)
+
+
+def _run_with_bar(spec: GridSpec, executor) -> list[CellOutcome]:
+    """A live bar over the cells (a terminal)."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=Console(stderr=True),
         transient=True,
-    ) as progress:
-        task = progress.add_task("preparing", total=None)
+    ) as bar:
+        task = bar.add_task("preparing", total=None)
 
         def on_start(cell, index, total):
-            progress.update(task, total=total, description=f"{cell.method} {cell.dataset} {cell.bits}b seed {cell.seed}")
+            bar.update(task, total=total, description=_cell_name(cell))
 
         def on_done(outcome):
-            progress.advance(task)
+            bar.advance(task)
 
-        outcomes = run_grid(spec, on_start=on_start, on_done=on_done, executor=executor)
-    output = Console()
-    if not output.is_terminal:  # piped or captured: room for the columns and failure reasons
-        output.width = max(output.width, 160)
-    output.print(summary_table(outcomes))
-    failed = [outcome for outcome in outcomes if outcome.status is Status.FAILED]
-    if failed:
-        click.echo(f"{len(failed)} of {len(outcomes)} runs failed; see log.txt in their run folders.", err=True)
-        sys.exit(1)
+        return run_grid(spec, on_start=on_start, on_done=on_done, executor=executor)
+
+
+def _run_with_lines(spec: GridSpec, executor, mode: str) -> list[CellOutcome]:
+    """One plain line as each cell starts and ends (a log), or nothing with --quiet."""
+    from hashbench import progress
+
+    if mode == "quiet":
+        return run_grid(spec, executor=executor)
+    finished = 0
+    total = 0
+
+    def on_start(cell, index, count):
+        nonlocal total
+        total = count
+        progress.line(f"start {index + 1}/{count}: {_cell_name(cell)}")
+
+    def on_done(outcome):
+        nonlocal finished
+        finished += 1
+        text = "already done" if outcome.reused else outcome_text(outcome).replace("[red]", "").replace("[/red]", "")
+        record = outcome.record
+        if outcome.status is Status.FAILED:
+            text += f": {outcome.error}"
+        elif record is not None and record.metric("map") is not None and not outcome.reused:
+            text += f": mAP@{record.map_k} {record.metric('map'):.4f}, {record.timings.get('total', 0.0):.1f} s"
+        progress.line(f"{text} ({finished}/{total or '?'}): {_cell_name(outcome.cell)}")
+
+    return run_grid(spec, on_start=on_start, on_done=on_done, executor=executor)
