@@ -37,6 +37,28 @@ class Plot:
     figure: Figure
     data: dict[Any, Series]  # panel (bits, or the dataset for *_vs_bits) → series
     paths: dict[str, Path] = field(default_factory=dict)  # "png"/"pdf" → file, once saved
+    caption: str = ""  # what is plotted: dataset, protocol, metric with k, seeds, profile
+
+
+@dataclass(frozen=True)
+class Style:
+    colour: str
+    marker: str
+
+
+# Ten well-separated colours and as many markers: a method keeps its colour and marker in
+# every panel and figure of a report, whatever was run where.
+_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
+
+
+def method_styles(labels: list[str]) -> dict[str, Style]:
+    """One style per row label, assigned in sorted order over the whole report."""
+    ordered = sorted(set(labels))
+    return {
+        label: Style(_COLOURS[index % len(_COLOURS)], _MARKERS[(index // len(_COLOURS) + index) % len(_MARKERS)])
+        for index, label in enumerate(ordered)
+    }
 
 
 def label_records(records: list[RunRecord]) -> pd.DataFrame:
@@ -106,75 +128,102 @@ def metric_vs_bits_series(frame: pd.DataFrame, dataset: str, metric: str) -> Ser
             "bits": [int(b) for b in stats.index],
             "mean": stats["mean"].tolist(),
             "std": stats["std"].fillna(0.0).tolist(),
+            "runs": [int(n) for n in stats["count"]],
         }
     return series
 
 
+PANEL_INCHES = 4.2  # every panel has the same size, so figures share one scale in report.html
+
+
 def _figure(panels: int) -> tuple[Figure, list]:
-    figure = Figure(figsize=(4.2 * panels, 3.8), layout="constrained")
+    figure = Figure(figsize=(PANEL_INCHES * panels + 1.8, 3.8), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, panels, squeeze=False)[0]
     return figure, list(axes)
 
 
-def _legend(figure: Figure, axes: list) -> None:
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
+def _legend(figure: Figure, styles: dict[str, Style], labels: set[str]) -> None:
+    """One legend for the figure, built from the styles (not from drawing order)."""
+    from matplotlib.lines import Line2D
+
+    shown = [label for label in styles if label in labels]
+    handles = [Line2D([], [], color=styles[label].colour, marker=styles[label].marker, linewidth=1.2) for label in shown]
     if handles:
-        figure.legend(handles, labels, loc="outside right upper", fontsize="small")
+        figure.legend(handles, shown, loc="outside right upper", fontsize="small")
 
 
-def pr_plot(frame: pd.DataFrame, dataset: str) -> Plot:
+def _seeds_text(frame: pd.DataFrame, dataset: str) -> str:
+    """"3 seeds" or "1–3 seeds": how many runs each plotted point averages."""
+    subset = frame[frame["column_dataset"] == dataset]
+    counts = subset.groupby(["label", "bits"]).size()
+    low, high = (int(counts.min()), int(counts.max())) if len(counts) else (0, 0)
+    count = str(low) if low == high else f"{low}–{high}"
+    return f"{count} seed{'s' if high != 1 else ''}"
+
+
+def pr_plot(frame: pd.DataFrame, dataset: str, styles: dict[str, Style]) -> Plot:
     bits_values = sorted(frame[frame["column_dataset"] == dataset]["bits"].unique())
     figure, axes = _figure(len(bits_values))
-    data = {}
+    data, drawn = {}, set()
     for ax, bits in zip(axes, bits_values, strict=True):
         series = pr_series(frame, dataset, int(bits))
         data[int(bits)] = series
         for label, line in series.items():
-            ax.plot(line["recall"], line["precision"], marker=".", markersize=3, linewidth=1.2, label=label)
+            style = styles[label]
+            ax.plot(line["recall"], line["precision"], color=style.colour, marker=style.marker, markersize=3, linewidth=1.2, label=label)
+            drawn.add(label)
         ax.set(title=f"{dataset}, {bits} bits", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-    figure.suptitle("precision–recall within Hamming radius r = 0..bits")
-    _legend(figure, axes)
+    figure.suptitle(f"precision–recall within Hamming radius r = 0..bits (mean over {_seeds_text(frame, dataset)})")
+    _legend(figure, styles, drawn)
     return Plot("pr", dataset, figure, data)
 
 
-def precision_at_k_plot(frame: pd.DataFrame, dataset: str) -> Plot:
+def precision_at_k_plot(frame: pd.DataFrame, dataset: str, styles: dict[str, Style]) -> Plot:
     bits_values = sorted(frame[frame["column_dataset"] == dataset]["bits"].unique())
     figure, axes = _figure(len(bits_values))
-    data = {}
+    data, drawn = {}, set()
     for ax, bits in zip(axes, bits_values, strict=True):
         series = precision_at_k_series(frame, dataset, int(bits))
         data[int(bits)] = series
         for label, line in series.items():
-            ax.plot(line["k"], line["precision"], marker="o", markersize=3, linewidth=1.2, label=label)
+            style = styles[label]
+            ax.plot(line["k"], line["precision"], color=style.colour, marker=style.marker, markersize=3, linewidth=1.2, label=label)
+            drawn.add(label)
         ax.set_xscale("log")
         ax.set(title=f"{dataset}, {bits} bits", xlabel="k (top-k of the Hamming ranking)", ylabel="precision@k", ylim=(0, 1.02))
         ax.grid(alpha=0.3, which="both")
-    figure.suptitle("precision@k")
-    _legend(figure, axes)
+    figure.suptitle(f"precision@k (mean over {_seeds_text(frame, dataset)})")
+    _legend(figure, styles, drawn)
     return Plot("precision_at_k", dataset, figure, data)
 
 
-def metric_vs_bits_plot(frame: pd.DataFrame, dataset: str, metric: str = "map") -> Plot:
+def metric_vs_bits_plot(frame: pd.DataFrame, dataset: str, metric: str, styles: dict[str, Style]) -> Plot:
     figure, (ax,) = _figure(1)
     series = metric_vs_bits_series(frame, dataset, metric)
+    several = any(count > 1 for line in series.values() for count in line["runs"])
     for label, line in series.items():
-        ax.errorbar(line["bits"], line["mean"], yerr=line["std"], marker="o", markersize=4, capsize=3, linewidth=1.2, label=label)
+        style = styles[label]
+        if several:
+            ax.errorbar(line["bits"], line["mean"], yerr=line["std"], color=style.colour, marker=style.marker,
+                        markersize=4, capsize=3, linewidth=1.2, label=label)
+        else:  # one seed: no spread to show, so no error bars pretending to show one
+            ax.plot(line["bits"], line["mean"], color=style.colour, marker=style.marker, markersize=4, linewidth=1.2, label=label)
     bits_values = sorted({b for line in series.values() for b in line["bits"]})
     ax.set_xscale("log", base=2)
     ax.set_xticks(bits_values, [str(b) for b in bits_values])
     ax.minorticks_off()
     cutoffs = frame.loc[frame["column_dataset"] == dataset, "map_k"].dropna().unique() if "map_k" in frame else []
-    name = metric_info(metric, int(cutoffs[0]) if len(cutoffs) == 1 else None).label
-    ax.set(title=dataset, xlabel="bits", ylabel=f"{name} (mean ± std over seeds)")
+    info = metric_info(metric, int(cutoffs[0]) if len(cutoffs) == 1 else None)
+    seeds = _seeds_text(frame, dataset)
+    spread = f"mean ± std over {seeds}" if several else ("one seed" if seeds == "1 seed" else f"mean over {seeds}")
+    ax.set(title=dataset, xlabel="bits", ylabel=f"{info.label} ({spread})")
+    # The axis starts at 0, so gaps between methods look as large as they are.
+    top = max((m + s for line in series.values() for m, s in zip(line["mean"], line["std"], strict=True)), default=1.0)
+    ax.set_ylim(0, 1.02 if top <= 1 and info.format == ".4f" else top * 1.08)
     ax.grid(alpha=0.3)
-    _legend(figure, [ax])
+    _legend(figure, styles, set(series))
     return Plot(f"{metric}_vs_bits", dataset, figure, {dataset: series})
 
 
@@ -200,19 +249,29 @@ def save_plot(plot: Plot, folder: Path) -> dict[str, Path]:
     return plot.paths
 
 
-def make_plots(records: list[RunRecord], metric: str = "map") -> list[Plot]:
-    """Every plot of the report, per dataset column: PR, P@k and metric versus bits."""
+def make_plots(records: list[RunRecord], metric: str = "map", captions: dict[str, str] | None = None) -> list[Plot]:
+    """Every plot of the report, per dataset column: PR, P@k and metric versus bits.
+
+    ``captions`` maps a dataset column to the text that says what was run there.
+    """
     frame = label_records(records)
+    styles = method_styles(list(frame["label"])) if len(frame) else {}
     plots = []
     for dataset in sorted(frame["column_dataset"].unique()) if len(frame) else []:
-        plots.append(pr_plot(frame, dataset))
-        plots.append(precision_at_k_plot(frame, dataset))
-        plots.append(metric_vs_bits_plot(frame, dataset, metric))
+        for plot in (
+            pr_plot(frame, dataset, styles),
+            precision_at_k_plot(frame, dataset, styles),
+            metric_vs_bits_plot(frame, dataset, metric, styles),
+        ):
+            plot.caption = (captions or {}).get(dataset, "")
+            plots.append(plot)
     return plots
 
 
-def write_plots(records: list[RunRecord], folder: Path, metric: str = "map") -> list[Plot]:
-    plots = make_plots(records, metric)
+def write_plots(
+    records: list[RunRecord], folder: Path, metric: str = "map", captions: dict[str, str] | None = None
+) -> list[Plot]:
+    plots = make_plots(records, metric, captions)
     for plot in plots:
         save_plot(plot, folder)
     return plots

@@ -7,7 +7,7 @@ best mean of each column in bold; written as Markdown, LaTeX (booktabs), CSV and
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from hashbench.errors import UserError
 from hashbench.metric_table import MetricInfo, metric_info
 from hashbench.results_frame import (
     ID_COLUMNS,
+    column_captions,
     dataset_columns,
     frame_from_records,
     load_runs,
@@ -35,6 +36,7 @@ class SummaryTable:
     std: pd.DataFrame
     count: pd.DataFrame
     info: MetricInfo | None = None
+    captions: dict[str, str] = field(default_factory=dict)  # dataset column → what was run there
 
     def __post_init__(self) -> None:
         if self.info is None:
@@ -82,13 +84,18 @@ def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
 
     cutoffs = sorted({int(k) for k in ok["map_k"].dropna()}) if "map_k" in ok else []
     map_k = cutoffs[0] if len(cutoffs) == 1 else ("k" if not cutoffs else "/".join(map(str, cutoffs)))
-    return SummaryTable(metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k))
+    return SummaryTable(
+        metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k), column_captions(ok)
+    )
 
 
 def to_markdown(table: SummaryTable) -> str:
     best = table.best()
     header = ["method", *[f"{dataset} {bits} bits" for dataset, bits in table.mean.columns]]
     lines = [table.title, ""]
+    lines += [f"- {caption}" for caption in table.captions.values()]
+    if table.captions:
+        lines.append("")
     lines.append("| " + " | ".join(header) + " |")
     lines.append("| --- |" + " ---: |" * (len(header) - 1))
     for row in table.mean.index:
@@ -112,6 +119,8 @@ def to_latex(table: SummaryTable) -> str:
     datasets = list(dict.fromkeys(dataset for dataset, _ in columns))
     lines = [
         r"% requires \usepackage{booktabs}",
+        f"% {table.title}",
+        *(f"% {caption}" for caption in table.captions.values()),
         r"\begin{tabular}{l" + "r" * len(columns) + "}",
         r"\toprule",
     ]
@@ -145,7 +154,9 @@ def to_html(table: SummaryTable) -> str:
     datasets = list(dict.fromkeys(dataset for dataset, _ in columns))
     parts = [
         "<table class=\"hashbench\">",
-        f"<caption>{html.escape(table.title)}</caption>",
+        f"<caption>{html.escape(table.title)}"
+        + "".join(f"<br><small>{html.escape(caption)}</small>" for caption in table.captions.values())
+        + "</caption>",
         "<thead><tr><th rowspan=\"2\">method</th>",
     ]
     for dataset in datasets:
@@ -272,6 +283,10 @@ figure { margin: 1em 0 2em; } figure img { max-width: 100%; } figcaption { font-
 """
 
 
+FIGURE_PIXELS_PER_INCH = 100
+FIGURE_TITLES = {"pr": "precision–recall within Hamming radius r", "precision_at_k": "precision@k"}
+
+
 def html_report(
     results: Path,
     table: SummaryTable,
@@ -327,9 +342,13 @@ def html_report(
             for plot in (p for p in plots if p.dataset == dataset):
                 png = base64.b64encode(plot.paths["png"].read_bytes()).decode("ascii")
                 pdf = os.path.relpath(plot.paths["pdf"], out)
+                # One scale for every figure: the width follows the figure's size in inches.
+                width = round(plot.figure.get_figwidth() * FIGURE_PIXELS_PER_INCH)
+                title = FIGURE_TITLES.get(plot.kind) or f"{table.info.label} versus bits"
                 parts.append(
-                    f"<figure><img alt=\"{html.escape(plot.kind)} for {html.escape(dataset)}\" src=\"data:image/png;base64,{png}\">"
-                    f"<figcaption>{html.escape(plot.kind.replace('_', ' '))} · <a href=\"{html.escape(pdf)}\">PDF</a></figcaption></figure>"
+                    f"<figure><img style=\"width: {width}px\" alt=\"{html.escape(title)} for {html.escape(dataset)}\" "
+                    f"src=\"data:image/png;base64,{png}\"><figcaption><b>{html.escape(title)}</b> · "
+                    f"{html.escape(plot.caption)} · <a href=\"{html.escape(pdf)}\">PDF</a></figcaption></figure>"
                 )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
@@ -398,7 +417,7 @@ def write_report(
     if plots:
         from hashbench.plots import write_plots
 
-        figures = write_plots(records, out / "plots", metric)
+        figures = write_plots(records, out / "plots", metric, table.captions)
         for plot in figures:
             for extension, path in plot.paths.items():
                 paths[f"plot_{plot.kind}_{plot.dataset}_{extension}"] = path

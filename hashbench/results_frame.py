@@ -73,26 +73,71 @@ def load_runs(results: Path, *, include_stale: bool = False) -> tuple[pd.DataFra
     return frame_from_records(records), warnings
 
 
+def default_params(method: str) -> dict[str, Any] | None:
+    """The installed method's default hyperparameters (None when it is not installed)."""
+    from hashbench import registry
+    from hashbench.errors import UserError
+    from hashbench.params import params_to_dict
+
+    try:
+        return json.loads(json.dumps(params_to_dict(registry.get_method(method).Params())))
+    except (UserError, TypeError):
+        return None
+
+
 def row_labels(frame: pd.DataFrame) -> pd.Series:
-    """The method name, plus what differs when a method ran with several parameter sets or
-    versions (a row per distinct setting, so overridden runs never pass for default ones)."""
+    """The method name, plus the parameters a run set away from the defaults or that differ
+    between its runs, and its version when several are shown: a row per distinct setting,
+    so overridden runs never pass for default ones."""
     labels = frame["method"].astype(str).copy()
     versioned = frame.get("method_version")
     for method, group in frame.groupby("method"):
         variants = group["params"].unique()
         versions = versioned[group.index].unique() if versioned is not None else []
-        if len(variants) < 2 and len(versions) < 2:
-            continue
         decoded = {variant: json.loads(variant) for variant in variants}
+        defaults = default_params(str(method)) or {}
         keys = sorted({key for params in decoded.values() for key in params})
-        differing = [key for key in keys if len({json.dumps(p.get(key)) for p in decoded.values()}) > 1]
+        shown = [
+            key
+            for key in keys
+            if len({json.dumps(p.get(key)) for p in decoded.values()}) > 1
+            or any(key in defaults and json.dumps(p.get(key)) != json.dumps(defaults[key]) for p in decoded.values())
+        ]
+        if not shown and len(versions) < 2:
+            continue
         for index in group.index:
             params = decoded[frame.at[index, "params"]]
-            parts = [f"{key}={params.get(key)}" for key in differing]
+            parts = [f"{key}={params.get(key)}" for key in shown]
             if len(versions) > 1:
                 parts.insert(0, f"v{frame.at[index, 'method_version']}")
             labels[index] = f"{method} ({', '.join(parts)})"
     return labels
+
+
+def column_captions(frame: pd.DataFrame) -> dict[str, str]:
+    """Per dataset column: what was run there (protocol and its cut-off k, seeds per cell,
+    profile, rows with overridden parameters), for table and figure captions."""
+    frame = frame.assign(column_dataset=dataset_columns(frame), label=row_labels(frame))
+    captions = {}
+    for column, group in frame.groupby("column_dataset", sort=True):
+        parts = [str(column)]
+        protocols = sorted(group["protocol"].astype(str).unique())
+        parts.append(f"protocol {', '.join(protocols)}")
+        cutoffs = sorted({int(k) for k in group["map_k"].dropna()}) if "map_k" in group else []
+        if cutoffs:
+            parts.append(f"mAP@k with k = {', '.join(map(str, cutoffs))}")
+        counts = group.groupby(["label", "bits"]).size()
+        low, high = int(counts.min()), int(counts.max())
+        parts.append(f"{low if low == high else f'{low}–{high}'} seed{'s' if high != 1 else ''} per cell")
+        profiles = sorted({str(p) for p in group["profile"].dropna()}) if "profile" in group else []
+        if profiles:
+            note = " (CPU settings for small images, not the papers')" if "tiny" in profiles else ""
+            parts.append(f"profile {', '.join(profiles)}{note}")
+        overridden = sorted({label for label in group["label"] if "(" in label})
+        if overridden:
+            parts.append(f"parameters set: {'; '.join(overridden)}")
+        captions[str(column)] = " · ".join(parts)
+    return captions
 
 
 def dataset_columns(frame: pd.DataFrame) -> list[str]:

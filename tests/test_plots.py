@@ -132,3 +132,54 @@ def test_report_without_plots(invoke, grid, tmp_path):
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "out" / "plots").exists()
     assert "data:image/png" not in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_each_method_keeps_one_colour_in_every_panel_and_the_legend_names_it(tmp_path):
+    from matplotlib.colors import to_hex
+
+    results = tmp_path / "partial"
+    # A partial grid: lsh at both lengths, itq only at 16 bits, pcah only at 8.
+    run_grid(GridSpec(methods=["lsh"], bits=[8, 16], results=results))
+    run_grid(GridSpec(methods=["itq"], bits=[16], results=results))
+    run_grid(GridSpec(methods=["pcah"], bits=[8], results=results))
+    records, _ = read_records(results)
+    colours: dict[str, str] = {}
+    for plot in make_plots(records):
+        (legend,) = plot.figure.legends
+        legend_colours = {
+            text.get_text(): to_hex(handle.get_color()) for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)
+        }
+        for axes in plot.figure.axes:
+            for line in axes.get_lines():
+                label = line.get_label()
+                if label.startswith("_"):
+                    continue  # matplotlib's own (error-bar parts)
+                assert legend_colours[label] == to_hex(line.get_color()), (plot.kind, label)
+                assert colours.setdefault(label, to_hex(line.get_color())) == to_hex(line.get_color())
+        assert set(legend_colours) <= {"lsh", "itq", "pcah"}
+    assert len(set(colours.values())) == 3
+
+
+def test_one_seed_has_no_error_bars_and_the_axis_starts_at_zero(tmp_path):
+    results = tmp_path / "one-seed"
+    run_grid(GridSpec(methods=["itq"], bits=[16, 32], results=results))
+    records, _ = read_records(results)
+    (plot,) = [p for p in make_plots(records) if p.kind == "map_vs_bits"]
+    (axes,) = plot.figure.axes
+    assert axes.get_ylim()[0] == 0
+    assert "one seed" in axes.get_ylabel() and "±" not in axes.get_ylabel()
+    assert not axes.containers  # errorbar() adds a container; plot() does not
+
+
+def test_report_html_scales_every_figure_alike_and_captions_say_what_was_run(report):
+    out, paths = report
+    page = paths["report"].read_text()
+    widths = {int(w) for w in re.findall(r'<img style="width: (\d+)px"', page)}
+    # Two code lengths: two-panel curves; one panel for mAP versus bits, at the same scale.
+    assert widths == {round((4.2 * 2 + 1.8) * 100), round((4.2 + 1.8) * 100)}
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 3
+    for caption in captions:
+        assert "protocol standard" in caption and "k = 100" in caption and "2 seeds per cell" in caption
+    table = paths["markdown"].read_text()
+    assert table.startswith("mAP@100 (mean ± std over seeds") and "protocol standard" in table
