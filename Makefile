@@ -18,9 +18,11 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-demo: venv
-	$(BIN)/hashbench run --methods lsh,pcah,itq,sh --bits 16,32,64 --results results/demo
-	$(BIN)/hashbench report --results results/demo --out reports/demo
+# Each step says how long it took (the first `make demo` spends most of it installing torch).
+demo:
+	@start=$$(date +%s); $(MAKE) --no-print-directory venv; echo "make demo: environment ready in $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); $(BIN)/hashbench run --methods lsh,pcah,itq,sh --bits 16,32,64 --results results/demo; echo "make demo: runs in $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); $(BIN)/hashbench report --results results/demo --out reports/demo; echo "make demo: report in $$(( $$(date +%s) - start )) s"
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -32,4 +34,4 @@ lint: venv
 	$(BIN)/ruff check hashbench methods datasets tests benchmarks
 
 clean:
-	rm -rf $(VENV) results/demo build dist *.egg-info
+	rm -rf $(VENV) results/demo reports/demo cibhash_gpu.json build dist *.egg-info
