@@ -37,6 +37,7 @@ class SummaryTable:
     count: pd.DataFrame
     info: MetricInfo | None = None
     captions: dict[str, str] = field(default_factory=dict)  # dataset column → what was run there
+    runs: pd.DataFrame | None = None  # ok runs per cell, whether or not they hold the metric
 
     def __post_init__(self) -> None:
         if self.info is None:
@@ -60,7 +61,30 @@ class SummaryTable:
         text = self.info.formatted(mean)
         if count > 1:
             text += f" ± {self.info.formatted(0.0 if pd.isna(std) else std)}"
+        runs = self.run_count(row, column)
+        if count < runs:
+            text += f" (n={count} of {runs})"
         return text
+
+    def run_count(self, row: str, column: tuple) -> int:
+        if self.runs is None:
+            return int(self.count.at[row, column])
+        value = self.runs.at[row, column]
+        return 0 if pd.isna(value) else int(value)
+
+    def incomplete(self) -> list[str]:
+        """A warning for each cell whose mean leaves out runs that lack the metric (or hold NaN)."""
+        warnings = []
+        for row in self.mean.index:
+            for column in self.mean.columns:
+                count, runs = int(self.count.at[row, column]), self.run_count(row, column)
+                if count < runs:
+                    dataset, bits = column
+                    warnings.append(
+                        f"{row} on {dataset} at {bits} bits: {runs - count} of {runs} run(s) lack {self.metric} "
+                        f"(missing or NaN); the cell averages the other {count} and says n={count}"
+                    )
+        return warnings
 
 
 def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
@@ -74,7 +98,7 @@ def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
     ok["row"] = row_labels(ok)
     ok["column_dataset"] = dataset_columns(ok)
     grouped = ok.groupby(["row", "column_dataset", "bits"])[metric]
-    stats = grouped.agg(["mean", "std", "count"])
+    stats = grouped.agg(["mean", "std", "count", "size"])
     order = list(dict.fromkeys(ok.sort_values(["method", "row"])["row"]))
 
     def pivot(statistic: str) -> pd.DataFrame:
@@ -85,7 +109,8 @@ def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
     cutoffs = sorted({int(k) for k in ok["map_k"].dropna()}) if "map_k" in ok else []
     map_k = cutoffs[0] if len(cutoffs) == 1 else ("k" if not cutoffs else "/".join(map(str, cutoffs)))
     return SummaryTable(
-        metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k), column_captions(ok)
+        metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k), column_captions(ok),
+        pivot("size"),
     )
 
 
@@ -354,6 +379,14 @@ def html_report(
     return "\n".join(parts) + "\n"
 
 
+def _write(path: Path, text: str) -> None:
+    """Write one report file atomically; a full or read-only disk is one clear line."""
+    try:
+        atomic.write_text(path, text)
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror or error}; free some space or choose another --out") from None
+
+
 def write_report(
     results: Path,
     out: Path,
@@ -376,6 +409,7 @@ def write_report(
     if frame.empty:
         raise UserError(f"no run records under {results}; run `hashbench run --results {results}` first")
     table = summarise(frame, metric)
+    warnings += table.incomplete()
     comparison, published_source = None, None
     if published:
         path = builtin_path() if published is True else Path(published)
@@ -400,24 +434,27 @@ def write_report(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"report folder {out} cannot be created ({error.strerror}); choose another with --out") from error
-    atomic.write_text(paths["markdown"], to_markdown(table))
-    atomic.write_text(paths["latex"], to_latex(table))
-    atomic.write_text(paths["html"], to_html(table))
-    atomic.write_text(paths["csv"], to_csv(table))
-    atomic.write_text(paths["runs"], frame.to_csv(index=False))
+    _write(paths["markdown"], to_markdown(table))
+    _write(paths["latex"], to_latex(table))
+    _write(paths["html"], to_html(table))
+    _write(paths["csv"], to_csv(table))
+    _write(paths["runs"], frame.to_csv(index=False))
     timings = timing_table(frame)
-    atomic.write_text(paths["timings_markdown"], timing_markdown(timings))
-    atomic.write_text(paths["timings_csv"], timings.to_csv(index=False, float_format="%.6f"))
+    _write(paths["timings_markdown"], timing_markdown(timings))
+    _write(paths["timings_csv"], timings.to_csv(index=False, float_format="%.6f"))
     if comparison is not None:
         paths["published_markdown"] = out / f"published-{stem}.md"
         paths["published_csv"] = out / f"published-{stem}.csv"
-        atomic.write_text(paths["published_markdown"], comparison_markdown(comparison, metric, published_source))
-        atomic.write_text(paths["published_csv"], comparison.to_csv(index=False, float_format="%.6f"))
+        _write(paths["published_markdown"], comparison_markdown(comparison, metric, published_source))
+        _write(paths["published_csv"], comparison.to_csv(index=False, float_format="%.6f"))
     figures = []
     if plots:
         from hashbench.plots import write_plots
 
-        figures = write_plots(records, out / "plots", metric, table.captions)
+        try:
+            figures = write_plots(records, out / "plots", metric, table.captions)
+        except OSError as error:
+            raise UserError(f"cannot write the plots into {out / 'plots'}: {error.strerror or error}; choose another --out") from None
         for plot in figures:
             for extension, path in plot.paths.items():
                 paths[f"plot_{plot.kind}_{plot.dataset}_{extension}"] = path
@@ -426,7 +463,7 @@ def write_report(
         warnings.append(f"{failed} run(s) did not finish ok and are left out of the table")
     paths["report"] = out / "report.html"
     notes = [f"{failed} run(s) did not finish ok and are left out."] if failed else []
-    atomic.write_text(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes))
+    _write(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes))
     return table, paths, warnings
 
 

@@ -7,6 +7,7 @@ reason and the grid goes on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import time
@@ -130,6 +131,9 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
         raise UserError("no methods given; pass --methods (see `hashbench list`)")
     if not spec.datasets:
         raise UserError("no datasets given; pass --datasets (see `hashbench list`)")
+    for name, values in (("bits", spec.bits), ("seeds", spec.seeds)):
+        if not values:
+            raise UserError(f"no {name} given: the grid would be empty; pass --{name} (e.g. --{name} {'16,32,64' if name == 'bits' else '0'})")
     _positive_ints(spec.bits, "--bits")
     for seed in [*spec.seeds, spec.split_seed]:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
@@ -252,6 +256,9 @@ def run_cell(
             stored = store.stored_state(cell.identity, cell.method_version, cell.protocol_version)
             if stored.status is Status.OK:
                 return CellOutcome(cell, Status.OK, stored.record, reused=True)
+        # The saved manifest is what the record will point at: check it is still the split
+        # in use (an edited or truncated file is rewritten from the draw in memory).
+        data.manifest.save(store.splits_dir)
         run_dir = store.run_dir(key)
         run_dir.mkdir(parents=True, exist_ok=True)
         started = _now()
@@ -284,7 +291,8 @@ def run_cell(
             if isinstance(error, KeyboardInterrupt):
                 raise
             outcome.update(status=Status.FAILED, error=f"{type(error).__name__}: {error}")
-            atomic.write_text(run_dir / LOG_NAME, traceback.format_exc())
+            with contextlib.suppress(OSError):  # the record below says why; the log is a bonus
+                atomic.write_text(run_dir / LOG_NAME, traceback.format_exc())
         timings["total"] = sum(timings.values())
         record = RunRecord(
             key=key,
@@ -316,7 +324,11 @@ def run_cell(
             finished=_now(),
             **outcome,
         )
-        store.write_record(record)
+        try:
+            store.write_record(record)
+        except OSError as error:  # a full or read-only disk: this cell fails, the grid goes on
+            reason = f"could not write the run record in {run_dir}: {error.strerror or error}"
+            return CellOutcome(cell, Status.FAILED, None, reason)
         return CellOutcome(cell, record.status, record, record.error)
     finally:
         lock.release()
@@ -422,10 +434,19 @@ def _job_data(job: CellJob, device: str) -> PreparedDataset:
     cache_key = (job.dataset, job.protocol, job.manifest_hash, spec.data_root, spec.cache_dir, spec.drop_bad_rows)
     if cache_key not in _job_data_cache:
         _job_data_cache.clear()
-        manifest = SplitManifest.load(Path(job.manifest))
-        if manifest.hash != job.manifest_hash:
+        try:
+            manifest = SplitManifest.load(Path(job.manifest))
+        except UserError:
+            manifest = None  # damaged since planning: drawn again below
+        if manifest is not None and manifest.hash != job.manifest_hash:
             raise UserError(f"split manifest {job.manifest} changed since the grid was planned; rerun the grid")
         data = prepare_dataset(job.dataset, job.protocol, spec, device, manifest=manifest)
+        if data.manifest.hash != job.manifest_hash:
+            raise UserError(
+                f"split manifest {job.manifest} is damaged and drawing {job.dataset}/{job.protocol} with split seed "
+                f"{spec.split_seed} again gives another split (the data or the protocol changed); rerun the grid"
+            )
+        data.manifest.save(Path(job.manifest).parent)
         data.manifest_path = Path(job.manifest)
         _job_data_cache[cache_key] = data
     return _job_data_cache[cache_key]

@@ -175,9 +175,16 @@ class SplitManifest:
         return value
 
     def save(self, folder: Path) -> Path:
+        """Write the manifest, unless an identical one is there; a damaged or edited file of
+        this name (the name holds this split's hash) is rewritten."""
         path = Path(folder) / self.file_name
-        if not path.exists():
-            atomic.write_json(path, self.to_json())
+        if path.is_file():
+            try:
+                if SplitManifest.load(path).hash == self.hash:
+                    return path
+            except UserError:
+                pass  # unreadable or not matching its own hash: rewrite it below
+        atomic.write_json(path, self.to_json())
         return path
 
     @classmethod

@@ -223,3 +223,56 @@ def test_codes_hash_in_the_record_matches_the_file(results):
         assert item.record.codes_sha256 and store.codes_whole(item.record)
         with np.load(store.run_dir(item.record.key) / "codes.npz") as codes:
             assert codes["query_codes"].shape[0] == item.record.split.sizes["query"]
+
+
+def test_a_seed_without_the_metric_is_named_and_the_cell_says_how_many_it_averages(results, invoke):
+    (path,) = [p for p in _record_paths(results, "itq") if "-16b-" in str(p)]
+    seeds = GridSpec(methods=["itq"], bits=[16], seeds=[1, 2], results=results)
+    run_grid(seeds)
+    value = json.loads(path.read_text())
+    value["metrics"]["map_all"] = float("nan")
+    path.write_text(json.dumps(value))
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots", "--metric", "map_all")
+    assert report.exit_code == 0, report.output
+    assert "itq on digits at 16 bits: 1 of 3 run(s) lack map_all" in report.output
+    assert "(n=2 of 3)" in (results.parent / "report" / "map_all.md").read_text()
+
+
+def test_a_method_that_calls_sys_exit_fails_its_cell_only(tmp_path, invoke):
+    plugin = tmp_path / "exiting.py"
+    plugin.write_text(
+        "import sys\n"
+        "from hashbench.method import HashingMethod\n"
+        "from hashbench.registry import register_method\n\n"
+        "@register_method\n"
+        "class Exiting(HashingMethod):\n"
+        "    name = 'exiting'\n"
+        "    description = 'calls sys.exit in fit'\n"
+        "    def fit(self, train, val=None):\n"
+        "        sys.exit(3)\n"
+        "    def encode(self, split):\n"
+        "        raise AssertionError\n"
+    )
+    results = tmp_path / "results"
+    result = invoke("--plugin", plugin, "run", "--methods", "exiting,lsh", "--bits", "8", "--results", results)
+    assert result.exit_code == 1
+    records = {r.method: r for r in (RunRecord.from_json(json.loads(p.read_text())) for p in results.glob("runs/*/run.json"))}
+    assert records["exiting"].status is Status.FAILED and records["exiting"].error == "SystemExit: 3"
+    assert records["lsh"].ok
+
+
+def test_an_edited_manifest_is_rewritten_from_the_draw_before_the_next_cell(results):
+    (manifest,) = results.glob("splits/*.json")
+    original = json.loads(manifest.read_text())
+    edited = dict(original, query=original["query"][1:])
+    manifest.write_text(json.dumps(edited))
+    run_grid(GridSpec(methods=["lsh"], bits=[24], results=results))
+    assert json.loads(manifest.read_text()) == original
+
+
+def test_an_empty_grid_is_refused(invoke, tmp_path):
+    config = tmp_path / "grid.toml"
+    config.write_text('methods = ["lsh"]\nbits = []\n')
+    result = invoke("run", "--config", config, "--results", tmp_path / "results")
+    assert result.exit_code == 2 and "no bits given" in result.output
+    assert not (tmp_path / "results").exists()
