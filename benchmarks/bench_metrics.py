@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashbench.metrics import evaluate, mean_average_precision
+from hashbench.metrics import DEFAULT_KS, evaluate, mean_average_precision
+from hashbench.metrics.engine import thread_count
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,27 @@ def synthetic(scale: Scale, bits: int, seed: int = 0):
     )
 
 
+def _signs(packed: np.ndarray, bits: int) -> np.ndarray:
+    return np.unpackbits(packed, axis=1, count=bits).astype(np.float32) * 2 - 1
+
+
+def _average_precision(ranked: np.ndarray) -> float:
+    """AP of a ranked 0/1 relevance vector: mean of the precision at each relevant item."""
+    hits = int(ranked.sum())
+    if hits == 0:
+        return 0.0
+    count = np.linspace(1, hits, hits)
+    positions = np.flatnonzero(ranked == 1) + 1.0
+    return float(np.mean(count / positions))
+
+
 def argsort_reference_map(query_packed, database_packed, query_labels, database_labels, bits, topk):
     """mAP@topk the way research code computes it (DeepHash-pytorch's CalcTopMap): float
     Hamming distances from a +-1 inner product, one argsort per query. ``kind="stable"`` so
     ties are broken by database index like hashbench (research code uses the default
     quicksort, whose tie order is implementation-defined). Returns per-query AP."""
-    query_signs = np.unpackbits(query_packed, axis=1, count=bits).astype(np.float32) * 2 - 1
-    database_signs = np.unpackbits(database_packed, axis=1, count=bits).astype(np.float32) * 2 - 1
+    query_signs = _signs(query_packed, bits)
+    database_signs = _signs(database_packed, bits)
     query_float = query_labels.astype(np.float32)
     database_float = database_labels.astype(np.float32)
     aps = np.zeros(query_signs.shape[0])
@@ -79,13 +94,109 @@ def argsort_reference_map(query_packed, database_packed, query_labels, database_
         relevant = (query_float[i] @ database_float.T > 0).astype(np.float32)
         hamming = 0.5 * (bits - query_signs[i] @ database_signs.T)
         ranked = relevant[np.argsort(hamming, kind="stable")][:topk]
-        hits = int(ranked.sum())
-        if hits == 0:
-            continue
-        count = np.linspace(1, hits, hits)
-        positions = np.flatnonzero(ranked == 1) + 1.0
-        aps[i] = np.mean(count / positions)
+        aps[i] = _average_precision(ranked)
     return aps
+
+
+def metrics_of_rankings(rankings, topk: int, ks, bits: int) -> dict:
+    """The metrics of hashbench's ``evaluate`` but the tie-aware ones, straight from each
+    query's whole ranking: (sorted distances, relevance in ranked order) pairs."""
+    rows = {"map": [], "map_all": [], "precision_at_k": [], "recall_at_k": []}
+    rows.update(pr_precision=[], pr_recall=[])
+    radii = np.arange(bits + 1)
+    for distances, relevance in rankings:
+        ranked = relevance.astype(np.int64)  # exact counts (float32 sums round)
+        size = ranked.size
+        positives = ranked.sum()
+        hits = np.cumsum(ranked)
+        cut = [min(k, size) for k in ks]
+        rows["map"].append(_average_precision(ranked[:topk]))
+        rows["map_all"].append(_average_precision(ranked))
+        rows["precision_at_k"].append([hits[k - 1] / k for k in cut])
+        rows["recall_at_k"].append([hits[k - 1] / positives if positives else 0.0 for k in cut])
+        within = np.searchsorted(distances, radii, side="right")
+        relevant_within = np.where(within > 0, hits[np.maximum(within, 1) - 1], 0)
+        rows["pr_precision"].append(
+            np.where(within > 0, relevant_within / np.maximum(within, 1), 0.0)
+        )
+        rows["pr_recall"].append(relevant_within / positives if positives else np.zeros(bits + 1))
+    return {name: np.mean(values, axis=0) for name, values in rows.items()}
+
+
+def argsort_reference_full(
+    query_packed, database_packed, query_labels, database_labels, bits, topk, ks
+):
+    """The full metric set (but the tie-aware values) from one stable argsort per query."""
+    query_signs = _signs(query_packed, bits)
+    database_signs = _signs(database_packed, bits)
+    query_float = query_labels.astype(np.float32)
+    database_float = database_labels.astype(np.float32)
+
+    def rankings():
+        for i in range(query_signs.shape[0]):
+            relevant = (query_float[i] @ database_float.T > 0).astype(np.float32)
+            hamming = 0.5 * (bits - query_signs[i] @ database_signs.T)
+            order = np.argsort(hamming, kind="stable")
+            yield hamming[order], relevant[order]
+
+    return metrics_of_rankings(rankings(), topk, ks, bits)
+
+
+def faiss_rankings(query_packed, database_packed, query_labels, database_labels, k, batch):
+    """(sorted distances, relevance in ranked order) of the top k of each query, from faiss's
+    exhaustive binary index (padding bits of packed codes are zero, so distances agree)."""
+    import faiss
+
+    index = faiss.IndexBinaryFlat(8 * database_packed.shape[1])
+    index.add(np.ascontiguousarray(database_packed))
+    for start in range(0, query_packed.shape[0], batch):
+        stop = min(start + batch, query_packed.shape[0])
+        distances, ids = index.search(np.ascontiguousarray(query_packed[start:stop]), k)
+        relevant = (database_labels[ids] & query_labels[start:stop, None, :]).any(-1)
+        for row in range(stop - start):
+            yield distances[row], relevant[row].astype(np.float32)
+
+
+def faiss_map(query_packed, database_packed, query_labels, database_labels, topk):
+    """Per-query AP@topk from faiss's top-topk search."""
+    rankings = faiss_rankings(
+        query_packed, database_packed, query_labels, database_labels, topk, batch=64
+    )
+    return np.array([_average_precision(ranked) for _, ranked in rankings])
+
+
+def faiss_full(query_packed, database_packed, query_labels, database_labels, bits, topk, ks):
+    """The metrics of :func:`metrics_of_rankings` from faiss's whole rankings (k = database)."""
+    rankings = faiss_rankings(
+        query_packed,
+        database_packed,
+        query_labels,
+        database_labels,
+        database_packed.shape[0],
+        batch=8,
+    )
+    return metrics_of_rankings(rankings, topk, ks, bits)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def same_metrics(result, reference: dict, ks) -> bool:
+    """hashbench's result equals a reference's metrics (to rounding)."""
+    values = [
+        (result.map, reference["map"]),
+        (result.map_all, reference["map_all"]),
+        (np.array([result.precision_at_k[k] for k in ks]), reference["precision_at_k"]),
+        (np.array([result.recall_at_k[k] for k in ks]), reference["recall_at_k"]),
+        (result.pr_precision, reference["pr_precision"]),
+        (result.pr_recall, reference["pr_recall"]),
+    ]
+    return all(np.allclose(ours, theirs, rtol=0, atol=1e-9) for ours, theirs in values)
 
 
 def timed(function, repeat: int):
@@ -108,7 +219,9 @@ def peak_bytes(function) -> int:
     return peak
 
 
-def run_case(scale: Scale, bits: int, repeat: int, reference_queries: int, gpu: bool) -> dict:
+def run_case(
+    scale: Scale, bits: int, repeat: int, reference_queries: int, use_faiss: bool, gpu: bool
+) -> dict:
     query, database, query_labels, database_labels = synthetic(scale, bits)
     args = (query, database, query_labels, database_labels)
     seconds_map, value_map = timed(
@@ -128,20 +241,36 @@ def run_case(scale: Scale, bits: int, repeat: int, reference_queries: int, gpu: 
         "seconds_map": seconds_map,
         "seconds_full": seconds_full,
         "peak_mib": peak / 2**20,
-        "same_map_paths": abs(value_map - result.map) < 1e-12,
+        "same": {"mAP-only path": abs(value_map - result.map) < 1e-12},
     }
     if reference_queries:
         count = min(reference_queries, scale.queries)
-        start = time.perf_counter()
-        reference = argsort_reference_map(
-            query[:count], database, query_labels[:count], database_labels, bits, scale.topk
-        )
-        per_query = (time.perf_counter() - start) / count
-        row["reference_seconds"] = per_query * scale.queries
+        subset = (query[:count], database, query_labels[:count], database_labels)
+        ours = evaluate(*subset, bits=bits, topk=scale.topk)
+        scaled = scale.queries / count  # reference times are per query, for all queries
+        references = {
+            "argsort": (
+                lambda: argsort_reference_map(*subset, bits, scale.topk),
+                lambda: argsort_reference_full(*subset, bits, scale.topk, DEFAULT_KS),
+            )
+        }
+        if use_faiss:
+            references["faiss"] = (
+                lambda: faiss_map(*subset, scale.topk),
+                lambda: faiss_full(*subset, bits, scale.topk, DEFAULT_KS),
+            )
+        for name, (map_only, full) in references.items():
+            start = time.perf_counter()
+            aps = map_only()
+            row[f"{name}_map"] = (time.perf_counter() - start) * scaled
+            start = time.perf_counter()
+            metrics = full()
+            row[f"{name}_full"] = (time.perf_counter() - start) * scaled
+            row["same"][name] = bool(
+                np.allclose(ours.per_query_ap, aps, rtol=0, atol=1e-9)
+                and same_metrics(ours, metrics, DEFAULT_KS)
+            )
         row["reference_queries"] = count
-        row["ratio"] = row["reference_seconds"] / seconds_map
-        ours = result.per_query_ap[:count]
-        row["same_map"] = bool(np.allclose(ours, reference, rtol=0, atol=1e-9))
     if gpu:
         import torch
 
@@ -156,27 +285,31 @@ def run_case(scale: Scale, bits: int, repeat: int, reference_queries: int, gpu: 
 
         on_gpu()  # warm-up: CUDA context, kernels
         row["seconds_gpu"], gpu_result = timed(on_gpu, repeat)
-        row["same_gpu"] = all(
+        row["same"]["gpu"] = all(
             np.isclose(gpu_result.to_dict()[key], result.to_dict()[key], rtol=0, atol=1e-9)
             for key in ("map", "map_all", "map_tie_aware", "map_optimistic", "map_pessimistic")
         )
     return row
 
 
-def format_row(row: dict) -> str:
+def _seconds(row: dict, key: str) -> str:
+    return f"{row[key]:.2f}" if key in row else "-"
+
+
+def format_row(row: dict, references: bool, gpu: bool) -> str:
     text = (
         f"| {row['scale']} | {row['bits']} | {row['map']:.4f} | {row['map_tie_aware']:.4f} | "
-        f"{row['span']:.4f} | {row['seconds_map']:.2f} | {row['seconds_full']:.2f} | "
-        f"{row['peak_mib']:.0f} |"
+        f"{row['span']:.4f} | {row['seconds_map']:.2f} |"
     )
-    if "ratio" in row:
-        text += (
-            f" {row['reference_seconds']:.1f} ({row['reference_queries']} q) | "
-            f"{row['ratio']:.0f}x | {row['same_map'] and row['same_map_paths']} |"
-        )
-    if "seconds_gpu" in row:
-        text += f" {row['seconds_gpu']:.3f} | {row['same_gpu']} |"
-    return text
+    if references:
+        text += f" {_seconds(row, 'argsort_map')} | {_seconds(row, 'faiss_map')} |"
+    text += f" {row['seconds_full']:.2f} |"
+    if references:
+        text += f" {_seconds(row, 'argsort_full')} | {_seconds(row, 'faiss_full')} |"
+    if gpu:
+        text += f" {row['seconds_gpu']:.3f} |"
+    same = ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in row["same"].items())
+    return text + f" {row['peak_mib']:.0f} | {same} |"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,24 +321,46 @@ def main(argv: list[str] | None = None) -> None:
         "--reference-queries",
         type=int,
         default=300,
-        help="queries timed with the argsort reference (its time is scaled to all queries); "
-        "0 skips it",
+        help="queries timed with the argsort reference and faiss (their times are scaled to "
+        "all queries); 0 skips them",
     )
+    parser.add_argument("--no-faiss", action="store_true", help="skip faiss even when importable")
     parser.add_argument("--gpu", action="store_true", help="also time CUDA tensors")
     options = parser.parse_args(argv)
-    header = "| scale | bits | mAP@k | tie-aware | opt-pess span | s mAP only | s full | peak MiB |"
-    if options.reference_queries:
-        header += " s argsort reference | ratio | same mAP |"
+    references = options.reference_queries > 0
+    use_faiss = references and not options.no_faiss and faiss_available()
+    if use_faiss:
+        import faiss
+
+        faiss.omp_set_num_threads(thread_count())  # the threads hashbench uses
+    header = "| scale | bits | mAP@k | tie-aware | opt-pess span | s mAP only |"
+    if references:
+        header += " argsort | faiss |"
+    header += " s full |"
+    if references:
+        header += " argsort | faiss |"
     if options.gpu:
-        header += " s full on GPU | same on GPU |"
+        header += " s full on GPU |"
+    header += " peak MiB | same metrics |"
+    if references:
+        print(
+            f"argsort and faiss columns: timed on the first {options.reference_queries} queries "
+            "and scaled to all queries"
+            + ("" if use_faiss else "; faiss is not importable (pip install faiss-cpu), so -")
+        )
     print(header)
     print("|" + " --- |" * (header.count("|") - 1))
     for scale_name in options.scales.split(","):
         for bits in (int(b) for b in options.bits.split(",")):
             row = run_case(
-                SCALES[scale_name], bits, options.repeat, options.reference_queries, options.gpu
+                SCALES[scale_name],
+                bits,
+                options.repeat,
+                options.reference_queries,
+                use_faiss,
+                options.gpu,
             )
-            print(format_row(row), flush=True)
+            print(format_row(row, references, options.gpu), flush=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"process peak RSS {usage.ru_maxrss / 2**10:.0f} MiB")
 
