@@ -7,7 +7,7 @@ and, while a method trains, a line at most every ``HASHBENCH_PROGRESS_SECONDS`` 
 with the step, the latest loss, the elapsed time and an estimate of what is left.
 
 Modes: ``bar`` (rich's live bar), ``lines`` (plain lines, rate-limited), ``verbose`` (plain
-lines for every step), ``quiet`` (nothing but the final summary and errors).
+lines at most every 2 s), ``quiet`` (nothing but the final summary and errors).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ MODES = ("bar", "lines", "verbose", "quiet")
 ENVIRONMENT = "HASHBENCH_PROGRESS"
 INTERVAL_ENVIRONMENT = "HASHBENCH_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0
+VERBOSE_INTERVAL = 2.0
 
 
 def mode() -> str:
@@ -69,7 +70,7 @@ def steps(description: str, total: int, completed: int = 0) -> Iterator[Callable
         with _bar(description, total, completed) as advance:
             yield advance
         return
-    interval = 0.0 if current == "verbose" else _interval()
+    interval = VERBOSE_INTERVAL if current == "verbose" else _interval()
     start = last = time.monotonic()
     done = completed
 

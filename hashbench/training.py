@@ -62,6 +62,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hashbench import progress
 from hashbench.environment import seed_everything
 from hashbench.errors import UserError
 from hashbench.method import RunContext
@@ -414,7 +415,7 @@ class Trainer:
         validating = validate is not None and schedule.validate_every > 0
         last_checkpoint = time.monotonic()
 
-        with _progress(
+        with progress.steps(
             f"{self.name}", schedule.epochs * steps_per_epoch, start_epoch * steps_per_epoch
         ) as advance:
             for epoch in range(start_epoch + 1, schedule.epochs + 1):
@@ -500,38 +501,3 @@ class Trainer:
             "selected_epoch": result.selected_epoch,
             "selection": "best validation score" if validating else "last epoch (no validation)",
         }
-
-
-@contextlib.contextmanager
-def _progress(description: str, total: int, completed: int) -> Iterator[Callable[[str], None]]:
-    """A transient rich progress bar; ``advance(text)`` moves it one step."""
-    from rich.console import Console
-    from rich.errors import LiveError
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    try:
-        progress.start()
-    except LiveError:  # another live display that cannot nest (older rich): no bar
-        yield lambda text: None
-        return
-    task = progress.add_task(description, total=total, completed=completed)
-    try:
-        yield lambda text: progress.update(task, advance=1, description=text)
-    finally:
-        progress.stop()

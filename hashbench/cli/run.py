@@ -281,7 +281,7 @@ def grid_options(command: Callable) -> Callable:
 @click.option("--no-wait", is_flag=True, help="Slurm: submit and return; follow with `hashbench status`.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output: only the summary table and errors.")
 @click.option(
-    "--verbose", "-v", is_flag=True, help="Plain progress lines for every training step (default in a log: at most every 30 s)."
+    "--verbose", "-v", is_flag=True, help="Plain progress lines at most every 2 s while training (default in a log: every 30 s)."
 )
 def run_command(config_path: Path | None, quiet: bool, verbose: bool, **options) -> None:
     """Train and evaluate METHODS × DATASETS × BITS × SEEDS; finished runs are skipped."""
