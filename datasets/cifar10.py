@@ -9,9 +9,11 @@ five training batches then the test batch; ``groups`` holds ``train`` (50,000) a
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,21 +29,84 @@ TEST_BATCH = "test_batch"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles written by Python 3 use it for bytes, latin-1 only."""
+    if codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"the pickle encodes bytes with {encoding!r}, not latin-1")
+    return codecs.encode(text, "latin1")
+
+
+def _empty_bytes() -> bytes:
+    """``bytes()`` as pickles spell b"" (no arguments: ``bytes(n)`` would allocate n bytes)."""
+    return b""
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    """What the CIFAR python format needs: numpy's array reconstruction, and nothing else."""
+    try:
+        from numpy._core import multiarray, numeric  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray, numeric
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    # The release was pickled by numpy 1 as numpy.core; numpy 2 writes numpy._core.
+    for package in ("numpy.core", "numpy._core"):
+        allowed[f"{package}.multiarray", "_reconstruct"] = multiarray._reconstruct
+        allowed[f"{package}.multiarray", "scalar"] = multiarray.scalar
+        allowed[f"{package}.numeric", "_frombuffer"] = numeric._frombuffer  # pickle protocol 5
+    # Protocol-2 pickles written by Python 3 spell bytes as these calls.
+    allowed["_codecs", "encode"] = _latin1_encode
+    allowed["__builtin__", "bytes"] = allowed["builtins", "bytes"] = _empty_bytes
+    return allowed
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, bytes and numpy arrays; refuses every other global.
+
+    A plain ``pickle.load`` calls whatever the file names (``os.system`` included), so a
+    crafted batch file would run code as soon as hashbench reads it.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _allowed_globals().get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR batch never holds")
+        return allowed
+
+
+def load_batch_pickle(path: Path) -> Any:
+    """The unpickled content of a CIFAR batch file, through the restricted unpickler."""
+    with open(path, "rb") as handle:
+        # latin1: the release was pickled by Python 2, whose str holds the array bytes.
+        return _BatchUnpickler(handle, encoding="latin1").load()
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch → (uint8 images (n, 32, 32, 3), class ids (n,))."""
     try:
-        with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="latin1")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        labels = np.asarray(batch["labels"] if "labels" in batch else batch["fine_labels"], dtype=np.int64)
+        batch = load_batch_pickle(path)
     except FileNotFoundError:
         raise UserError(
             f"CIFAR-10 file {path} not found; run `hashbench data get cifar10` or extract "
             f"cifar-10-python.tar.gz so that {path.parent.name}/ lies under the data root"
         ) from None
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as error:
+    except OSError as error:
+        raise UserError(f"cannot read CIFAR-10 file {path} ({error.strerror or error})") from error
+    except pickle.UnpicklingError as error:
+        raise UserError(
+            f"CIFAR-10 file {path} is not a CIFAR python batch, refused unread ({error}); "
+            "replace it with the file from cifar-10-python.tar.gz"
+        ) from error
+    except Exception as error:  # a damaged pickle raises many types (EOFError, ValueError, IndexError, ...)
+        raise UserError(
+            f"CIFAR-10 file {path} is not a CIFAR python batch ({type(error).__name__}: {error}); "
+            "replace it with the file from cifar-10-python.tar.gz"
+        ) from error
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"] if "labels" in batch else batch["fine_labels"], dtype=np.int64)
+    except (KeyError, TypeError, ValueError, OverflowError) as error:
         raise UserError(f"CIFAR-10 file {path} is not a CIFAR python batch ({type(error).__name__}: {error})") from error
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] != labels.size:
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.ndim != 1 or data.shape[0] != labels.size:
         raise UserError(f"CIFAR-10 file {path}: expected data (n, 3072) and n labels, got {data.shape} and {labels.size}")
     # Rows are channel-planar (1024 R, 1024 G, 1024 B), as torchvision reads them.
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels

@@ -1,7 +1,9 @@
 """Atomic file writes: a killed process never leaves a half-written file behind.
 
 Each write goes to a temporary file in the same folder, is flushed to disk, then renamed
-over the target (``os.replace`` is atomic on POSIX and Windows).
+over the target (``os.replace`` is atomic on POSIX and Windows). A write that fails (a full,
+read-only or forbidden disk) removes its temporary file, leaves the old file as it was and
+raises :class:`WriteError`, which names the file.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from hashbench.errors import UserError
+
 # mkstemp creates files readable by their owner only; a results directory is often shared,
 # so give written files the permissions a plain open() would (0o666 less the umask).
 _UMASK = os.umask(0)
@@ -22,19 +26,41 @@ os.umask(_UMASK)
 _FILE_MODE = 0o666 & ~_UMASK
 
 
+class WriteError(UserError, OSError):
+    """A file could not be written (disk full, read-only, no permission).
+
+    An OSError, so code that survives a failed write (``except OSError``) still does, with
+    ``errno``, ``strerror`` and ``filename`` set; and a UserError, so the command line shows
+    it as one line: "cannot write PATH: No space left on device".
+    """
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        reason = error.strerror or str(error) or type(error).__name__
+        OSError.__init__(self, error.errno, reason, str(path))
+        self.path = Path(path)
+        self.message = f"cannot write {path}: {reason}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(descriptor, "wb") as handle:
             os.fchmod(handle.fileno(), _FILE_MODE)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError) and not isinstance(error, WriteError):
+            raise WriteError(path, error) from error
         raise
 
 

@@ -42,6 +42,10 @@ from typing import Any
 from hashbench.errors import UserError
 
 _LIST_KEYS = {"methods": str, "datasets": str, "bits": int, "seeds": int, "plugins": str}
+# Lists that must hold something (an empty one would make a grid of no cells), with an example.
+_NON_EMPTY = {"methods": '["lsh"]', "datasets": '["digits"]', "bits": "[16, 32, 64]", "seeds": "[0]"}
+# An experiment file is a few hundred bytes; anything this large is not one.
+MAX_CONFIG_BYTES = 1 << 20
 _SCALAR_KEYS = {
     "description": str,
     "split_seed": int,
@@ -102,13 +106,38 @@ def _slurm_table(value: Any, where: str) -> dict[str, Any]:
     return table
 
 
+def _read_text(path: Path) -> str:
+    """The file's text; anything that is not a readable UTF-8 text file is one clear error."""
+    if path.is_dir():
+        raise UserError(f"--config {path}: is a folder; name a TOML experiment file (see experiments/)")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise UserError(f"--config {path}: cannot read it ({error.strerror or error})") from error
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(
+            f"--config {path}: larger than {MAX_CONFIG_BYTES // 1024} KiB, so not an experiment file; "
+            "name a TOML experiment file (see experiments/)"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise UserError(
+            f"--config {path}: not UTF-8 text (byte {error.start}, line {line}); "
+            "a config file is TOML text (see experiments/), saved as UTF-8"
+        ) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise UserError(f"--config {path}: holds a NUL byte (line {line}), so it is not a text file; name a TOML experiment file")
+    return text
+
+
 def load_config(path: Path) -> dict[str, Any]:
     """Read and check a config file (paths in it are relative to the working directory)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise UserError(f"--config {path}: cannot read it ({error.strerror})") from error
+    text = _read_text(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -116,11 +145,16 @@ def load_config(path: Path) -> dict[str, Any]:
         # for something left open, which is then named by the file's last line.
         message = str(error).replace("(at end of document)", f"(at end of document, line {max(1, len(text.splitlines()))})")
         raise UserError(f"{path}: not valid TOML: {message}") from error
+    if not raw:
+        what = "is empty" if not text.strip() else "holds no settings"
+        raise UserError(f"{path}: {what}; write at least methods = [...] (see experiments/digits-quick.toml)")
     config: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}: {key}"
         if key in _LIST_KEYS:
             items = value if isinstance(value, list) else [value]
+            if not items and key in _NON_EMPTY:
+                raise UserError(f"{where}: an empty list runs nothing; give at least one, e.g. {key} = {_NON_EMPTY[key]}")
             config[key] = [_check_type(item, _LIST_KEYS[key], where) for item in items]
         elif key in _SCALAR_KEYS:
             config[key] = _check_type(value, _SCALAR_KEYS[key], where)

@@ -7,6 +7,7 @@ the loaders' output with the truth.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import pickle
 import struct
@@ -49,7 +50,35 @@ def _write_cifar_batch(path: Path, images: np.ndarray, ids: np.ndarray, label: s
         "data": planar,
         "filenames": [f"img_{row}.png" for row in range(images.shape[0])],
     }
-    path.write_bytes(pickle.dumps(batch, protocol=2))
+    path.write_bytes(python2_pickle(batch))
+
+
+class _Python2Pickler(pickle._Pickler):
+    """The pure-Python pickler, writing str and bytes as Python 2's str (BINSTRING opcodes)."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def _save_python2_str(self, obj):
+        data = obj.encode("latin1") if isinstance(obj, str) else bytes(obj)
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_python2_str
+    dispatch[bytes] = _save_python2_str
+
+
+def python2_pickle(value) -> bytes:
+    """``value`` pickled as the CIFAR release was: Python 2's cPickle, protocol 2, numpy 1.
+
+    Strings and the array bytes are Python 2 str (read back with encoding latin1 or bytes),
+    and arrays are rebuilt through numpy.core.multiarray._reconstruct.
+    """
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(value)
+    return buffer.getvalue().replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
 
 
 # -- MNIST / Fashion-MNIST ------------------------------------------------------------------------

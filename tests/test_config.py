@@ -195,3 +195,51 @@ def test_cibhash_paper_experiment_expands_to_the_papers_table(monkeypatch):
     assert {(c.method, c.dataset, c.bits, c.seed) for c in cells} == set(
         itertools.product(config["methods"], config["datasets"], [16, 32, 64], [0, 1, 2])
     )
+
+
+@pytest.mark.parametrize("key", ["methods", "datasets", "bits", "seeds"])
+def test_an_empty_list_is_refused_naming_the_key(tmp_path, key):
+    path = tmp_path / "empty.toml"
+    text = {"methods": 'methods = []\n'}.get(key, f'methods = ["lsh"]\n{key} = []\n')
+    path.write_text(text)
+    with pytest.raises(UserError, match=rf"{key}: an empty list runs nothing; give at least one, e.g. {key} = ") as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+
+
+def test_no_plugins_is_fine(tmp_path):
+    path = tmp_path / "grid.toml"
+    path.write_text('methods = ["lsh"]\nplugins = []\n')
+    assert load_config(path)["plugins"] == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"methods = [\"lsh\"]\n# caf\xe9 in latin-1\n", r"not UTF-8 text \(byte \d+, line 2\)"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", r"not UTF-8 text \(byte 0, line 1\)"),
+        (b"methods = [\"lsh\"]\n\x00\x00\x00", r"holds a NUL byte \(line 2\)"),
+        (b"", "is empty"),
+        (b"  \n\n", "is empty"),
+        (b"# nothing but a comment\n", "holds no settings"),
+        (b"\x00" * (2 << 20), "larger than 1024 KiB"),
+    ],
+)
+def test_a_file_that_is_not_a_config_is_one_clear_line(invoke, tmp_path, results, content, message):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    for command in ("run", "status"):
+        result = invoke(command, "--config", path, "--results", results)
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1 and str(path) in result.output
+    assert not results.exists()
+
+
+def test_a_folder_or_a_missing_file_is_one_clear_line(tmp_path):
+    with pytest.raises(UserError, match="is a folder; name a TOML experiment file"):
+        load_config(tmp_path)
+    with pytest.raises(UserError, match=r"cannot read it \(No such file or directory\)"):
+        load_config(tmp_path / "absent.toml")
