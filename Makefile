@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo example test bench lint clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo:
 	@start=$$(date +%s); $(MAKE) --no-print-directory venv; echo "make demo: environment ready in $$(( $$(date +%s) - start )) s"
 	@start=$$(date +%s); $(BIN)/hashbench run --methods lsh,pcah,itq,sh --bits 16,32,64 --results results/demo; echo "make demo: runs in $$(( $$(date +%s) - start )) s"
 	@start=$$(date +%s); $(BIN)/hashbench report --results results/demo --out reports/demo; echo "make demo: report in $$(( $$(date +%s) - start )) s"
+
+# The example report, its run records and the README's numbers (about 15-20 minutes on 2 cores).
+EXAMPLE_METHODS := lsh,pcah,itq,sh,cibhash,clhash,tbh,bgan,greedyhash,bihalf
+example: venv
+	$(BIN)/hashbench run --methods $(EXAMPLE_METHODS) --bits 16,32,64 --seeds 0,1,2 --results reports/digits/results --jobs 2
+	$(BIN)/hashbench report --results reports/digits/results --out reports/digits
+	$(BIN)/python tools/readme_numbers.py
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

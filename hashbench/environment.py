@@ -77,6 +77,25 @@ def _version(package: str) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1)
+def _cpu_model() -> str | None:
+    """The processor's name (Linux), so timings say what machine they come from."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _memory_gb() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def describe_environment(device: str) -> dict[str, Any]:
     import torch
 
@@ -92,7 +111,9 @@ def describe_environment(device: str) -> dict[str, Any]:
         "scikit_learn": _version("scikit-learn"),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "memory_gb": _memory_gb(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "argv": sys.argv[1:],
