@@ -7,8 +7,6 @@ from pathlib import Path
 
 import click
 
-from hashbench.report import write_report
-
 BUILTIN = "builtin"
 
 
@@ -45,6 +43,8 @@ BUILTIN = "builtin"
 def report_command(results: Path | None, out: Path, metric: str, published: str | None, plots: bool, include_stale: bool) -> None:
     """Write the table (Markdown, LaTeX, CSV, HTML), timings, plots (PNG, PDF) and report.html;
     print the table."""
+    from hashbench.report import write_report
+
     results = results or Path(os.environ.get("HASHBENCH_RESULTS") or "results")
     if not results.is_dir():
         raise click.UsageError(f"results directory {results} does not exist; run `hashbench run` first or pass --results")
