@@ -37,6 +37,7 @@ from hashbench.validate import (
     check_files,
     duplicates_after_first,
     refuse_or_drop,
+    require_inside,
 )
 
 # Split name → list file, in the order that defines the canonical order.
@@ -98,6 +99,7 @@ def read_list_files(folder: Path, num_classes: int) -> ImageTable:
     wrong_width: list[np.ndarray] = []
     bad_values: list[np.ndarray] = []
     for part_index, file_name in enumerate(LIST_FILES.values()):
+        require_inside(folder, folder / file_name)
         file_paths, file_labels, file_origins, file_width, file_values = read_list_file(folder / file_name, num_classes)
         paths += file_paths
         origins += file_origins
@@ -142,11 +144,14 @@ class ListProtocol(SplitProtocol):
                 "protocol lists needs the list files database.txt, test.txt and train.txt in the dataset "
                 "folder; these files were loaded from raw annotations, so use the standard protocol"
             )
-        return {
-            "query": arrays.groups["list_query"],
-            "database": arrays.groups["list_database"],
-            "train": arrays.groups["list_train"],
-        }
+        splits = {split_name: arrays.groups[f"list_{split_name}"] for split_name in ("query", "database", "train")}
+        empty = [file_name for split_name, file_name in LIST_FILES.items() if splits[split_name].size == 0]
+        if empty:
+            raise UserError(
+                f"protocol lists: {' and '.join(empty)} {'lists' if len(empty) == 1 else 'list'} no usable images, "
+                "and a run needs query (test.txt), database and train images; fill them in, or use the standard protocol"
+            )
+        return splits
 
     def summary(self) -> str:
         return f"{self.description}; the split seed does not change it; mAP@{self.topk}"

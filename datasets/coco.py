@@ -21,7 +21,7 @@ import numpy as np
 
 from hashbench.errors import UserError
 from hashbench.splits import SampledProtocol, with_validation
-from hashbench.validate import Finding, RowFaults, duplicates_after_first
+from hashbench.validate import Finding, RowFaults, duplicates_after_first, require_inside
 
 from ._listfiles import ImageFolderDataset, ImageTable, ListProtocol
 
@@ -92,6 +92,7 @@ class COCO(ImageFolderDataset):
         categories: list[dict] | None = None
         listed = 0
         for part, path in present.items():
+            require_inside(folder, path)
             instances = read_instances(path)
             file_categories = sorted(instances["categories"], key=lambda category: category["id"])
             if categories is None:

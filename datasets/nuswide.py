@@ -20,7 +20,7 @@ import numpy as np
 
 from hashbench.errors import UserError
 from hashbench.splits import SampledProtocol, with_validation
-from hashbench.validate import Finding, RowFaults, duplicates_after_first
+from hashbench.validate import Finding, RowFaults, duplicates_after_first, require_inside
 
 from ._listfiles import ImageFolderDataset, ImageTable, ListProtocol
 
@@ -90,8 +90,10 @@ class NUSWide(ImageFolderDataset):
         label_folder = folder / "Groundtruth" / "AllLabels"
         if not image_list.is_file() or not label_folder.is_dir():
             return None
-        lines = [line for line in image_list.read_text(errors="replace").splitlines() if line.strip()]
         label_files = sorted(label_folder.glob("Labels_*.txt"))
+        for path in (image_list, *label_files):
+            require_inside(folder, path)
+        lines = [line for line in image_list.read_text(errors="replace").splitlines() if line.strip()]
         if len(label_files) < NUM_CONCEPTS:
             raise UserError(
                 f"{label_folder} has {len(label_files)} Labels_<concept>.txt files; NUS-WIDE-21 needs at least {NUM_CONCEPTS}"

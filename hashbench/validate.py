@@ -4,7 +4,8 @@ Community list files and raw annotations are not trusted: published NUS-WIDE and
 disagree with each other, some carry all-zero label rows, and images go missing. Each row of
 a dataset's image table is checked for
 
-- a path that escapes the dataset folder (absolute, or with ``..``),
+- a path that escapes the dataset folder (absolute, with ``..``, or through a symbolic link
+  that leads out of it: paths are judged by where they really lead),
 - a missing image file, or (when decoding) an image that cannot be decoded,
 - duplicate paths, labels of the wrong width or with values other than 0/1,
 - all-zero label rows, and, for list files, query images that also appear in the database or
@@ -29,7 +30,7 @@ from hashbench.errors import UserError
 
 # Fault kinds, in the order they are reported, with what a count of them means.
 FAULTS: dict[str, str] = {
-    "escaping": "rows whose path escapes the dataset folder (absolute or with ..)",
+    "escaping": "rows whose path escapes the dataset folder (absolute, with .., or through a symbolic link)",
     "missing": "rows whose image file is missing",
     "unreadable": "rows whose image cannot be decoded",
     "duplicate": "rows repeating a path already listed in the same file",
@@ -39,7 +40,9 @@ FAULTS: dict[str, str] = {
     "leak": "rows of database.txt or train.txt whose image is also a query (in test.txt)",
     "conflict": "rows listing an image with other labels than its first listing",
 }
-MAX_EXAMPLES = 20
+MAX_EXAMPLES = 20  # bad rows `data check` prints of each kind, unless asked for all
+# What every run needs from a split: something to train on, to search, and to search for.
+REQUIRED_SPLITS = ("query", "database", "train")
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Finding:
     kind: str
     message: str
     count: int = 0
-    examples: list[str] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)  # every bad row, for row faults
 
 
 @dataclass
@@ -85,6 +88,38 @@ def escapes_folder(relative: str) -> bool:
     posix = PurePosixPath(relative)
     windows = PureWindowsPath(relative)
     return posix.is_absolute() or windows.is_absolute() or bool(windows.drive) or ".." in posix.parts or ".." in windows.parts
+
+
+def is_inside(real: str, real_folder: str) -> bool:
+    """Whether the resolved path ``real`` lies in the resolved folder ``real_folder``."""
+    prefix = real_folder if real_folder.endswith(os.sep) else real_folder + os.sep
+    return real == real_folder or real.startswith(prefix)
+
+
+def require_inside(folder: Path, path: Path) -> None:
+    """Refuse a dataset file (list file, annotations) that a symbolic link takes out of ``folder``."""
+    real = os.path.realpath(path)
+    if not is_inside(real, os.path.realpath(folder)):
+        raise UserError(
+            f"{path} is a symbolic link leading out of the dataset folder {folder} (to {real}); "
+            "hashbench reads only files inside it: copy the file there"
+        )
+
+
+class _Resolver:
+    """Where each path under a folder really leads, resolving each directory only once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = str(folder)
+        self.real_folder = os.path.realpath(folder)
+        self._directories: dict[str, str] = {}
+
+    def __call__(self, relative: str) -> str:
+        parent, name = os.path.split(relative)
+        if parent not in self._directories:
+            self._directories[parent] = os.path.realpath(os.path.join(self.folder, parent))
+        path = os.path.join(self._directories[parent], name)
+        return os.path.realpath(path) if os.path.islink(path) else path
 
 
 class RowFaults:
@@ -128,7 +163,7 @@ class RowFaults:
         for kind, count in self.counts().items():
             rows = np.flatnonzero(self.masks[kind])
             examples = []
-            for row in rows[:MAX_EXAMPLES]:
+            for row in rows:
                 extra = self.details.get(kind, {}).get(int(row))
                 examples.append(f"{self.origins[row]}: {paths[row]}" + (f" ({extra})" if extra else ""))
             found.append(Finding("error", kind, f"{count} {FAULTS[kind]}", count, examples))
@@ -144,15 +179,28 @@ def check_files(
     size: int = 224,
     workers: int | None = None,
 ) -> None:
-    """Flag escaping, missing and (when ``decode``) undecodable image files."""
+    """Flag escaping, missing and (when ``decode``) undecodable image files.
+
+    A path escapes when it is absolute or climbs out with ``..``, or when a symbolic link on
+    the way leads out of the dataset folder: paths are judged by where they really lead.
+    """
     from hashbench.images import available_cpus, try_decode
 
     escaping = np.array([escapes_folder(path) for path in paths], dtype=bool)
-    faults.add("escaping", escaping)
-    # Checking existence touches only the directory entries: cheap even for 200k files.
-    missing = np.array(
-        [not escaping[row] and not os.path.isfile(folder / path) for row, path in enumerate(paths)], dtype=bool
-    )
+    resolve = _Resolver(folder)
+    missing = np.zeros(len(paths), dtype=bool)
+    outside: dict[int, str] = {}
+    # Resolving and checking existence touch only directory entries: cheap even for 200k files.
+    for row, path in enumerate(paths):
+        if escaping[row]:
+            continue
+        real = resolve(path)
+        if not is_inside(real, resolve.real_folder):
+            escaping[row] = True
+            outside[row] = f"a symbolic link to {real}"
+        elif not os.path.isfile(real):
+            missing[row] = True
+    faults.add("escaping", escaping, outside)
     faults.add("missing", missing)
     if not decode:
         return
@@ -238,7 +286,19 @@ def check_dataset(
             manifest = draw_split(plugin.name, split_protocol, arrays, split_seed)
             sizes = ", ".join(f"{name} {indices.size}" for name, indices in manifest.splits.items())
             suffix = " (after dropping the bad rows)" if any(f.severity == "error" for f in findings) else ""
-            findings.append(Finding("info", "protocol", f"protocol {split_protocol.name} draws{suffix}: {sizes}"))
+            empty = [name for name in (*REQUIRED_SPLITS, "val") if name in manifest.splits and manifest.splits[name].size == 0]
+            empty += [name for name in REQUIRED_SPLITS if name not in manifest.splits]
+            if empty:
+                findings.append(
+                    Finding(
+                        "error",
+                        "protocol",
+                        f"protocol {split_protocol.name} draws{suffix} {sizes}: no {' or '.join(empty)} images, "
+                        "and a run needs query, database and train images",
+                    )
+                )
+            else:
+                findings.append(Finding("info", "protocol", f"protocol {split_protocol.name} draws{suffix}: {sizes}"))
         except (UserError, ValueError) as error:
             findings.append(Finding("error", "protocol", f"the protocol cannot be drawn from these files: {error}"))
     return CheckReport(plugin.name, root, counts, findings)

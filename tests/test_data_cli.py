@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 import urllib.error
 
@@ -210,3 +211,148 @@ def test_feature_methods_get_cached_backbone_features(invoke, nuswide_root, resu
     assert built == ["vgg16"]  # computed once for both code lengths
     (cached,) = (nuswide_root / "cache" / "features").glob("nuswide-*-vgg16-tiny-test.npy")
     assert np.load(cached).shape == (38, 6)
+
+
+# -- hollow list files, symbolic links out of the folder, every bad row, where files go ---------
+
+
+@pytest.mark.parametrize("file_name", ["test.txt", "database.txt", "train.txt"])
+def test_an_empty_list_file_is_not_ready_to_run(invoke, nuswide_root, results, image_plugin, file_name):
+    (nuswide_root / "nuswide" / file_name).write_text("")
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
+    assert result.exit_code == 1, result.output
+    assert "OK" not in result.output
+    assert f"protocol lists: {file_name} lists no usable images" in result.output
+    assert "--protocol" in result.output.splitlines()[-1]
+    refused = invoke(*run_args(nuswide_root, results, image_plugin))
+    assert refused.exit_code == 2, refused.output
+    assert f"{file_name} lists no usable images" in refused.output
+    assert not list(results.glob("runs/*"))  # refused before any training
+
+
+def test_a_list_file_of_bad_rows_only_leaves_nothing_to_query(invoke, nuswide_root):
+    folder = nuswide_root / "nuswide"
+    for line in (folder / "test.txt").read_text().splitlines():
+        (folder / line.split()[0]).unlink()
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
+    assert result.exit_code == 1
+    assert "error: 8 rows whose image file is missing" in result.output
+    assert "test.txt lists no usable images" in result.output
+
+
+def test_a_split_with_nothing_in_it_is_an_error_for_any_protocol(tmp_path):
+    from hashbench.data import DatasetArrays
+    from hashbench.splits import SplitProtocol
+    from hashbench.validate import check_dataset
+
+    class NoTrain(SplitProtocol):
+        name, description, topk = "notrain", "draws no training images", 5
+
+        def draw(self, arrays, rng):
+            return {"query": np.arange(2), "database": np.arange(2, 10), "train": np.arange(0)}
+
+    class Tiny:
+        name, classes, protocols = "tiny", ("a", "b"), {"notrain": NoTrain()}
+
+        def protocol(self, name=None):
+            return self.protocols["notrain"]
+
+        def load(self, root):
+            labels = np.zeros((10, 2), dtype=bool)
+            labels[np.arange(10), np.arange(10) % 2] = True
+            return DatasetArrays(labels=labels, features=np.zeros((10, 3), dtype=np.float32))
+
+    report = check_dataset(Tiny(), tmp_path)
+    assert not report.ok
+    assert "no train images, and a run needs query, database and train images" in report.errors[0].message
+
+
+def _link_out(nuswide_root, relative, target):
+    path = nuswide_root / "nuswide" / relative
+    path.unlink(missing_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+    return path
+
+
+def test_symbolic_links_out_of_the_folder_are_escaping_rows(invoke, nuswide_root, results, image_plugin, monkeypatch):
+    import hashbench.images
+
+    outside = nuswide_root / "elsewhere"
+    outside.mkdir()
+    secret = outside / "secret.jpg"
+    secret.write_bytes((nuswide_root / "nuswide" / "images" / "00002.jpg").read_bytes())
+    database = (nuswide_root / "nuswide" / "database.txt").read_text().splitlines()
+    image_row = database[0].split()[0]
+    _link_out(nuswide_root, image_row, secret)  # an image file that is a link out
+    _link_out(nuswide_root, "linked", outside)  # a folder that is a link out
+    database.append("linked/secret.jpg " + " ".join(["1"] + ["0"] * 20))
+    (nuswide_root / "nuswide" / "database.txt").write_text("\n".join(database) + "\n")
+    # A link that stays inside the folder is fine.
+    _link_out(nuswide_root, "images/alias.jpg", nuswide_root / "nuswide" / "images" / "00003.jpg")
+    (nuswide_root / "nuswide" / "train.txt").write_text(
+        (nuswide_root / "nuswide" / "train.txt").read_text() + "images/alias.jpg " + " ".join(["0", "1"] + ["0"] * 19) + "\n"
+    )
+    opened = []
+    real_decode = hashbench.images.decode_image
+    monkeypatch.setattr(hashbench.images, "decode_image", lambda path, size=224: opened.append(os.path.realpath(path)) or real_decode(path, size))
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
+    assert result.exit_code == 1, result.output
+    assert "error: 2 rows whose path escapes the dataset folder" in result.output
+    assert f"database.txt:1: {image_row} (a symbolic link to {secret})" in result.output
+    assert f"database.txt:31: linked/secret.jpg (a symbolic link to {secret})" in result.output
+    assert "alias.jpg" not in result.output
+    assert str(secret) not in opened  # never opened through the links
+    assert "--drop-bad-rows" in result.output.splitlines()[-1]
+    refused = invoke(*run_args(nuswide_root, results, image_plugin))
+    assert refused.exit_code == 2 and "rows whose path escapes the dataset folder" in refused.output
+
+
+def test_a_dataset_folder_that_is_itself_a_link_is_fine(invoke, nuswide_root, tmp_path):
+    elsewhere = tmp_path / "root"
+    elsewhere.mkdir()
+    (elsewhere / "nuswide").symlink_to(nuswide_root / "nuswide")
+    result = invoke("data", "check", "nuswide", "--data-root", elsewhere, "--protocol", "lists")
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("file_name", ["test.txt", "database.txt"])
+def test_a_list_file_that_links_out_is_refused_unread(invoke, nuswide_root, tmp_path, file_name):
+    system_file = tmp_path / "passwd"
+    system_file.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    _link_out(nuswide_root, file_name, system_file)
+    result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
+    assert result.exit_code == 1
+    assert f"{file_name} is a symbolic link leading out of the dataset folder" in result.output
+    assert "root:x" not in result.output
+
+
+def test_all_lists_every_bad_row(invoke, nuswide_root):
+    folder = nuswide_root / "nuswide"
+    lines = (folder / "database.txt").read_text().splitlines()
+    gone = {line.split()[0] for line in lines[:25]}
+    for path in gone:
+        (folder / path).unlink()
+    in_train = [line.split()[0] for line in (folder / "train.txt").read_text().splitlines() if line.split()[0] in gone]
+    count = 25 + len(in_train)  # train images are database images too
+    default = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists", "--no-decode")
+    assert f"error: {count} rows whose image file is missing" in default.output
+    assert f"... and {count - 20} more (--all lists every one)" in default.output
+    assert f"database.txt:21: {lines[20].split()[0]}" not in default.output
+    every = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists", "--no-decode", "--all")
+    assert "more" not in every.output
+    for number, line in enumerate(lines[:25], start=1):
+        assert f"database.txt:{number}: {line.split()[0]}" in every.output
+    assert sum("train.txt:" in row and row.split()[-1] in in_train for row in every.output.splitlines()) == len(in_train)
+
+
+def test_missing_official_files_say_where_they_go(invoke, tmp_path):
+    result = invoke("data", "check", "cifar10", "--data-root", tmp_path)
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("FAILED") and "--drop-bad-rows" not in last
+    assert f"The files go under the data root {tmp_path}" in last and "cifar-10-batches-py/" in last
+    assert f"`hashbench data get cifar10 --data-root {tmp_path}`" in last
+    coco = invoke("data", "check", "coco", "--data-root", tmp_path)
+    last = coco.output.strip().splitlines()[-1]
+    assert "<data root>/coco" in last and "data get" not in last and "--drop-bad-rows" not in last

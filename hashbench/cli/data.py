@@ -12,7 +12,7 @@ from rich.table import Table
 
 from hashbench import registry
 from hashbench.errors import UserError
-from hashbench.validate import CheckReport, check_dataset
+from hashbench.validate import FAULTS, MAX_EXAMPLES, CheckReport, check_dataset
 
 DATA_ROOT_HELP = "Where datasets live. Default: $HASHBENCH_DATA or ./data."
 
@@ -26,7 +26,24 @@ def data_command() -> None:
     """Check or obtain dataset files."""
 
 
-def print_report(report: CheckReport, console: Console) -> None:
+def failure_hint(report: CheckReport, plugin, root: Path) -> str:
+    """What to do about the errors found: each kind of error has its own remedy."""
+    kinds = {finding.kind for finding in report.errors}
+    hints = []
+    if "unreadable-source" in kinds:
+        layout = getattr(plugin, "layout_help", "")
+        hint = f"The files go under the data root {root}" + (f": {layout}" if layout else "")
+        if getattr(plugin, "download", None) is not None:
+            hint += f"; or run `hashbench data get {report.dataset} --data-root {root}`"
+        hints.append(hint + ".")
+    if kinds & set(FAULTS):
+        hints.append("Fix the rows listed above, or run with --drop-bad-rows to leave the bad rows out.")
+    if "protocol" in kinds:
+        hints.append("Supply files with what the protocol needs, or choose another with --protocol (see `hashbench list`).")
+    return " ".join(hints) or "Fix what is listed above."
+
+
+def print_report(report: CheckReport, console: Console, *, show_all: bool = False, hint: str = "") -> None:
     counts = Table(title=f"{report.dataset} under {report.root}", title_justify="left", show_header=False)
     counts.add_column("what")
     counts.add_column("count", justify="right")
@@ -37,18 +54,17 @@ def print_report(report: CheckReport, console: Console) -> None:
     style = {"error": "[red]error[/red]", "warning": "[yellow]warning[/yellow]", "info": "info"}
     for finding in report.findings:
         console.print(f"{style[finding.severity]}: {finding.message}", highlight=False)
-        for example in finding.examples:
+        shown = finding.examples if show_all else finding.examples[:MAX_EXAMPLES]
+        for example in shown:
             console.print(f"    {example}", highlight=False, markup=False)
-        if finding.count > len(finding.examples) and finding.examples:
-            console.print(f"    ... and {finding.count - len(finding.examples)} more", highlight=False)
+        if finding.count > len(shown) and shown:
+            more = finding.count - len(shown)
+            console.print(f"    ... and {more} more (--all lists every one)", highlight=False)
     if report.ok:
         console.print(f"[green]OK[/green]: {report.dataset} is ready to run.")
     else:
         problems = sum(finding.count or 1 for finding in report.errors)
-        console.print(
-            f"[red]FAILED[/red]: {problems} problem(s). Fix the files, or run with --drop-bad-rows to leave the bad rows out.",
-            highlight=False,
-        )
+        console.print(f"[red]FAILED[/red]: {problems} problem(s). {hint or 'Fix what is listed above.'}", highlight=False)
 
 
 @data_command.command("check")
@@ -57,7 +73,10 @@ def print_report(report: CheckReport, console: Console) -> None:
 @click.option("--protocol", help="Split protocol to check that the files support. Default: the dataset's default.")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the trial split draw.")
 @click.option("--no-decode", is_flag=True, help="Only check that image files exist; do not decode them (faster).")
-def check_command(name: str, data_root: Path | None, protocol: str | None, split_seed: int, no_decode: bool) -> None:
+@click.option("--all", "show_all", is_flag=True, help=f"List every bad row (default: the first {MAX_EXAMPLES} of each kind).")
+def check_command(
+    name: str, data_root: Path | None, protocol: str | None, split_seed: int, no_decode: bool, show_all: bool
+) -> None:
     """Validate the files of dataset NAME: counts, missing/unreadable images, labels, paths, protocol.
 
     Exit status 0 when the dataset can be run as it is, 1 when it has problems.
@@ -65,8 +84,10 @@ def check_command(name: str, data_root: Path | None, protocol: str | None, split
     plugin = registry.get_dataset(name)()
     if protocol is not None:
         plugin.protocol(protocol)  # an unknown protocol is a usage error, not a data problem
-    report = check_dataset(plugin, resolve_data_root(data_root), protocol=protocol, decode=not no_decode, split_seed=split_seed)
-    print_report(report, Console(soft_wrap=True))
+    root = resolve_data_root(data_root)
+    report = check_dataset(plugin, root, protocol=protocol, decode=not no_decode, split_seed=split_seed)
+    hint = "" if report.ok else failure_hint(report, plugin, root)
+    print_report(report, Console(soft_wrap=True), show_all=show_all, hint=hint)
     sys.exit(0 if report.ok else 1)
 
 
