@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from hashbench import registry
 from hashbench.errors import UserError
-from hashbench.published import COLUMNS, builtin_path, compare, load_published
+from hashbench.metric_table import known_metric
+from hashbench.published import COLUMNS, IDENTITY, builtin_path, compare, load_published
 from hashbench.report import load_runs
 from hashbench.runner import GridSpec, run_grid
 
@@ -53,6 +55,20 @@ def test_shipped_list_loads_and_every_row_is_cited_and_checked():
         assert row["source"] and row["checked"], "a shipped number needs its citation and how it was checked"
     text = builtin_path().read_text()
     assert text.startswith("#") and "checked" in text
+
+
+def test_shipped_list_rows_name_registered_methods_datasets_protocols_and_metrics():
+    """Every shipped number can meet a run: one row per number, a registered method and
+    dataset, a protocol that dataset has, a metric the records hold (holds for an empty list)."""
+    frame = load_published()
+    assert not frame.duplicated(IDENTITY).any()
+    for _, row in frame.iterrows():
+        where = f"{row['method']} / {row['dataset']} / {row['protocol']} / {row['bits']} bits"
+        registry.get_method(row["method"])  # raises UserError for an unknown name
+        dataset = registry.get_dataset(row["dataset"])
+        assert row["protocol"] in dataset.protocols, f"{where}: {row['dataset']} has no protocol {row['protocol']!r}"
+        assert known_metric(row["metric"]), f"{where}: {row['metric']!r} is not a record metric"
+        assert 0.0 <= row["value"] <= 1.0 and row["bits"] > 0, where
 
 
 def test_shipped_list_is_package_data():
