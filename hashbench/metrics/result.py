@@ -137,6 +137,9 @@ def chunk_result(ranking: Ranking, map_k: int, tables: Tables) -> ChunkResult:
     )
 
 
+PER_QUERY = ("ap", "ap_all", "tie", "optimistic", "pessimistic", "r_at_k", "positives")
+
+
 def _add_rows(total: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """total + rows[0] + rows[1] + ...: numpy reduces over the first axis one row after
     another, so a sum over all queries is the same however they were chunked."""
@@ -156,7 +159,8 @@ class Summary:
         self.ks = tuple(ks)
         self.radius = radius
         self.tables = Tables(size)
-        self.parts: list[ChunkResult] = []
+        # per-query values of the chunks so far; per-radius values only as running sums
+        self.per_query: dict[str, list[np.ndarray]] = {name: [] for name in PER_QUERY}
         self.precision_total = np.zeros(bits + 1)
         self.recall_total = np.zeros(bits + 1)
 
@@ -167,13 +171,12 @@ class Summary:
         """Add the next chunk (chunks must come in query order)."""
         self.precision_total = _add_rows(self.precision_total, part.precision_radius)
         self.recall_total = _add_rows(self.recall_total, part.recall_radius)
-        # the per-radius rows are summed; only per-query scalars are kept
-        part.precision_radius = part.recall_radius = np.zeros(0)
-        self.parts.append(part)
+        for name, values in self.per_query.items():
+            values.append(getattr(part, name))
 
     def result(self) -> RetrievalResult:
         def joined(name: str) -> np.ndarray:
-            return np.concatenate([getattr(part, name) for part in self.parts])
+            return np.concatenate(self.per_query[name])
 
         ks_clipped = tuple(min(k, self.size) for k in self.ks)
         positives = joined("positives").astype(np.float64)[:, None]
