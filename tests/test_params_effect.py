@@ -193,3 +193,21 @@ def test_changing_a_parameter_changes_the_result(method, field, splits):
         assert changed["validated"] != first["validated"], f"{method}.{field}={value!r} validated the same epochs"
     else:
         assert not _same(changed, first), f"{method}.{field}={value!r} computed the same codes, curve and scores"
+
+
+def test_the_run_seed_changes_the_codes(tmp_path):
+    """The run seed is a parameter of every cell: seed 1 projects otherwise than seed 0, and
+    seed 0 run again gives the same codes."""
+    from hashbench.runner import GridSpec, run_grid
+
+    def database_codes(seed: int, folder: str) -> np.ndarray:
+        results = tmp_path / folder
+        (outcome,) = run_grid(GridSpec(methods=["lsh"], bits=[16], seeds=[seed], results=results, device="cpu"))
+        assert outcome.status == "ok"
+        (path,) = results.glob("runs/*/codes.npz")
+        with np.load(path) as stored:
+            return stored["database_codes"].copy()
+
+    first, again, other = database_codes(0, "a"), database_codes(0, "b"), database_codes(1, "c")
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)

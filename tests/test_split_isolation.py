@@ -88,6 +88,19 @@ def test_the_runner_fits_on_train_validates_on_val_and_never_shows_queries(resul
         assert np.array_equal(rows[np.argsort(indices)], features[np.sort(lists[role])])
 
 
+def test_the_split_seed_draws_another_split(tmp_path):
+    """The same split seed gives the same manifest; another one another draw."""
+    lists = {}
+    for folder, split_seed in (("a", 0), ("b", 0), ("c", 1)):
+        results = tmp_path / folder
+        run_grid(GridSpec(methods=["lsh"], bits=[8], split_seed=split_seed, results=results, device="cpu"))
+        _, manifest = _manifest_json(results)
+        assert manifest["split_seed"] == split_seed
+        lists[folder] = {name: manifest[name] for name in SPLIT_LISTS}
+    assert lists["a"] == lists["b"]
+    assert all(lists["a"][name] != lists["c"][name] for name in SPLIT_LISTS)
+
+
 # --------------------------------------------------------------------------------------------
 # validation inside the deep methods
 
