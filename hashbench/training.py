@@ -25,8 +25,12 @@ What the trainer does for every method:
   derived from the run seed; ``load(positions)`` (when given) runs one batch ahead in a
   background thread, so reading/decoding images overlaps the GPU's work;
 * progress: a rich progress bar with the running loss;
-* a NaN/inf guard: any non-finite loss term stops the run with :class:`TrainingDiverged`
-  (epoch, step and the terms' values in the message);
+* a NaN/inf guard: any non-finite loss term stops training. With ``on_divergence="fail"``
+  (the default) the run fails with :class:`TrainingDiverged` (epoch, step and the terms'
+  values in the message); with ``"keep_best"`` (the released CIBHash code's behaviour)
+  training stops there and the best validated weights are kept, or, before any validation,
+  those of the last epoch that ended with finite weights; ``diverged`` in the record says
+  where it stopped and what was kept;
 * validation every ``validate_every`` epochs (and at the last epoch) when a ``validate``
   callback is given — the callback scores the model on the validation split, never on the
   query split — keeping the best-scoring weights, which are restored at the end;
@@ -75,6 +79,14 @@ _SHUFFLE_STREAM = 7  # RunContext.rng stream of the batch order
 
 class TrainingDiverged(RuntimeError):
     """A loss term became NaN or infinite; the run fails with this reason."""
+
+    def __init__(self, message: str, epoch: int = 0, step: int = 0) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.step = step
+
+
+ON_DIVERGENCE = ("fail", "keep_best")
 
 
 @dataclass(frozen=True)
@@ -218,6 +230,10 @@ def _load_trainable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -
         )
 
 
+def _all_finite(state: Mapping[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(value).all()) for value in state.values() if value.is_floating_point())
+
+
 def _rng_state(shuffle: np.random.Generator) -> dict[str, Any]:
     state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": shuffle.bit_generator.state}
     if torch.cuda.is_available():
@@ -261,6 +277,8 @@ class TrainingResult:
     validation: list[dict[str, float]] = field(default_factory=list)
     selected_epoch: int | None = None
     resumed_from_epoch: int | None = None
+    # Where a non-finite loss stopped training under on_divergence="keep_best", and what was kept.
+    diverged: dict[str, Any] | None = None
 
 
 class Trainer:
@@ -278,10 +296,18 @@ class Trainer:
         schedulers: Mapping[str, Any] | None = None,
         validation_metric: str = "validation score",
         checkpoint_seconds: float = 0.0,
+        on_divergence: str = "fail",
     ) -> None:
         """``checkpoint_seconds``: least time between two checkpoints (0: after every epoch).
         Methods with thousands of sub-second epochs set it, so that checkpoint writes do not
-        dominate training; a resumed run replays the epochs since the last one identically."""
+        dominate training; a resumed run replays the epochs since the last one identically.
+
+        ``on_divergence``: ``fail`` raises :class:`TrainingDiverged` at a non-finite loss;
+        ``keep_best`` stops training there and keeps the best validated weights (else those
+        of the last epoch that ended with finite weights)."""
+        if on_divergence not in ON_DIVERGENCE:
+            raise UserError(f"on_divergence must be one of {', '.join(ON_DIVERGENCE)}; got {on_divergence!r}")
+        self.on_divergence = on_divergence
         self.context = context
         self.checkpoint_seconds = checkpoint_seconds
         self.model = model
@@ -383,7 +409,9 @@ class Trainer:
             shown = ", ".join(f"{key}={float(value):.4g}" for key, value in detached.items())
             raise TrainingDiverged(
                 f"{self.name}: the loss is no longer finite at epoch {epoch}, step {step} ({shown}); "
-                "training stopped. Try a lower learning rate, another seed, or float32 (--device cpu)"
+                "training stopped. Try a lower learning rate, another seed, or float32 (--device cpu)",
+                epoch,
+                step,
             )
         return detached
 
@@ -413,12 +441,20 @@ class Trainer:
         steps_per_epoch = len(batch_positions(num_items, schedule.batch_size))
         kill_after = os.environ.get(KILL_AFTER_EPOCH_ENV)
         validating = validate is not None and schedule.validate_every > 0
+        keeping = self.on_divergence == "keep_best"
+        last_finite: dict[str, Any] | None = None  # keep_best: the weights the last finite epoch ended with
         last_checkpoint = time.monotonic()
 
         with progress.steps(
             f"{self.name}", schedule.epochs * steps_per_epoch, start_epoch * steps_per_epoch
         ) as advance:
             for epoch in range(start_epoch + 1, schedule.epochs + 1):
+                if keeping:
+                    # A loss step already applied when its loss shows NaN may have spoilt the
+                    # weights, so what is kept is a copy taken as an epoch starts.
+                    state = _trainable_state(self.model)
+                    if _all_finite(state):
+                        last_finite = {"epoch": epoch - 1, "state": state}
                 self.model.train()
                 order = (
                     self.shuffle_rng.permutation(num_items)
@@ -428,13 +464,20 @@ class Trainer:
                 batches = batch_positions(num_items, schedule.batch_size, order)
                 sums: dict[str, float] = {}
                 started, cpu_started = time.perf_counter(), time.process_time()
-                for index, batch in enumerate(prefetch(batches, load), start=1):
-                    terms = self._check_finite(step(batch), epoch, index)
-                    for key, value in terms.items():
-                        sums[key] = sums.get(key, 0.0) + float(value)
-                    advance(
-                        f"{self.name} epoch {epoch}/{schedule.epochs} loss {float(next(iter(terms.values()))):.4f}"
-                    )
+                try:
+                    for index, batch in enumerate(prefetch(batches, load), start=1):
+                        terms = self._check_finite(step(batch), epoch, index)
+                        for key, value in terms.items():
+                            sums[key] = sums.get(key, 0.0) + float(value)
+                        advance(
+                            f"{self.name} epoch {epoch}/{schedule.epochs} loss {float(next(iter(terms.values()))):.4f}"
+                        )
+                except TrainingDiverged as error:
+                    if not keeping:
+                        raise
+                    self.context.log(f"{error} Keeping the best validated or last finite weights.")
+                    result.diverged = {"epoch": error.epoch, "step": error.step}
+                    break
                 for scheduler in self.schedulers.values():
                     scheduler.step()
                 if self.device.type == "cuda":
@@ -473,6 +516,18 @@ class Trainer:
                 if killing and self.checkpoint_path is not None:
                     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
 
+        if result.diverged is not None and best is None:
+            if last_finite is None:  # not even the starting weights were finite
+                raise TrainingDiverged(
+                    f"{self.name}: the loss is no longer finite at epoch {result.diverged['epoch']}, "
+                    f"step {result.diverged['step']}, and no epoch ended with finite weights",
+                    result.diverged["epoch"],
+                    result.diverged["step"],
+                )
+            best = last_finite
+            result.diverged["kept"] = f"last finite epoch {last_finite['epoch']}"
+        elif result.diverged is not None:
+            result.diverged["kept"] = f"best validated epoch {best['epoch']}"
         if best is not None:
             _load_trainable_state(self.model, best["state"])
             result.selected_epoch = int(best["epoch"])
@@ -494,10 +549,18 @@ class Trainer:
             entry["seconds"] + entry.get("validation_seconds", 0.0) for entry in result.curve
         )
         record["resumed_from_epoch"] = result.resumed_from_epoch
+        record["on_divergence"] = self.on_divergence
+        record["diverged"] = result.diverged
+        if result.diverged is not None:
+            selection = f"stopped at a non-finite loss: {result.diverged['kept']}"
+        elif validating:
+            selection = "best validation score"
+        else:
+            selection = "last epoch (no validation)"
         record["validation"] = {
             "metric": self.validation_metric if validating else None,
             "every": self.schedule.validate_every if validating else None,
             "scores": result.validation,
             "selected_epoch": result.selected_epoch,
-            "selection": "best validation score" if validating else "last epoch (no validation)",
+            "selection": selection,
         }

@@ -87,6 +87,70 @@ def test_nan_guard_fails_the_run_with_epoch_and_step():
         trainer.fit(20, step)
 
 
+def nan_from_epoch(trainer: Trainer, epoch: int, steps_per_epoch: int = 4):
+    """A step function whose loss turns NaN at the second step of ``epoch``, after updating the
+    weights with NaN gradients (as a diverging step does)."""
+    calls = []
+
+    def step(positions):
+        calls.append(1)
+        if len(calls) >= (epoch - 1) * steps_per_epoch + 2:
+            for parameter in trainable(trainer.model):
+                parameter.data.fill_(float("nan"))
+            return {"loss": torch.tensor(float("nan")), "half": torch.tensor(float("nan"))}
+        return trainer.step(positions)
+
+    return step
+
+
+def test_keep_best_stops_at_a_nan_loss_and_keeps_the_best_validated_epoch():
+    context = RunContext(seed=0)
+    trainer, model = make_trainer(context, Schedule(epochs=8, batch_size=5, validate_every=2))
+    trainer.on_divergence = "keep_best"
+    scores = iter([0.3, 0.8, 0.5])
+    snapshots = {}
+
+    def validate():
+        epoch = 2 * (len(snapshots) + 1)
+        snapshots[epoch] = _final_state(model)
+        return next(scores)
+
+    result = trainer.fit(20, nan_from_epoch(trainer, 7), validate=validate)
+    assert result.diverged == {"epoch": 7, "step": 2, "kept": "best validated epoch 4"}
+    assert result.selected_epoch == 4 and [entry["epoch"] for entry in result.curve] == [1, 2, 3, 4, 5, 6]
+    assert all(torch.equal(value, snapshots[4][key]) for key, value in model.state_dict().items())
+    record = context.record
+    assert record["diverged"] == result.diverged and record["on_divergence"] == "keep_best"
+    assert record["validation"]["selected_epoch"] == 4
+    assert record["validation"]["selection"] == "stopped at a non-finite loss: best validated epoch 4"
+
+
+def test_keep_best_without_a_validated_epoch_keeps_the_last_finite_one():
+    context = RunContext(seed=0)
+    trainer, model = make_trainer(context, Schedule(epochs=8, batch_size=5))
+    trainer.on_divergence = "keep_best"
+    result = trainer.fit(20, nan_from_epoch(trainer, 4))
+    assert result.diverged == {"epoch": 4, "step": 2, "kept": "last finite epoch 3"}
+    assert result.selected_epoch == 3 and len(result.curve) == 3
+    # The weights epoch 3 ended with, as a run of 3 epochs from the same seed ends: the
+    # spoilt update and epoch 4's finite first step are both undone.
+    clean_context = RunContext(seed=0)
+    clean, clean_model = make_trainer(clean_context, Schedule(epochs=3, batch_size=5))
+    clean.fit(20, clean.step)
+    expected = _final_state(clean_model)
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+
+
+def test_fail_is_the_default_and_an_unknown_choice_is_refused():
+    context = RunContext(seed=0)
+    trainer, _ = make_trainer(context, Schedule(epochs=3, batch_size=5))
+    assert trainer.on_divergence == "fail"
+    with pytest.raises(TrainingDiverged, match="epoch 2, step 2"):
+        trainer.fit(20, nan_from_epoch(trainer, 2))
+    with pytest.raises(UserError, match="on_divergence"):
+        Trainer(context, nn.Linear(1, 1), {}, Schedule(epochs=1, batch_size=2), name="toy", on_divergence="skip")
+
+
 def test_infinite_loss_is_caught_too():
     context = RunContext(seed=0)
     trainer, _ = make_trainer(context, Schedule(epochs=1, batch_size=10))
