@@ -9,6 +9,8 @@ Columns: ``method, dataset, protocol, metric, bits, value, source`` and, optiona
 ``checked`` (how the number was verified against its source). Values are fractions, on the
 scale of the run records (0.590, not 59.0). ``metric`` names a record metric (``map`` is
 mAP at the protocol's k, ``map_all``, ``precision_radius2``, ``precision_at_k.1000``, ...).
+``protocol`` is the hashbench protocol matching the paper's stated setting (which one is which:
+``docs/PROTOCOLS.md``, section "Published numbers").
 
 The shipped file holds only numbers checked against the paper itself, each with its
 citation and how it was checked; numbers seen only in secondary sources stay out.
