@@ -6,10 +6,16 @@
   (``image_profile``), else the image shape (image methods) or where the features come from
   (feature methods);
 * the settings: the method resolves its own from the profile (``profile_settings``);
-  they are recorded under ``settings`` in the run record, with the CPU threads used;
+  they are recorded under ``settings`` in the run record, with the CPU threads used and the
+  budget in optimiser steps (``steps``; ``released_steps`` for a paper profile, whose epochs
+  are scaled to this training set so that it trains for the released number of steps:
+  :class:`ReleasedBudget`);
+* the deviations from the released code that remain (``deviations``), recorded as a list
+  of short strings;
 * the run's device, seeds and CPU thread budget (1 thread for the tiny profile on the CPU);
 * the :class:`~hashbench.training.Trainer` with its checkpoint fingerprint and the
-  validation score (mAP of the validation split against the training split);
+  validation score (mAP of the validation split against the training split, over the full
+  ranking or at a cut-off);
 * encoding a split batch by batch under the thread budget (``NotFittedError`` before ``fit``).
 
 A method subclasses it with its ``Params`` (a :class:`DeepParams`), and defines
@@ -25,8 +31,9 @@ the released TensorFlow code does with one ``sess.run``).
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -78,6 +85,60 @@ class DeepSettings:
     batch_size: int
     epochs: int
     eval_every: int  # epochs between validations; 0: never
+    # Optimiser steps of the run (epochs × steps per epoch of this training set; set by
+    # resolve_settings) and of the released code's run (paper profiles; None otherwise).
+    steps: int = field(default=0, kw_only=True)
+    released_steps: int | None = field(default=None, kw_only=True)
+
+
+# --------------------------------------------------------------------------------------------
+# training budgets in optimiser steps
+
+
+def steps_per_epoch(items: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch as the Trainer batches it (a last batch of one joins the
+    one before it)."""
+    full, rest = divmod(items, batch_size)
+    count = full + (rest > 0)
+    return count - 1 if count > 1 and rest == 1 else max(count, 1)
+
+
+@dataclass(frozen=True)
+class ReleasedBudget:
+    """How long a released code trains, in optimiser steps, and how often it validates.
+
+    ``steps``: optimiser steps of the released run; ``validate_steps``: steps between its
+    validations (or the harness's choice where it does not validate). A paper profile trains
+    for as many epochs of its own training set as it takes to reach ``steps``, so a training
+    set ten times smaller gets ten times the epochs.
+    """
+
+    steps: int
+    validate_steps: int
+
+    @classmethod
+    def from_epochs(cls, images: int, batch_size: int, epochs: int, validate_epochs: int, drop_last: bool = False) -> ReleasedBudget:
+        """The budget of a released loop over ``epochs`` passes of ``images`` in batches."""
+        per_epoch = images // batch_size if drop_last else math.ceil(images / batch_size)
+        return cls(per_epoch * epochs, per_epoch * validate_epochs)
+
+    def epochs(self, items: int, batch_size: int) -> int:
+        """Epochs of ``items`` that make at least the released steps."""
+        return max(1, math.ceil(self.steps / steps_per_epoch(items, batch_size)))
+
+    def every(self, steps: int, items: int, batch_size: int) -> int:
+        """An interval of ``steps`` (validation, learning-rate decay) in epochs of ``items``."""
+        return max(1, round(steps / steps_per_epoch(items, batch_size)))
+
+
+def training_set_deviation(items: int, released_items: int, released: str) -> list[str]:
+    """The deviation of training on the protocol's split instead of the released images."""
+    if items == released_items:
+        return []
+    return [
+        f"trains on the protocol's {items:,} training items (released: {released}); "
+        "the released number of optimiser steps is kept"
+    ]
 
 
 def check_backbone_weights(params: Any, owner: str) -> None:
@@ -116,12 +177,13 @@ def _backbone_features(split: DataSplit) -> Any | None:
     return source if isinstance(source, BackboneFeatures) else None
 
 
-def describe_features(split: DataSplit) -> dict[str, Any]:
-    """What the feature vectors of ``split`` are, for the run record."""
-    features = split.features
-    cache = _backbone_features(split)
+def describe_features(split: DataSplit, features: np.ndarray | None = None, cache: Any | None = None) -> dict[str, Any]:
+    """What the feature vectors of ``split`` are, for the run record (``features`` and
+    ``cache``: another layer's, when the method reads those instead)."""
+    features = split.features if features is None else features
+    cache = _backbone_features(split) if cache is None else cache
     if cache is not None:
-        source = f"{cache.backbone} backbone features (fc7 of the evaluation-preprocessed images, feature cache)"
+        source = f"{cache.backbone} backbone features ({cache.layer} of the evaluation-preprocessed images, feature cache)"
         weights = cache.weights_key
     else:
         source = "the dataset's own feature vectors (for image datasets: the flattened pixels scaled to [0, 1])"
@@ -140,11 +202,14 @@ def feature_tensor(split: DataSplit, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(split.features, dtype=np.float32)).to(device)
 
 
-def validation_map(val_codes: np.ndarray, train_codes: np.ndarray, val: DataSplit, train: DataSplit, bits: int) -> float:
-    """mAP over the full ranking of the training split for the validation items (never queries)."""
+def validation_map(
+    val_codes: np.ndarray, train_codes: np.ndarray, val: DataSplit, train: DataSplit, bits: int, topk: int | None = None
+) -> float:
+    """mAP of the validation items (never queries) against the training split: over the full
+    ranking, or at ``topk``."""
     from hashbench.metrics import mean_average_precision
 
-    return mean_average_precision(val_codes, train_codes, val.labels, train.labels, bits=bits)
+    return mean_average_precision(val_codes, train_codes, val.labels, train.labels, bits=bits, topk=topk)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,7 +228,9 @@ class DeepHashingMethod(HashingMethod):
     ``code_batch(batch)``  bool (or {0, 1}) codes of one batch of network inputs: uint8
         images (image methods) or rows of :meth:`inputs` (feature methods);
     ``transform_features(features)``  feature methods only, optional: what the network sees
-        of the feature vectors (e.g. centred), set up in ``train_model``.
+        of the feature vectors (e.g. centred), set up in ``train_model``;
+    ``deviations(train)``  optional: the deviations from the released code that remain in
+        this run, as short strings (recorded as ``deviations``).
 
     ``fit`` resolves the settings (``self.settings``), seeds, picks the device
     (``self.device``) and runs ``train_model`` under the thread budget; ``encode`` checks the
@@ -193,6 +260,10 @@ class DeepHashingMethod(HashingMethod):
         """Feature methods: the network's input from the raw feature vectors."""
         return features
 
+    def deviations(self, train: DataSplit) -> list[str]:
+        """What in this run differs from the released code (after ``train_model``)."""
+        return []
+
     # ---- profile and settings -----------------------------------------------------------
 
     def resolve_profile(self, train: DataSplit) -> str:
@@ -217,7 +288,8 @@ class DeepHashingMethod(HashingMethod):
         return "paper" if _backbone_features(train) is not None else "tiny"
 
     def resolve_settings(self, train: DataSplit) -> DeepSettings:
-        return self.profile_settings(self.resolve_profile(train), train)
+        settings = self.profile_settings(self.resolve_profile(train), train)
+        return replace(settings, steps=settings.epochs * steps_per_epoch(len(train), settings.batch_size))
 
     def profile_values(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
         """Each setting named in ``defaults`` (a profile's values): as asked in the
@@ -239,6 +311,7 @@ class DeepHashingMethod(HashingMethod):
             threads = torch.get_num_threads()
             self.context.record.update(settings={**asdict(self.settings), "cpu_threads": threads}, cpu_threads=threads)
             self.train_model(train, val)
+        self.context.record["deviations"] = self.deviations(train)
         self.model.eval()
 
     def run_trainer(
@@ -251,13 +324,17 @@ class DeepHashingMethod(HashingMethod):
         load: Callable[[np.ndarray], Any] | None = None,
         schedulers: Mapping[str, Any] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
+        validation_topk: int | None = None,
+        on_divergence: str = "fail",
     ) -> TrainingResult:
         """Train ``self.model`` for the settings' schedule with the :class:`Trainer`.
 
         ``step(batch)`` trains on one batch (``load(positions)``, or the positions) and returns
         its loss terms. With a non-empty ``val``, the model is scored every ``eval_every``
-        epochs and the best one kept. ``fingerprint`` adds what else a checkpoint depends on
+        epochs (mAP against the training split, at ``validation_topk`` or over the full
+        ranking) and the best one kept. ``fingerprint`` adds what else a checkpoint depends on
         (e.g. the backbone's weights) to the bits, parameters, settings and data sizes.
+        ``on_divergence``: the Trainer's (``fail`` or ``keep_best``).
         """
         settings = self.settings
         validating = val is not None and len(val) > 0
@@ -278,12 +355,17 @@ class DeepHashingMethod(HashingMethod):
                 **dict(fingerprint or {}),
             },
             schedulers=schedulers,
-            validation_metric=f"mAP over the full ranking: validation {kind} against the training split",
+            validation_metric=(
+                f"mAP over the full ranking: validation {kind} against the training split"
+                if validation_topk is None
+                else f"mAP@{validation_topk}: validation {kind} against the training split"
+            ),
             checkpoint_seconds=CHECKPOINT_SECONDS if self.input == "features" else 0.0,
+            on_divergence=on_divergence,
         )
 
         def validate() -> float:
-            return validation_map(self.codes(val), self.codes(train), val, train, self.bits)
+            return validation_map(self.codes(val), self.codes(train), val, train, self.bits, validation_topk)
 
         result = trainer.fit(len(train), step, load=load, validate=validate if validating else None)
         if self.precision is not None:

@@ -276,3 +276,17 @@ def test_an_empty_grid_is_refused(invoke, tmp_path):
     result = invoke("run", "--config", config, "--results", tmp_path / "results")
     assert result.exit_code == 2 and "no bits given" in result.output
     assert not (tmp_path / "results").exists()
+
+
+def test_a_run_folder_without_a_record_is_interrupted_and_run_finishes_it(results, invoke):
+    (record,) = [p for p in _record_paths(results, "itq") if "-8b-" in str(p)]
+    (record.parent / "codes.npz").unlink()
+    record.unlink()
+    (record.parent / "checkpoint.pt").write_bytes(b"partial")
+    assert _states(results)[("itq", 8)] == "interrupted"
+    statuses, _ = directory_status(results)
+    assert [s.key for s in statuses if s.state is Status.INTERRUPTED] == [record.parent.name]
+    shown = invoke("status", "--results", results)
+    assert "interrupted 1" in shown.output
+    outcomes = run_grid(GridSpec(**SPEC, results=results))
+    assert [(o.cell.method, o.cell.bits) for o in outcomes if not o.reused] == [("itq", 8)]
