@@ -142,6 +142,19 @@ MUTATIONS: tuple[Mutation, ...] = (
         (learns("greedyhash"), learns("bihalf")),
         "GreedyHash and Bi-half climb their similarity loss",
     ),
+    Mutation(
+        "tbh-gradient-ascent", ("methods/tbh.py",),
+        'simultaneous_step({"actor": terms["actor"],', 'simultaneous_step({"actor": -terms["actor"],',
+        (learns("tbh"),),
+        "TBH's encoder and decoder climb their loss",
+    ),
+    Mutation(
+        "bgan-gradient-ascent", ("methods/bgan.py",),
+        "simultaneous_step({name: terms[name] for name in groups}",
+        'simultaneous_step({name: -terms[name] if name == "encoder" else terms[name] for name in groups}',
+        (learns("bgan"),),
+        "BGAN's encoder climbs its loss",
+    ),
     # ---- runner: the cell logic ------------------------------------------------------------
     Mutation(
         "runner-query-as-validation", ("hashbench/runner.py",),
