@@ -155,6 +155,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         (learns("bgan"),),
         "BGAN's encoder climbs its loss",
     ),
+    Mutation(
+        "bgan-codes-from-a-sampled-latent", ("methods/bgan.py",),
+        "mean, _ = self.model[\"encoder\"](self.preprocess(batch, self.device))\n        return mean >= 0",
+        "mean, log_var = self.model[\"encoder\"](self.preprocess(batch, self.device))\n"
+        "        return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean) >= 0",
+        ("tests/test_bgan_codes.py",),
+        "BGAN encodes with the sampled latent z = μ + σε instead of μ",
+    ),
     # ---- runner: the cell logic ------------------------------------------------------------
     Mutation(
         "runner-query-as-validation", ("hashbench/runner.py",),
