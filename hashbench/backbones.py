@@ -4,9 +4,11 @@ Two backbones, shared by every image method:
 
 ``vgg16``
     torchvision's VGG-16 truncated after fc7 (the classifier's second ReLU + Dropout), 4096-d,
-    as in CIBHash, TBH and GreedyHash. Every parameter is frozen. The classifier's two Dropout
-    layers follow the module's mode: active in ``train()``, off in ``eval()`` (the released
-    CIBHash code trains with them active). ImageNet weights are resolved in this order:
+    as in CIBHash, TBH and GreedyHash; with ``layer="fc6"``, truncated after fc6's ReLU,
+    before the first Dropout (what the feature cache keeps for GreedyHash and Bi-half, which
+    run the rest live: :func:`vgg16_after_fc6`). Every parameter is frozen. The classifier's
+    Dropout layers follow the module's mode: active in ``train()``, off in ``eval()`` (the
+    released CIBHash code trains with them active). ImageNet weights are resolved in this order:
 
     1. an explicit weights file (``weights=PATH``; a torchvision VGG-16 state dict),
     2. torch hub's cache (``<torch hub dir>/checkpoints/vgg16-397923af.pth``),
@@ -22,6 +24,7 @@ Two backbones, shared by every image method:
 Public API (also used by the frozen-feature cache)::
 
     net = build_backbone("vgg16", weights=None, pretrained=True)   # (n,3,224,224) -> (n,4096)
+    net = build_backbone("vgg16", layer="fc6")                     # up to fc6's ReLU
     net.feature_dim, net.weights_source, net.weights_id, net.trainable
     prepare = preprocess_for("vgg16")          # uint8 (n,H,W,C) -> normalised network input
     x = prepare(split.images(positions), device)
@@ -48,6 +51,9 @@ from torch import nn
 from hashbench.errors import UserError
 
 BACKBONES = ("vgg16", "small")
+# Where VGG-16 can be cut: how many modules of torchvision's classifier are kept
+# (fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8): fc6 after its ReLU, fc7 after its ReLU + Dropout.
+VGG16_LAYERS = {"fc6": 2, "fc7": 6}
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -166,7 +172,8 @@ def preprocess_for(name: str, image_shape: tuple[int, ...] | None = None) -> Pre
 
 
 class VGG16Trunk(nn.Module):
-    """VGG-16 up to fc7 (after the second ReLU + Dropout): ``(n, 3, 224, 224)`` → ``(n, 4096)``.
+    """VGG-16 up to fc7 (after the second ReLU + Dropout): ``(n, 3, 224, 224)`` → ``(n, 4096)``;
+    with ``layer="fc6"`` up to fc6's ReLU (before its Dropout).
 
     Frozen: no parameter requires a gradient. Dropout follows ``train()`` / ``eval()``.
     """
@@ -175,9 +182,15 @@ class VGG16Trunk(nn.Module):
     trainable = False
 
     def __init__(
-        self, state_dict: dict[str, torch.Tensor] | None, weights_source: str, weights_id: str
+        self,
+        state_dict: dict[str, torch.Tensor] | None,
+        weights_source: str,
+        weights_id: str,
+        layer: str = "fc7",
     ) -> None:
         super().__init__()
+        if layer not in VGG16_LAYERS:
+            raise UserError(f"unknown VGG-16 layer {layer!r}; known: {', '.join(VGG16_LAYERS)}")
         from torchvision.models import vgg16
 
         if state_dict is None:
@@ -193,9 +206,10 @@ class VGG16Trunk(nn.Module):
         self.features = network.features
         self.avgpool = network.avgpool  # the identity at 224×224, kept for other sizes
         # classifier[:6] = fc6, ReLU, Dropout, fc7, ReLU, Dropout (the 1000-way fc8 dropped).
-        self.classifier = nn.Sequential(*list(network.classifier.children())[:6])
+        self.classifier = nn.Sequential(*list(network.classifier.children())[: VGG16_LAYERS[layer]])
         for parameter in self.parameters():
             parameter.requires_grad_(False)
+        self.layer = layer
         self.weights_source = weights_source
         self.weights_id = weights_id
 
@@ -387,26 +401,50 @@ class SmallConvNet(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def vgg16_after_fc6(fc7: nn.Linear, dropout: float = 0.5) -> nn.Sequential:
+    """What follows fc6's ReLU in VGG-16's classifier up to fc7's output, run live on cached
+    fc6 features: Dropout, fc7 (frozen), ReLU, Dropout — torchvision's ``classifier[2:6]``,
+    with the Dropout rate ``dropout`` (torchvision's and the released code's 0.5)."""
+    fc7.requires_grad_(False)
+    return nn.Sequential(nn.Dropout(dropout), fc7, nn.ReLU(), nn.Dropout(dropout))
+
+
+def vgg16_fc7_layer(*, weights: str | None = None, pretrained: bool = True) -> nn.Linear:
+    """VGG-16's fc7 (4096 → 4096) with the weights resolved as for :func:`build_backbone`, frozen."""
+    trunk = build_backbone("vgg16", weights=weights, pretrained=pretrained)
+    source = trunk.classifier[3]
+    # No random initialisation (it would draw from the run's generator), then a copy: the rest
+    # of VGG-16 (and a memory-mapped weights file) can go.
+    layer = torch.nn.utils.skip_init(nn.Linear, source.in_features, source.out_features)
+    with torch.no_grad():
+        layer.weight.copy_(source.weight)
+        layer.bias.copy_(source.bias)
+    return layer.requires_grad_(False)
+
+
 def build_backbone(
     name: str,
     *,
     weights: str | None = None,
     pretrained: bool = True,
     image_shape: tuple[int, ...] | None = None,
+    layer: str = "fc7",
 ) -> nn.Module:
     """Build backbone ``name`` (see the module docstring); the module is on the CPU.
 
     The result has ``feature_dim``, ``weights_source`` (where its weights came from),
     ``weights_id`` (a cache key for them) and ``trainable`` (False for the frozen VGG-16).
-    ``image_shape`` (H, W, C) is needed by ``small``; ``weights``/``pretrained`` only concern
-    ``vgg16``.
+    ``image_shape`` (H, W, C) is needed by ``small``; ``weights``/``pretrained``/``layer``
+    (``fc7`` or ``fc6``) only concern ``vgg16``.
     """
     if name == "vgg16":
         state, source, identity = resolve_vgg16_weights(weights, pretrained)
-        return VGG16Trunk(state, source, identity)
+        return VGG16Trunk(state, source, identity, layer)
     if name == "small":
         if weights is not None:
             raise UserError("the small backbone is trained from scratch; it takes no weights file")
+        if layer != "fc7":
+            raise UserError(f"the small backbone has no layer {layer!r}; only VGG-16 can be cut at fc6")
         return SmallConvNet(tuple(image_shape) if image_shape is not None else ())
     raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}")
 

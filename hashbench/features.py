@@ -2,9 +2,12 @@
 
 Datasets of natural images (CIFAR-10, NUS-WIDE, MS-COCO) ship no feature vectors; methods
 that take features (LSH, ITQ, TBH, ...) get VGG-16 fc7 features of the evaluation-preprocessed
-images (resize to 224, ImageNet normalisation), as in the papers. They are computed batch by
-batch on the run's device for every item of a split manifest, and stored as one float32
-``.npy`` keyed by (dataset, manifest hash, backbone, weights, preprocessing); see
+images (resize to 224, ImageNet normalisation), as in the papers. GreedyHash and Bi-half ask
+for another layer (:meth:`BackboneFeatures.at_layer`): fc6 after its ReLU, before the first
+Dropout, since their released code runs the rest of VGG-16's classifier in train mode. They
+are computed batch by batch on the run's device for every item of a split manifest, and
+stored as one float32 ``.npy`` keyed by (dataset, manifest hash, backbone, layer, weights,
+preprocessing); see
 :mod:`hashbench.cache` for the atomic write and the checks that make a stale or truncated
 entry be rebuilt. The dataset then exposes them as a function from an index array to a
 float32 matrix, so nothing is computed until a feature-input method asks.
@@ -24,6 +27,7 @@ from hashbench.cache import CacheEntry
 from hashbench.images import ImageStore, available_cpus, loader_options
 
 FEATURE_BACKBONE = "vgg16"
+FEATURE_LAYER = "fc7"
 # Bump when the feature computation changes (preprocessing, layer): old caches become stale.
 FEATURES_VERSION = 1
 
@@ -31,11 +35,12 @@ FEATURES_VERSION = 1
 NetworkFactory = Callable[[], tuple[Any, Callable[[Any, Any], Any]]]
 
 
-def _default_factory(backbone: str, weights: str | None, pretrained: bool, image_shape) -> NetworkFactory:
+def _default_factory(backbone: str, weights: str | None, pretrained: bool, image_shape, layer: str) -> NetworkFactory:
     def build():
         from hashbench.backbones import build_backbone, preprocess_for
 
-        return build_backbone(backbone, weights=weights, pretrained=pretrained), preprocess_for(backbone, image_shape)
+        network = build_backbone(backbone, weights=weights, pretrained=pretrained, layer=layer)
+        return network, preprocess_for(backbone, image_shape)
 
     return build
 
@@ -59,7 +64,11 @@ class _Batches:
 
 
 class BackboneFeatures:
-    """Features of the items ``covered`` (sorted dataset indices), as ``features(indices)``."""
+    """Features of the items ``covered`` (sorted dataset indices), as ``features(indices)``.
+
+    ``layer`` is where the backbone is cut (``fc7``, or ``fc6`` for VGG-16); ``weights`` and
+    ``pretrained`` say which weights (as for :func:`hashbench.backbones.build_backbone`).
+    """
 
     def __init__(
         self,
@@ -77,6 +86,7 @@ class BackboneFeatures:
         workers: int | None = None,
         factory: NetworkFactory | None = None,
         weights_key: str | None = None,
+        layer: str = FEATURE_LAYER,
     ) -> None:
         self.images = images
         self.covered = np.unique(np.asarray(covered, dtype=np.int64))
@@ -85,10 +95,13 @@ class BackboneFeatures:
         self.cache_dir = Path(cache_dir)
         self.device = device
         self.backbone = backbone
+        self.layer = layer
+        self.weights = weights
+        self.pretrained = pretrained
         self.batch_size = batch_size
         self.workers = workers
         image_shape = getattr(images, "shape", (None,))[1:]
-        self.factory = factory or _default_factory(backbone, weights, pretrained, image_shape)
+        self.factory = factory or _default_factory(backbone, weights, pretrained, image_shape, layer)
         if weights_key is None:
             from hashbench.backbones import weights_id
 
@@ -103,13 +116,44 @@ class BackboneFeatures:
             "dataset": self.dataset,
             "manifest": self.manifest_hash,
             "backbone": self.backbone,
+            "layer": self.layer,
             "weights": self.weights_key,
             "count": int(self.covered.size),
         }
 
     def entry(self) -> CacheEntry:
-        name = f"{self.dataset}-{self.manifest_hash[:16]}-{self.backbone}-{self.weights_key}.npy"
+        name = f"{self.dataset}-{self.manifest_hash[:16]}-{self.backbone}-{self.layer}-{self.weights_key}.npy"
         return CacheEntry(self.cache_dir / "features" / name, self.key())
+
+    def at_layer(self, layer: str) -> BackboneFeatures:
+        """The same items, backbone and weights cut at ``layer`` (cached separately)."""
+        if layer == self.layer:
+            return self
+        return BackboneFeatures(
+            self.images,
+            self.covered,
+            dataset=self.dataset,
+            manifest_hash=self.manifest_hash,
+            cache_dir=self.cache_dir,
+            device=self.device,
+            backbone=self.backbone,
+            weights=self.weights,
+            pretrained=self.pretrained,
+            batch_size=self.batch_size,
+            workers=self.workers,
+            weights_key=self.weights_key,
+            layer=layer,
+        )
+
+    def fc7_layer(self) -> Any:
+        """VGG-16's fc7 (a frozen ``nn.Linear``) with these features' weights, to run on fc6 ones."""
+        from hashbench.backbones import vgg16_fc7_layer
+
+        return vgg16_fc7_layer(weights=self.weights, pretrained=self.pretrained)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.array().shape[1])
 
     def array(self) -> np.ndarray:
         """All cached features ``(len(covered), d)``, computed on first use."""
@@ -146,7 +190,7 @@ class BackboneFeatures:
         )
 
         def fill(array: np.ndarray) -> None:
-            print(f"computing {self.backbone} features of {self.covered.size} images on {self.device} (cached for later runs)", file=sys.stderr)
+            print(f"computing {self.backbone} {self.layer} features of {self.covered.size} images on {self.device} (cached for later runs)", file=sys.stderr)
             start = time.perf_counter()
             position = 0
             with torch.inference_mode():

@@ -1,6 +1,7 @@
 """CIBHash: unsupervised hashing with a contrastive information bottleneck (Qiu et al., IJCAI 2021).
 
-As in the authors' released code (PROTOCOLS.md, "CIBHash"):
+As in the authors' released code (github.com/zexuanqiu/CIBHash: ``model/CIBHash.py``,
+``model/base_model.py``, ``utils/data.py``):
 
 * a frozen VGG-16 up to fc7 (its dropout active while training), and a trained head
   Linear(4096→1024) → ReLU → Linear(1024→bits);
@@ -11,35 +12,64 @@ As in the authors' released code (PROTOCOLS.md, "CIBHash"):
 * loss = NT-Xent(z_i, z_j; τ) + β · ½[KL(p_i ‖ sg p_j) + KL(p_j ‖ sg p_i)] over two
   augmented views of each image, with the Bernoulli KL summed over bits and averaged over
   the batch, and sg the stop-gradient;
-* Adam (lr 1e-3, no weight decay) on the head only, batch 64, 60 epochs (80 at 16 bits),
-  validation every 20 epochs keeping the best head.
+* Adam (lr 1e-3, no weight decay) on the head only, batch 64, 60 epochs of its 5,000
+  training images (80 at 16 bits): 4,740 optimiser steps (6,320 at 16 bits), validated
+  every 20 epochs (1,580 steps) keeping the best head. The paper profile keeps these step
+  counts on any training set (``training.settings``: ``steps``, ``epochs``,
+  ``released_steps``): 60 epochs on CIFAR-10's 5,000 training images, fewer on larger
+  training splits;
+* a NaN loss stops training and the best validated head is kept (``base_model.py``
+  ``run_training_session``; the authors report NaN at 16 bits): the trainer's
+  ``on_divergence="keep_best"``. Before the first validation the released code has no head
+  to keep; here the head of the last epoch that ended finite is kept. ``training.diverged``
+  records the epoch, the step and what was kept.
+
+Model selection (``validation``) uses the protocol's validation split, never the queries:
+
+``train-ranking``  mAP over the full ranking of the training split for the validation
+                   images (the harness's rule for every deep method);
+``released``       the released rule, mAP@1000 of the 5,000 validation images against the
+                   50,000-image database (``utils/data.py``: ``topK = 1000``, the database
+                   is CIFAR-10's training set). ``fit`` is not given the database, so it is
+                   estimated on the training split, a uniform 10 % sample of that database
+                   under ``cibhash-code``, at the cut-off scaled by the same ratio:
+                   mAP@(1000 · |train| / 50,000), i.e. mAP@100 for 5,000 training images.
+                   (Ranking against train ∪ val instead would put each validation image
+                   in its own database, at distance 0.)
+``auto``           ``released`` when the validation split says its protocol is
+                   ``cibhash-code`` (a ``protocol`` attribute), else ``train-ranking``.
+
+Without a validation split the last epoch's head is kept. The rule used is recorded
+(``training.validation_rule``).
 
 Profiles (``profile``):
 
 ``paper``  the above, with the paper's two-view augmentation at 224×224 (natural images);
 ``tiny``   a small convnet trained end to end with the head, on tiny images at their native
            size with the scaled-down augmentation (see :func:`hashbench.augment.tiny_policy`),
-           a longer schedule fitted to small training sets;
+           a longer schedule fitted to small training sets (100 epochs, validated every 20);
 ``auto``   what the dataset declares (a dataset class attribute ``image_profile`` of
            ``"natural"`` or ``"tiny"``), else ``tiny`` for single-channel images or images
            smaller than 32 pixels, ``paper`` otherwise (CIFAR-10, NUS-WIDE, MS-COCO).
 
-Model selection uses the validation split when the protocol has one: mAP over the full
-ranking of the training split for the validation images (never the query split). Without
-a validation split the last epoch's head is kept. Both are recorded.
-
 ``clhash`` is the paper's ablation without the information-bottleneck term (β = 0, "CLHash"
 in the paper's tables), registered as its own method so it sits in the same table.
 
-Deviations from the released code, all inconsequential or forced by the harness: a sign of
-exactly zero is mapped to +1 (the released code would emit a 0 bit), and the last epoch is
-also validated when the epoch count is not a multiple of the interval.
+Deviations from the released code (recorded as ``training.deviations``): a sign of exactly
+zero is mapped to +1 (the released code would emit a 0 bit); the last epoch is also
+validated when the epoch count is not a multiple of the interval; the validation rule as
+above; a training split other than 5,000 images gets the released step count, not its
+epoch count.
+
+Versions: 1, the first; 2, a NaN loss keeps the best validated (or last finite) head
+instead of failing the run, the paper profile's epochs come from the released step count,
+and the ``validation`` rule.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,14 +89,29 @@ from hashbench.methods._deep import (
     DeepHashingMethod,
     DeepParams,
     DeepSettings,
+    ReleasedBudget,
     check_backbone_weights,
     straight_through_sign,
+    training_set_deviation,
 )
 from hashbench.params import at_least, non_negative, positive
 from hashbench.training import autocast, image_loader, trainable
 
 HEAD_HIDDEN = 1024
 KL_EPS = 1e-8  # as the released code
+
+# The released run (github.com/zexuanqiu/CIBHash): 500 training images per CIFAR-10 class
+# (utils/data.py get_cifar), batch 64 and 60 epochs (model/base_model.py argparser), at least
+# 80 epochs at 16 bits (run_training_session), validation every 20 epochs.
+RELEASED_TRAIN_IMAGES = 5_000
+RELEASED_BATCH = 64
+RELEASED_BUDGET = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=60, validate_epochs=20)
+RELEASED_BUDGET_16 = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=80, validate_epochs=20)
+# Its validation: mAP@1000 (utils/data.py topK) against the database, CIFAR-10's 50,000
+# training images; the protocol that reproduces its split.
+RELEASED_TOPK = 1_000
+RELEASED_DATABASE = 50_000
+RELEASED_PROTOCOL = "cibhash-code"
 
 
 # --------------------------------------------------------------------------------------------
@@ -132,6 +177,10 @@ class ContrastiveHashParams(DeepParams):
     # epochs between validations; None: the profile's; 0: never
     eval_every: int | None = field(default=None, metadata=non_negative())
     variant: Literal["deterministic", "stochastic"] = "deterministic"
+    # Model selection: "train-ranking" (mAP over the full ranking of the training split),
+    # "released" (the released mAP@1000 against the database, estimated on the training
+    # split), "auto" (released under the cibhash-code protocol); see the module docstring.
+    validation: Literal["auto", "train-ranking", "released"] = "auto"
     backbone_weights: str | None = None  # a VGG-16 state dict file (paper profile)
     pretrained: bool = True  # False: random VGG-16 weights (recorded; not the paper's setting)
 
@@ -165,8 +214,15 @@ TINY_EVAL_EVERY = 20
 # --------------------------------------------------------------------------------------------
 
 
+def released_topk(train_items: int) -> int:
+    """The released mAP@1000 against 50,000 database images, scaled to a training split that
+    samples that database: 1000 · |train| / 50,000 (100 for 5,000 training images)."""
+    return max(1, round(RELEASED_TOPK * train_items / RELEASED_DATABASE))
+
+
 class CIBHash(DeepHashingMethod):
     name = "cibhash"
+    version = "2"
     description = "Contrastive information bottleneck hashing (Qiu et al. 2021): VGG-16 fc7 + trained head, NT-Xent on codes + Bernoulli KL"
     Params = CIBHashParams
     input = "images"
@@ -177,9 +233,15 @@ class CIBHash(DeepHashingMethod):
 
     def profile_settings(self, profile: str, train: DataSplit) -> CIBHashSettings:
         params, shape = self.params, tuple(train.image_shape)
+        released = None
         if profile == "paper":
             backbone, policy = "vgg16", paper_policy()
-            schedule = {"epochs": 80 if self.bits == 16 else 60, "eval_every": 20}
+            budget = RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET
+            released = budget.steps
+            schedule = {
+                "epochs": budget.epochs(len(train), params.batch_size),
+                "eval_every": budget.every(budget.validate_steps, len(train), params.batch_size),
+            }
         else:
             if params.backbone_weights is not None:
                 raise UserError(
@@ -195,8 +257,28 @@ class CIBHash(DeepHashingMethod):
             batch_size=params.batch_size,
             backbone=backbone,
             augment=policy,
+            released_steps=released,
             **self.profile_values(schedule),
         )
+
+    def validation_rule(self, train: DataSplit, val: DataSplit | None) -> dict[str, Any]:
+        """The model-selection rule of this run: its name, cut-off and why (recorded)."""
+        asked = self.params.validation
+        protocol = getattr(val, "protocol", None)
+        rule = asked
+        if val is None or len(val) == 0 or self.settings.eval_every == 0:
+            return {"asked": asked, "rule": "none", "topk": None, "protocol": protocol, "description": "no validation: the last epoch's head"}
+        if asked == "auto":
+            rule = "released" if protocol == RELEASED_PROTOCOL else "train-ranking"
+        topk = released_topk(len(train)) if rule == "released" else None
+        if rule == "released":
+            text = (
+                f"mAP@{topk} against the training split, estimating the released mAP@{RELEASED_TOPK} "
+                f"against the {RELEASED_DATABASE:,}-image database (not given to fit)"
+            )
+        else:
+            text = "mAP over the full ranking of the training split"
+        return {"asked": asked, "rule": rule, "topk": topk, "protocol": protocol, "description": text}
 
     def _forward_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Bit probabilities of a normalised batch; the head runs in float32."""
@@ -246,6 +328,8 @@ class CIBHash(DeepHashingMethod):
             },
             augment=policy.to_dict(),
         )
+        self.rule = self.validation_rule(train, val)
+        self.context.record["validation_rule"] = self.rule
 
         def step(images: torch.Tensor) -> dict[str, torch.Tensor]:
             pixels = match_channels(to_float_images(images, self.device), spec.channels)
@@ -262,10 +346,29 @@ class CIBHash(DeepHashingMethod):
             optimizer.step()
             return {key: value.detach() for key, value in terms.items()}
 
+        # As released: a NaN loss stops training, keeping the best validated head.
         self.run_trainer(
             {"adam": optimizer}, step, train, val,
             load=image_loader(train, self.device), fingerprint={"weights": backbone.weights_id},
+            validation_topk=self.rule["topk"], on_divergence="keep_best",
         )  # fmt: skip
+
+    def deviations(self, train: DataSplit) -> list[str]:
+        found = []
+        if self.settings.profile == "tiny":
+            found.append("tiny profile: a small convnet trained end to end at native size, 100 epochs (released: frozen VGG-16 at 224 px)")
+        else:
+            found += training_set_deviation(len(train), RELEASED_TRAIN_IMAGES, "CIFAR-10's 5,000")
+        if self.rule["rule"] == "none":
+            found.append("no validation: the last epoch's head is kept (released: the best of its validations)")
+        elif self.rule["rule"] == "train-ranking":
+            found.append("model selection by mAP over the full ranking of the training split (released: mAP@1000 against the database)")
+        else:
+            found.append(f"model selection by mAP@{self.rule['topk']} against the training split (released: mAP@1000 against the 50,000-image database, not given to fit)")
+        found.append("a sign of exactly 0 gives bit 1 (released: a 0 entry)")
+        if self.settings.eval_every and self.settings.epochs % self.settings.eval_every:
+            found.append("the last epoch is validated too")
+        return found
 
     def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Deterministic codes (bit = p ≥ 0.5) of a batch of uint8 images."""

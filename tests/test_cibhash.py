@@ -19,7 +19,10 @@ from hashbench.backbones import VGG16_FILE
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.errors import UserError
 from hashbench.method import RunContext
+from hashbench.methods import cibhash as cibhash_module
 from hashbench.methods.cibhash import (
+    RELEASED_BUDGET,
+    RELEASED_BUDGET_16,
     CIBHash,
     CIBHashParams,
     CLHash,
@@ -28,6 +31,7 @@ from hashbench.methods.cibhash import (
     binary_layer,
     cibhash_loss,
     nt_xent,
+    released_topk,
     straight_through_sign,
 )
 from hashbench.params import resolve_params
@@ -177,27 +181,53 @@ def test_clhash_is_cibhash_without_beta():
 # parameters and profiles
 
 
-def resolve_profile(params, bits, image_shape, dataset):
-    """The settings CIBHash resolves for a split of ``image_shape`` images from ``dataset``."""
+def resolve_profile(params, bits, image_shape, dataset, count=1):
+    """The settings CIBHash resolves for a split of ``count`` ``image_shape`` images from ``dataset``."""
     arrays = DatasetArrays(
-        labels=np.ones((1, 1), dtype=bool), images=np.zeros((1, *image_shape), np.uint8), dataset=dataset
+        labels=np.ones((count, 1), dtype=bool),
+        images=np.zeros((count, *image_shape), np.uint8),
+        dataset=dataset,
     )
-    return CIBHash(bits, params).resolve_settings(DataSplit("train", np.arange(1), arrays))
+    return CIBHash(bits, params).resolve_settings(DataSplit("train", np.arange(count), arrays))
+
+
+# The released run, from github.com/zexuanqiu/CIBHash: utils/data.py get_cifar takes 500
+# training images per class (lines 125-144); model/base_model.py's argparser sets batch 64
+# (line 324), 60 epochs (line 326) and validation every 20 epochs (line 335), and
+# run_training_session raises 16-bit runs to 80 epochs (lines 88-90). The DataLoader keeps
+# the last, smaller batch: ceil(5,000 / 64) = 79 steps per epoch.
+RELEASED_STEPS = 60 * 79  # 4,740
+RELEASED_STEPS_16 = 80 * 79  # 6,320
+RELEASED_VALIDATION_STEPS = 20 * 79  # 1,580
+
+
+def test_released_budget_in_optimiser_steps():
+    assert (RELEASED_BUDGET.steps, RELEASED_BUDGET.validate_steps) == (RELEASED_STEPS, RELEASED_VALIDATION_STEPS)
+    assert (RELEASED_BUDGET_16.steps, RELEASED_BUDGET_16.validate_steps) == (RELEASED_STEPS_16, RELEASED_VALIDATION_STEPS)
 
 
 def test_paper_defaults():
     params = CIBHashParams()
     assert (params.tau, params.beta, params.lr, params.batch_size) == (0.3, 0.001, 1e-3, 64)
-    assert params.variant == "deterministic" and params.pretrained
-    for bits, epochs in ((16, 80), (32, 60), (64, 60)):
-        profile = resolve_profile(params, bits, (32, 32, 3), "")
-        assert (profile.profile, profile.backbone, profile.epochs, profile.eval_every) == (
-            "paper",
-            "vgg16",
-            epochs,
-            20,
-        )
+    assert params.variant == "deterministic" and params.pretrained and params.validation == "auto"
+    # 5,000 training images, as released: its epochs; the step counts recorded.
+    for bits, epochs, steps in ((16, 80, RELEASED_STEPS_16), (32, 60, RELEASED_STEPS), (64, 60, RELEASED_STEPS)):
+        profile = resolve_profile(params, bits, (32, 32, 3), "", count=5_000)
+        assert (profile.profile, profile.backbone, profile.epochs, profile.eval_every) == ("paper", "vgg16", epochs, 20)
+        assert (profile.steps, profile.released_steps) == (steps, steps)
         assert profile.augment.size == 224
+    # Ten times the images: a tenth of the epochs (79 → 782 steps per epoch), the same steps.
+    larger = resolve_profile(params, 32, (32, 32, 3), "", count=50_000)
+    assert (larger.epochs, larger.eval_every, larger.released_steps) == (7, 2, RELEASED_STEPS)
+    assert larger.steps >= RELEASED_STEPS > larger.steps - 782
+    assert resolve_profile(CIBHashParams(epochs=3), 32, (32, 32, 3), "", count=5_000).steps == 3 * 79  # asked wins
+    tiny = resolve_profile(params, 32, (8, 8, 1), "", count=100)
+    assert (tiny.epochs, tiny.steps, tiny.released_steps) == (100, 200, None)
+
+
+def test_released_validation_cut_off_scales_with_the_sampled_database():
+    assert released_topk(5_000) == 100  # the cibhash-code training split: 10 % of the database
+    assert released_topk(50_000) == 1_000 and released_topk(10) == 1
 
 
 def test_profiles_follow_the_images_and_what_the_dataset_declares(monkeypatch):
@@ -274,6 +304,60 @@ def test_fit_and_encode_tiny_images_record_the_training():
     assert {"loss", "contrastive", "kl", "seconds"} <= set(record["curve"][0])
     assert [score["epoch"] for score in record["validation"]["scores"]] == [2, 3]
     assert record["validation"]["selected_epoch"] in (2, 3)
+
+
+class ProtocolSplit(DataSplit):
+    """A split that says its protocol (what the harness would need to give methods)."""
+
+    protocol = "cibhash-code"
+
+
+def test_validation_rule_auto_follows_the_protocol_and_is_recorded():
+    train, val = toy_splits()
+    assert len(train) == 36
+    rules = {}
+    for name, asked, split in (
+        ("auto", {}, val),
+        ("auto-cibhash-code", {}, ProtocolSplit("val", val.indices, val._arrays)),
+        ("released", {"validation": "released"}, val),
+        ("none", {"eval_every": 0}, val),
+    ):
+        context = RunContext(seed=0)
+        CIBHash(8, CIBHashParams(**{"epochs": 1, "batch_size": 12, **asked}), context).fit(train, split)
+        rules[name] = context
+    assert rules["auto"].record["validation_rule"]["rule"] == "train-ranking"
+    assert "over the full ranking" in rules["auto"].record["validation"]["metric"]
+    for name in ("auto-cibhash-code", "released"):
+        rule = rules[name].record["validation_rule"]
+        assert (rule["rule"], rule["topk"]) == ("released", 1)  # 1000 · 36 / 50,000, at least 1
+        assert rules[name].record["validation"]["metric"].startswith("mAP@1: validation images")
+        assert any("mAP@1 against the training split" in text for text in rules[name].record["deviations"])
+    assert rules["auto-cibhash-code"].record["validation_rule"]["protocol"] == "cibhash-code"
+    assert rules["none"].record["validation_rule"]["rule"] == "none"
+
+
+def test_a_nan_loss_keeps_the_best_validated_head_as_released(monkeypatch):
+    train, val = toy_splits()
+    epochs_seen = []
+    real_loss = cibhash_module.cibhash_loss
+
+    def loss_turning_nan(p_i, p_j, tau, beta, variant="deterministic"):
+        terms = real_loss(p_i, p_j, tau, beta, variant)
+        epochs_seen.append(1)
+        if len(epochs_seen) > 3 * 3 + 1:  # 3 steps per epoch: epoch 4's second step
+            terms = {key: value * float("nan") for key, value in terms.items()}
+        return terms
+
+    monkeypatch.setattr(cibhash_module, "cibhash_loss", loss_turning_nan)
+    context = RunContext(seed=0)
+    method = CIBHash(8, CIBHashParams(epochs=6, eval_every=2, batch_size=12), context)
+    method.fit(train, val)
+    record = context.record
+    assert record["diverged"] == {"epoch": 4, "step": 2, "kept": "best validated epoch 2"}
+    assert record["validation"]["selected_epoch"] == 2 and len(record["curve"]) == 3
+    codes = method.encode(val)
+    assert codes.shape == (12, 8)
+    assert all(torch.isfinite(value).all() for value in method.model.state_dict().values() if value.is_floating_point())
 
 
 def test_paper_profile_trains_only_the_head_over_a_frozen_vgg16(monkeypatch):
