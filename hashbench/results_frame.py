@@ -42,6 +42,16 @@ def read_records(results: Path, *, include_stale: bool = False) -> tuple[list[Ru
             damaged += 1
             continue
         records.append(item.record)
+    # One run per cell and version: a record left under a key of the older format is
+    # superseded by a newer record of the same run.
+    latest: dict[tuple[str, str, str], RunRecord] = {}
+    for record in records:
+        slot = (record.cell_id, record.method_version, record.protocol_version)
+        if slot not in latest or (record.finished or "") > (latest[slot].finished or ""):
+            latest[slot] = record
+    if len(latest) < len(records):
+        warnings.append(f"{len(records) - len(latest)} older record(s) of runs recorded again are left out")
+        records = [record for record in records if latest[record.cell_id, record.method_version, record.protocol_version] is record]
     if stale:
         warnings.append(
             f"left out {stale} stale run(s), made under an older method or protocol version "

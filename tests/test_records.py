@@ -274,7 +274,12 @@ def test_an_empty_grid_is_refused(invoke, tmp_path):
     config = tmp_path / "grid.toml"
     config.write_text('methods = ["lsh"]\nbits = []\n')
     result = invoke("run", "--config", config, "--results", tmp_path / "results")
-    assert result.exit_code == 2 and "no bits given" in result.output
+    assert result.exit_code == 2 and "bits: an empty list runs nothing" in result.output
+    assert not (tmp_path / "results").exists()
+    from hashbench.errors import UserError
+
+    with pytest.raises(UserError, match="no seeds given"):
+        run_grid(GridSpec(methods=["lsh"], seeds=[], results=tmp_path / "results"))
     assert not (tmp_path / "results").exists()
 
 
