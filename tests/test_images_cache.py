@@ -160,23 +160,53 @@ def test_a_failed_build_leaves_nothing_that_claims_to_be_complete(tmp_path):
 
 
 def test_two_builders_at_once_build_once(tmp_path):
+    """The second builder finds no entry, waits for the first one's lock, then opens what it built.
+
+    Synchronised on events, not on time: the first builder holds the lock inside its fill
+    until the second has looked for the entry (and found none), so the second always has
+    to rely on the re-check it makes under the lock.
+    """
+    path, key = tmp_path / "x.npy", {"k": 1}
+    filling = threading.Event()  # the first builder holds the lock and is writing
+    looked = threading.Event()  # the second builder has looked for a finished entry
     calls = []
 
     def fill(array):
-        calls.append(1)
-        threading.Event().wait(0.2)
+        calls.append(threading.current_thread().name)
+        filling.set()
+        assert looked.wait(timeout=120), "the second builder never looked for the entry"
         array.fill(3)
 
-    results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(CacheEntry(tmp_path / "x.npy", {"k": 1}).get_or_build((5,), np.int32, fill)))
-        for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(calls) == 1 and all((result == 3).all() for result in results)
+    second_entry = CacheEntry(path, key)
+    first_look = second_entry.open
+
+    def open_and_tell():
+        found = first_look()
+        looked.set()
+        return found
+
+    second_entry.open = open_and_tell
+    results, errors = {}, []
+
+    def build(name, entry):
+        try:
+            results[name] = entry.get_or_build((5,), np.int32, fill)
+        except BaseException as error:  # reported below, not lost in the thread
+            errors.append(error)
+            filling.set()
+            looked.set()
+
+    first = threading.Thread(target=build, args=("first", CacheEntry(path, key)), name="first")
+    first.start()
+    assert filling.wait(timeout=120), "the first builder never started filling"
+    second = threading.Thread(target=build, args=("second", second_entry), name="second")
+    second.start()
+    for thread in (first, second):
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+    assert not errors, errors
+    assert calls == ["first"]
+    assert all((results[name] == 3).all() for name in ("first", "second"))
 
 
 def test_cache_refuses_a_disk_too_small(tmp_path):

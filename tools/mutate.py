@@ -364,6 +364,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_baselines.py::test_spectral_modes_pick_lowest_frequencies",),
         "spectral hashing keeps the constant eigenfunction as a bit",
     ),
+    # ---- caches ----------------------------------------------------------------------------
+    Mutation(
+        "cache-no-recheck-under-lock", ("hashbench/cache.py",),
+        "array = self.open()  # another process may have built it while we waited\n                if array is not None:\n                    return array\n",
+        "",
+        ("tests/test_images_cache.py::test_two_builders_at_once_build_once",),
+        "a builder that waited for another's lock builds the entry again",
+    ),
     # ---- report ----------------------------------------------------------------------------
     Mutation(
         "report-bold-on-the-worst", ("hashbench/report.py", "hashbench/metric_table.py"),
