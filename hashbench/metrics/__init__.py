@@ -1,4 +1,5 @@
-"""Retrieval metrics for binary codes, exact to the definitions of README.md ("Metrics").
+"""Retrieval metrics for binary codes, exact to the definitions of docs/PROTOCOLS.md and
+README.md (both under "Metrics").
 
 Ranking: the database is ranked for each query by Hamming distance, ties broken by database
 index (a stable order). An item is relevant when it shares at least one label with the query.
