@@ -21,6 +21,9 @@ def test_wheel_installs_plugins_under_the_core_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "hashbench/methods/itq.py" in names and "hashbench/datasets/digits.py" in names
     assert not any(name.startswith(("methods/", "datasets/")) for name in names)
+    # Every subpackage of the core ships (the package list in pyproject.toml is explicit).
+    for init in (ROOT / "hashbench").rglob("__init__.py"):
+        assert init.relative_to(ROOT).as_posix() in names
     entry_points = next(name for name in names if name.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[hashbench.methods]" in text and "itq = hashbench.methods.itq:ITQ" in text
