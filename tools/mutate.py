@@ -372,6 +372,12 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_images_cache.py::test_two_builders_at_once_build_once",),
         "a builder that waited for another's lock builds the entry again",
     ),
+    Mutation(
+        "features-vgg16-in-train-mode", ("hashbench/features.py",),
+        "network = network.to(self.device).eval()", "network = network.to(self.device).train()",
+        ("tests/test_vgg_features.py",),
+        "cached VGG-16 features are computed with dropout active",
+    ),
     # ---- report ----------------------------------------------------------------------------
     Mutation(
         "report-bold-on-the-worst", ("hashbench/report.py", "hashbench/metric_table.py"),
