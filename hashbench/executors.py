@@ -14,6 +14,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -83,7 +85,30 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _worker_initializer(threads: int) -> None:
+# How often a worker checks that the process that started it is still there.
+PARENT_POLL_SECONDS = 1.0
+
+
+def exit_with_parent(parent_pid: int, poll_seconds: float = PARENT_POLL_SECONDS) -> None:
+    """Make this process exit once ``parent_pid`` is no longer its parent.
+
+    A worker whose runner was killed outright (SIGKILL, the OOM killer) would otherwise wait
+    for work for ever, or finish a cell nobody collects. When the parent dies the worker is
+    re-parented, so its parent pid changes: a daemon thread polls for that. The cell it was
+    running is left as an interrupted run folder, redone by the next run.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_seconds)
+        os._exit(1)  # no clean-up: nobody is left to collect it; the kernel drops its locks
+
+    threading.Thread(target=watch, name="hashbench-exit-with-parent", daemon=True).start()
+
+
+def _worker_initializer(threads: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     limit_threads(threads)
 
 
@@ -129,7 +154,7 @@ class LocalPoolExecutor:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_initializer,
-            initargs=(self.threads,),
+            initargs=(self.threads, os.getpid()),
         )
 
     def run(

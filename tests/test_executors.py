@@ -63,7 +63,7 @@ def test_jobs_2_gives_the_same_records_as_one_job(invoke, tmp_path):
         assert execution["threads"]["environment"] == {variable: str(share) for variable in THREAD_VARIABLES}
         assert execution["threads"]["torch"] == share == record["environment"]["torch_threads"]
         assert execution["threads"]["blas"] and set(execution["threads"]["blas"]) == {share}
-        assert "execution" not in serial[key]
+        assert serial[key]["execution"] == {"executor": "in process"}
     # Resuming with workers does no work: every cell is done.
     again = invoke(*grid, "--results", tmp_path / "two", "--jobs", "2")
     assert again.output.count("done before") == 4
