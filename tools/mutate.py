@@ -364,6 +364,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         ("tests/test_baselines.py::test_spectral_modes_pick_lowest_frequencies",),
         "spectral hashing keeps the constant eigenfunction as a bit",
     ),
+    # ---- atomic writes ---------------------------------------------------------------------
+    Mutation(
+        "atomic-writes-in-place", ("hashbench/atomic.py",),
+        'descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
+        "descriptor, temporary = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), str(path)",
+        ("tests/test_atomic_kill.py",),
+        "files are overwritten in place instead of through a temporary file and a rename",
+    ),
     # ---- caches ----------------------------------------------------------------------------
     Mutation(
         "cache-no-recheck-under-lock", ("hashbench/cache.py",),
