@@ -1,16 +1,22 @@
 """BGAN: binary generative adversarial networks for image retrieval (Song et al., AAAI 2018).
 
-As in the authors' released code (PROTOCOLS.md, "BGAN"):
+As in the authors' released code (github.com/htconquer/BGAN: ``BGAN.py``, ``generator.py``,
+``deconv.py``, ``create_S.py``; layer defaults from ``google/prettytensor``):
 
 * encoder: a VGG network (VGG-19 in the released code, all of it trained, dropout 0.5 in
   fc6/fc7), with two heads on fc7: μ = tanh(Dense(bits)) and log σ² = Dense(bits);
   codes = sign(μ);
-* generator from z = μ + σ·ε (ε ~ N(0, I)): Dense → 8×8×256, transposed convolutions 5×5
-  with stride 2 to 256, 128 and 32 channels, a 1×1 one to the image's channels with a
-  sigmoid: a 64×64 image; batch norm and ELU on every hidden layer;
-* discriminator: convolutions 5×5 with 32 (stride 1), 128, 256, 256 (stride 2) channels, a
-  1024-unit ELU layer (the feature-matching layer), one sigmoid unit; batch norm and ELU on
-  every hidden layer; the fakes it sees come from z ~ N(0, I);
+* generator from z = μ + σ·ε (ε ~ N(0, I)): Dense → ELU → 8×8×256, transposed convolutions
+  5×5 with stride 2 to 256, 128 and 32 channels (batch norm, ELU), a 1×1 one to the
+  image's channels with batch norm and a sigmoid: a 64×64 image;
+* discriminator: convolutions 5×5 with 32 (stride 1), 128, 256, 256 (stride 2) channels
+  (batch norm, ELU), a 1024-unit Dense + ELU layer (the feature-matching layer), one sigmoid
+  unit; the fakes it sees come from z ~ N(0, I).
+  Batch norm: ``BGAN.py`` sets ``batch_normalize=True`` as a default scope (with ELU,
+  ε = 0.001); prettytensor's ``conv2d`` and the released ``deconv2d`` take that default,
+  ``fully_connected`` has no batch norm at all. So every convolution and transposed
+  convolution, the last one before the sigmoid included, has batch norm, and no Dense layer
+  has;
 * the neighbour structure S in {−1, +1}: from the kNN ranking of pre-extracted features,
   for each point i the K2 = 30 points whose top-(K1 + 1) neighbour lists (K1 = 20, the point
   itself first) overlap most with i's own; S = +1 between i and every point of the union of
@@ -20,7 +26,14 @@ As in the authors' released code (PROTOCOLS.md, "BGAN"):
   encoder = LL + 10·[mean((μμᵀ − S)²) + mean((μ − sign μ)²)];
   generator = LL − mean log D(G(z_p)); discriminator = −mean[log D(x) + log(1 − D(G(z_p)))]
   (probabilities clipped at 1e-5 as in the released code); the three networks are updated
-  from the same forward pass with Adam (lr 1e-3, ε = 1.0); batch 40; ~50 epochs.
+  from the same forward pass with Adam (lr 1e-3, ε = 1.0); batch 40;
+* budget: ``BGAN.py`` trains 51 epochs over 10,000 CIFAR-10 images in 250 full batches
+  (the remainder dropped): 12,750 optimiser steps, then writes the codes. The paper profile
+  trains for as many epochs of its training split as make those steps (``training.settings``:
+  ``steps``, ``epochs``, ``released_steps``). The released ``evaluate.py`` reads the codes of
+  epoch 20 (``codes/32_00020_beta.npz``), a file ``BGAN.py`` as released does not write;
+  the 51-epoch budget of ``BGAN.py`` is the one used, and the record says so
+  (``training.released_budget``).
 
 Profiles (``profile``):
 
@@ -28,17 +41,21 @@ Profiles (``profile``):
            trainable (``finetune_backbone=true``, as the released code trains its VGG),
            encoder input 224×224 with ImageNet normalisation, reconstruction target the
            image resized to 64×64 in [0, 1]; S from VGG-16 fc7 features (the backbone cache;
-           the released code used features from another network it does not ship);
+           the released code used ResNet features it does not ship, ``cifar_KNN.npz``);
+           validated every 2,500 steps (10 released epochs; the released code does not
+           validate);
 ``tiny``   for tiny images (8×8 digits, 28×28 MNIST) on a CPU: the small backbone of
            :mod:`hashbench.backbones` trained end to end as the encoder; generator and
            discriminator scaled down (see below) to reconstruct the image at its native
            size; S from the flattened pixels with K1 = K2 = 5 (K1 = 20 and K2 = 30 were
            set for 10,000 training images: on 500 images their union covers most of the
-           training set and S carries no information); Adam with ε = 1e-8 instead of the
-           released 1.0 (ε = 1.0 shrinks the steps of every weight whose gradients are much
-           smaller than 1, and a small encoder trained from scratch for a few hundred steps
-           then barely moves: on digits, 64 bits, mAP@100 0.77 with ε = 1.0 and 0.84 with
-           1e-8); 20 epochs;
+           training set and S carries no information); the encoder's Adam with ε = 1e-8
+           instead of the released 1.0 (ε = 1.0 shrinks the steps of every weight whose
+           gradients are much smaller than 1, and a small encoder trained from scratch for a
+           few hundred steps then barely moves); the generator and the discriminator keep
+           the released 1.0 (with 1e-8 the discriminator, whose feature-matching layer has
+           no batch norm, wins within a few epochs and the feature-matching loss explodes:
+           on digits, 16 bits, mAP@100 0.44 against 0.76); 20 epochs;
 ``auto``   what the dataset declares, else ``tiny`` for grey images or images smaller than
            32 pixels, ``paper`` otherwise.
 
@@ -51,13 +68,23 @@ size ('same' padding, 8 → 4 → 2 → 1). ``width`` multiplies every channel c
 
 Options recorded in the run record (``training``): ``backbone`` (vgg16 or small),
 ``finetune_backbone`` (false keeps VGG-16 frozen, a cheaper variant), ``kl_weight`` (one
-released version adds the VAE's KL term to the encoder loss; 0 by default as in PROTOCOLS),
-``pair_weight`` (10; another released version uses 1), ``pair_scale`` (``none``: μμᵀ against
-S as released; ``bits``: μμᵀ/bits, so that the targets ±1 are reachable by binary codes).
-Deviations: VGG-16 (the project's shared backbone, with torchvision's ImageNet weights)
-replaces the released VGG-19; batches are the epoch's shuffled order (the last one may be
-smaller) instead of dropping the remainder; ties in the kNN and overlap rankings go to the
+released version adds the VAE's KL term to the encoder loss; 0 by default, as ``BGAN.py``'s
+encoder loss), ``pair_weight`` (10; another released version uses 1), ``pair_scale``
+(``none``: μμᵀ against S as released; ``bits``: μμᵀ/bits, so that the targets ±1 are
+reachable by binary codes).
+
+Deviations (recorded as ``training.deviations``): VGG-16 (the project's shared backbone,
+with torchvision's ImageNet weights) replaces the released VGG-19; S comes from VGG-16 fc7
+features instead of the released ResNet features; the protocol's training split replaces
+the released 10,000 images (the step count is kept); batches are the epoch's shuffled order
+(the last one may be smaller) instead of dropping the remainder; the best validated epoch
+is kept (the released code keeps the last); ties in the kNN and overlap rankings go to the
 lower index (the released code's quicksort leaves them arbitrary).
+
+Versions: 1, the first; 2, batch norm where the released code has it (not after the
+generator's first Dense layer nor the discriminator's feature-matching layer; after the
+generator's last transposed convolution), the paper profile's epochs from the released
+12,750 steps, and the tiny profile's ε = 1e-8 for the encoder only.
 """
 
 from __future__ import annotations
@@ -78,9 +105,11 @@ from hashbench.methods._deep import (
     DeepHashingMethod,
     DeepParams,
     DeepSettings,
+    ReleasedBudget,
     check_backbone_weights,
     describe_features,
     simultaneous_step,
+    training_set_deviation,
 )
 from hashbench.params import at_least, non_negative, positive
 from hashbench.training import autocast, image_loader
@@ -89,6 +118,17 @@ PROBABILITY_FLOOR = 1e-5  # the released code clips D's outputs here before the 
 LOG_VAR_CLIP = 10.0  # and the KL term's inputs to ±10
 HEAD_INIT_STD = 1e-3
 KNN_CHUNK = 1024
+BN_EPS = 1e-3  # BGAN.py's defaults scope: variance_epsilon=0.001
+
+# BGAN.py: 10,000 CIFAR-10 training images, batch 40, floor(10,000 / 40) = 250 full batches
+# per epoch (data_iterator drops the rest), num_epochs = 51. It does not validate: every
+# 10 released epochs (2,500 steps) is the harness's choice.
+RELEASED_TRAIN_IMAGES = 10_000
+RELEASED_BATCH = 40
+RELEASED_EPOCHS = 51
+RELEASED_BUDGET = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, RELEASED_EPOCHS, validate_epochs=10, drop_last=True)
+# evaluate.py reads codes/32_00020_beta.npz: the codes of epoch 20.
+RELEASED_EVALUATED_EPOCH = 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,8 +215,9 @@ def _channels(count: int, width: float) -> int:
     return max(1, round(count * width))
 
 
-def _block(layer: nn.Module, channels: int) -> list[nn.Module]:
-    return [layer, nn.BatchNorm2d(channels, eps=1e-3), nn.ELU()]
+def _normalised(layer: nn.Module, channels: int, activation: nn.Module) -> list[nn.Module]:
+    """A (transposed) convolution with batch norm, then its activation (prettytensor's order)."""
+    return [layer, nn.BatchNorm2d(channels, eps=BN_EPS), activation]
 
 
 def xavier_init(module: nn.Module) -> None:
@@ -197,16 +238,18 @@ class Generator(nn.Module):
         self.start = (height >> steps, width_px >> steps)
         base = _channels(256, width)
         self.base = base
-        self.fc = nn.Sequential(nn.Linear(bits, base * self.start[0] * self.start[1]), nn.BatchNorm1d(base * self.start[0] * self.start[1], eps=1e-3), nn.ELU())
+        # prettytensor's fully_connected has no batch norm: Dense → ELU.
+        self.fc = nn.Sequential(nn.Linear(bits, base * self.start[0] * self.start[1]), nn.ELU())
         layers: list[nn.Module] = []
         in_channels = base
         for index, out in enumerate((256, 128, 32)):
             stride = 2 if index < steps else 1
             out_channels = _channels(out, width)
             deconv = nn.ConvTranspose2d(in_channels, out_channels, 5, stride=stride, padding=2, output_padding=stride - 1)
-            layers += _block(deconv, out_channels)
+            layers += _normalised(deconv, out_channels, nn.ELU())
             in_channels = out_channels
-        layers += [nn.ConvTranspose2d(in_channels, channels, 1), nn.Sigmoid()]
+        # The last deconv2d takes the scope's batch norm too; only its activation is given.
+        layers += _normalised(nn.ConvTranspose2d(in_channels, channels, 1), channels, nn.Sigmoid())
         self.deconvs = nn.Sequential(*layers)
         xavier_init(self)
 
@@ -225,13 +268,14 @@ class Discriminator(nn.Module):
         in_channels = channels
         for out, stride in ((32, 1), (128, 2), (256, 2), (256, 2)):
             out_channels = _channels(out, width)
-            layers += _block(nn.Conv2d(in_channels, out_channels, 5, stride=stride, padding=2), out_channels)
+            layers += _normalised(nn.Conv2d(in_channels, out_channels, 5, stride=stride, padding=2), out_channels, nn.ELU())
             in_channels = out_channels
             if stride == 2:
                 height, width_px = (height + 1) // 2, (width_px + 1) // 2
         self.convs = nn.Sequential(*layers, nn.Flatten())
         feature_dim = _channels(1024, width)
-        self.features = nn.Sequential(nn.Linear(in_channels * height * width_px, feature_dim), nn.BatchNorm1d(feature_dim, eps=1e-3), nn.ELU())
+        # The feature-matching layer: fully_connected(1024, elu), no batch norm.
+        self.features = nn.Sequential(nn.Linear(in_channels * height * width_px, feature_dim), nn.ELU())
         self.output = nn.Linear(feature_dim, 1)
         xavier_init(self)
 
@@ -328,6 +372,12 @@ def bgan_losses(
     }
 
 
+def _is_backbone(split: DataSplit) -> bool:
+    from hashbench.features import BackboneFeatures
+
+    return isinstance(split.feature_source, BackboneFeatures)
+
+
 # --------------------------------------------------------------------------------------------
 # hyperparameters and profiles
 
@@ -339,9 +389,11 @@ class BGANParams(DeepParams):
     backbone_weights: str | None = None  # a VGG-16 state dict file
     pretrained: bool = True  # False: random VGG-16 weights (recorded; not the paper's setting)
     lr: float = field(default=1e-3, metadata=positive())
-    adam_eps: float | None = field(default=None, metadata=positive())  # None: the profile's (paper 1.0 as released; tiny 1e-8)
+    # Adam's ε for all three networks; None: the profile's (paper 1.0 as released; tiny 1e-8
+    # for the encoder and the released 1.0 for the generator and the discriminator).
+    adam_eps: float | None = field(default=None, metadata=positive())
     batch_size: int = field(default=40, metadata=at_least(2))
-    epochs: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper 50)
+    epochs: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper: the released 12,750 steps)
     eval_every: int | None = field(default=None, metadata=non_negative())  # epochs between validations; 0: never
     pair_weight: float = field(default=10.0, metadata=non_negative())
     pair_scale: Literal["none", "bits"] = "none"
@@ -363,11 +415,14 @@ class BGANSettings(DeepSettings):
     k2: int
     image_size: tuple[int, int] | None  # None: native
     width: float
-    adam_eps: float
+    adam_eps: float  # the encoder's
+    adam_eps_gan: float  # the generator's and the discriminator's
 
 
-PAPER = {"backbone": "vgg16", "epochs": 50, "eval_every": 10, "k1": 20, "k2": 30, "image_size": 64, "width": 1.0, "adam_eps": 1.0}
+# epochs / eval_every None: from the released step budget (see profile_settings).
+PAPER = {"backbone": "vgg16", "epochs": None, "eval_every": None, "k1": 20, "k2": 30, "image_size": 64, "width": 1.0, "adam_eps": 1.0}
 TINY = {"backbone": "small", "epochs": 20, "eval_every": 5, "k1": 5, "k2": 5, "image_size": None, "width": 0.25, "adam_eps": 1e-8}
+RELEASED_ADAM_EPS = 1.0  # BGAN.py: AdamOptimizer(..., epsilon=1.0) for all three networks
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,24 +430,36 @@ TINY = {"backbone": "small", "epochs": 20, "eval_every": 5, "k1": 5, "k2": 5, "i
 
 class BGAN(DeepHashingMethod):
     name = "bgan"
+    version = "2"
     description = "Binary generative adversarial networks (Song et al. 2018): VAE-GAN encoder with tanh codes, kNN neighbour structure"
     Params = BGANParams
     input = "images"
 
     def profile_settings(self, profile: str, train: DataSplit) -> BGANSettings:
         params = self.params
-        values = self.profile_values(PAPER if profile == "paper" else TINY)
+        defaults = dict(PAPER if profile == "paper" else TINY)
+        released = None
+        if profile == "paper":
+            budget, batch = RELEASED_BUDGET, params.batch_size
+            released = budget.steps
+            defaults["epochs"] = budget.epochs(len(train), batch)
+            defaults["eval_every"] = budget.every(budget.validate_steps, len(train), batch)
+        values = self.profile_values(defaults)
         if values["backbone"] == "small" and params.backbone_weights is not None:
             raise UserError("bgan.backbone_weights is set but the small backbone is trained from scratch; drop it or use backbone=vgg16")
         size = values["image_size"]
         values["image_size"] = None if size is None else (int(size), int(size))
         values["width"], values["adam_eps"] = float(values["width"]), float(values["adam_eps"])
+        # The tiny profile's small ε is for its encoder only: with it, the generator and the
+        # discriminator (without batch norm on its feature layer, as released) race apart.
+        values["adam_eps_gan"] = float(params.adam_eps) if params.adam_eps is not None else RELEASED_ADAM_EPS
         return BGANSettings(
             profile=profile,
             lr=params.lr,
             batch_size=params.batch_size,
             # The small backbone is randomly initialised: it is always trained.
             train_backbone=bool(params.finetune_backbone) or values["backbone"] == "small",
+            released_steps=released,
             **values,
         )
 
@@ -413,7 +480,8 @@ class BGAN(DeepHashingMethod):
             "generator": list(generator.parameters()),
             "discriminator": list(discriminator.parameters()),
         }
-        optimizers = {name: torch.optim.Adam(group, lr=settings.lr, eps=settings.adam_eps) for name, group in groups.items()}
+        eps = {"encoder": settings.adam_eps, "generator": settings.adam_eps_gan, "discriminator": settings.adam_eps_gan}
+        optimizers = {name: torch.optim.Adam(group, lr=settings.lr, eps=eps[name]) for name, group in groups.items()}
 
         # S once per training split, from the split's feature vectors (fc7 / pixels).
         positive = neighbour_structure(train.features, settings.k1, settings.k2, self.device)
@@ -433,8 +501,15 @@ class BGAN(DeepHashingMethod):
                 "positives_per_item": float(positive.sum() / max(len(train), 1)),
             },
             losses={"pair_weight": params.pair_weight, "pair_scale": params.pair_scale, "kl_weight": params.kl_weight},
-            optimizer=f"Adam (lr {settings.lr}, eps {settings.adam_eps}) for encoder, generator and discriminator; simultaneous updates",
+            optimizer=(
+                f"Adam (lr {settings.lr}) for encoder (eps {settings.adam_eps}), generator and discriminator "
+                f"(eps {settings.adam_eps_gan}); simultaneous updates"
+            ),
             reconstruction_shape=list(target_chw),
+            released_budget=(
+                f"BGAN.py: {RELEASED_EPOCHS} epochs of {RELEASED_TRAIN_IMAGES:,} images in batches of {RELEASED_BATCH} "
+                f"({RELEASED_BUDGET.steps:,} steps) — used; evaluate.py reads the codes of epoch {RELEASED_EVALUATED_EPOCH}"
+            ),
         )
         images_of = image_loader(train, self.device)
 
@@ -464,6 +539,30 @@ class BGAN(DeepHashingMethod):
             return {key: value.detach() for key, value in terms.items()}
 
         self.run_trainer(optimizers, step, train, val, load=load, fingerprint={"weights": backbone.weights_id})
+
+    def deviations(self, train: DataSplit) -> list[str]:
+        settings = self.settings
+        found = []
+        if settings.profile == "tiny":
+            found.append(
+                "tiny profile: small encoder trained from scratch, quarter-width generator and discriminator at "
+                "native size, K1 = K2 = 5, the encoder's Adam eps 1e-8, 20 epochs (released: VGG-19, 64 px, K1 = 20, K2 = 30, eps 1, 51 epochs)"
+            )
+        else:
+            found += training_set_deviation(len(train), RELEASED_TRAIN_IMAGES, "10,000 CIFAR-10 training images")
+        if settings.backbone == "vgg16":
+            found.append("encoder: VGG-16 with torchvision's ImageNet weights (released: VGG-19)")
+        if not settings.train_backbone:
+            found.append("encoder trunk frozen (released: all of VGG-19 trained)")
+        found.append(
+            f"S from the training split's {'VGG-16 fc7 features' if _is_backbone(train) else 'own feature vectors'} "
+            "(released: ResNet features, cifar_KNN.npz)"
+        )
+        found.append("batches: each epoch's shuffled order with a smaller last batch (released: the remainder dropped)")
+        if settings.eval_every:
+            found.append("the best validated epoch is kept (released: the last epoch's codes)")
+        found.append("ties in the kNN and overlap rankings go to the lower index (released: arbitrary)")
+        return found
 
     def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """sign(μ) (μ ≥ 0 ↦ True) of a batch of uint8 images."""

@@ -11,6 +11,7 @@ from hashbench.data import DatasetArrays, DataSplit
 from hashbench.method import RunContext
 from hashbench.methods.bgan import (
     BGAN,
+    RELEASED_BUDGET,
     BGANParams,
     Discriminator,
     Encoder,
@@ -97,6 +98,82 @@ def test_generator_and_discriminator_shapes(chw, steps, start):
     assert probability.shape == (4, 1) and features.shape == (4, 128)
 
 
+# The released layers, each with or without batch norm (github.com/htconquer/BGAN). BGAN.py
+# lines 101-105 open pt.defaults_scope(activation_fn=elu, batch_normalize=True, ...); the
+# generator (lines 73-81) is fully_connected(8*8*256), three deconv2d(5, ...) and
+# deconv2d(1, 3, activation_fn=sigmoid); the discriminator (lines 84-96) four conv2d(5, ...),
+# fully_connected(1024, elu) (the feature-matching layer) and fully_connected(1, sigmoid).
+# Which layers take the scope's batch_normalize: deconv.py lines 25-41 register deconv2d
+# with batch_normalize among its defaults; prettytensor's conv2d
+# (pretty_tensor_image_methods.py lines 132-148) too; its fully_connected
+# (pretty_tensor_methods.py lines 293-307) has no batch_normalize argument at all.
+RELEASED_GENERATOR = [
+    ("Linear", False, "ELU"),
+    ("ConvTranspose2d", True, "ELU"),
+    ("ConvTranspose2d", True, "ELU"),
+    ("ConvTranspose2d", True, "ELU"),
+    ("ConvTranspose2d", True, "Sigmoid"),
+]
+RELEASED_DISCRIMINATOR = [
+    ("Conv2d", True, "ELU"),
+    ("Conv2d", True, "ELU"),
+    ("Conv2d", True, "ELU"),
+    ("Conv2d", True, "ELU"),
+    ("Linear", False, "ELU"),
+    ("Linear", False, None),  # its sigmoid is applied in forward, in float32
+]
+
+
+def _layers(network: torch.nn.Module) -> list[tuple[str, bool, str | None]]:
+    """(layer, batch norm after it, activation after that) for each weight layer, in order."""
+    modules = [module for module in network.modules() if not list(module.children())]
+    found = []
+    for index, module in enumerate(modules):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            following = modules[index + 1 : index + 3]
+            normalised = bool(following) and isinstance(following[0], torch.nn.BatchNorm2d | torch.nn.BatchNorm1d)
+            rest = following[1:] if normalised else following[:1]
+            activation = type(rest[0]).__name__ if rest and isinstance(rest[0], torch.nn.ELU | torch.nn.Sigmoid) else None
+            found.append((type(module).__name__, normalised, activation))
+    return found
+
+
+def test_batch_norm_sits_where_the_released_layers_have_it():
+    assert _layers(Generator(16, (3, 64, 64))) == RELEASED_GENERATOR
+    assert _layers(Discriminator((3, 64, 64))) == RELEASED_DISCRIMINATOR
+    assert _layers(Generator(8, (1, 8, 8), width=0.25)) == RELEASED_GENERATOR  # tiny too
+    batch_norms = [m for m in Generator(16, (3, 64, 64)).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(norm.eps == pytest.approx(1e-3) for norm in batch_norms)  # variance_epsilon=0.001
+
+
+# BGAN.py: 10,000 training images (line 244), batch_size = 40 (line 163), total_batch =
+# floor(10,000 / 40) = 250 (line 254; data_iterator drops a short batch, lines 66-69),
+# num_epochs = 51 (line 259). evaluate.py line 33 reads the codes of epoch 20.
+RELEASED_STEPS = 250 * 51  # 12,750
+
+
+def test_paper_budget_keeps_the_released_steps_on_any_training_set():
+    assert RELEASED_BUDGET.steps == RELEASED_STEPS
+    for count, epochs in ((10_000, 51), (5_000, 102)):
+        split = _natural_split(count, side=8)
+        settings = BGAN(32, BGANParams(profile="paper", backbone="small")).resolve_settings(split)
+        assert (settings.epochs, settings.released_steps) == (epochs, RELEASED_STEPS)
+        assert settings.steps == epochs * (count // 40)
+    assert BGAN(32, BGANParams(profile="paper", backbone="small", epochs=3)).resolve_settings(_natural_split(400, side=8)).steps == 30
+    tiny = BGAN(32).resolve_settings(_natural_split(400, side=8))
+    assert (tiny.profile, tiny.epochs, tiny.released_steps) == ("tiny", 20, None)
+
+
+def test_adam_epsilon_is_the_released_one_except_for_the_tiny_encoder():
+    split = _natural_split(40, side=8)
+    tiny = BGAN(8).resolve_settings(split)
+    assert (tiny.adam_eps, tiny.adam_eps_gan) == (1e-8, 1.0)
+    paper = BGAN(8, BGANParams(profile="paper", backbone="small")).resolve_settings(split)
+    assert (paper.adam_eps, paper.adam_eps_gan) == (1.0, 1.0)  # BGAN.py lines 175-177
+    asked = BGAN(8, BGANParams(adam_eps=0.5)).resolve_settings(split)
+    assert (asked.adam_eps, asked.adam_eps_gan) == (0.5, 0.5)
+
+
 def _tiny_networks(bits: int = 8, chw=(1, 8, 8)):
     from hashbench.backbones import build_backbone
 
@@ -159,11 +236,11 @@ def test_codes_are_the_sign_of_the_tanh_mean():
     assert mean.abs().max() < 1  # tanh
 
 
-def _natural_split(count: int = 24) -> DataSplit:
+def _natural_split(count: int = 24, side: int = 32) -> DataSplit:
     rng = np.random.default_rng(0)
     labels = np.zeros((count, 2), dtype=bool)
     labels[np.arange(count), np.arange(count) % 2] = True
-    images = rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, size=(count, side, side, 3), dtype=np.uint8)
     features = images.reshape(count, -1).astype(np.float32) / 255
     return DataSplit("train", np.arange(count), DatasetArrays(labels=labels, images=images, features=features))
 
@@ -182,3 +259,6 @@ def test_paper_profile_reconstructs_resized_images_and_records_its_choices():
     assert record["settings"]["profile"] == "paper" and record["backbone"]["trained"]
     assert record["neighbour_structure"]["k1"] == 3 and "dataset's own" in record["neighbour_structure"]["features"]["source"]
     assert record["losses"] == {"pair_weight": 10.0, "pair_scale": "none", "kl_weight": 0.0}
+    assert record["settings"]["released_steps"] == RELEASED_STEPS and "epoch 20" in record["released_budget"]
+    deviations = record["deviations"]
+    assert any("10,000 CIFAR-10" in text for text in deviations) and any("ResNet" in text for text in deviations)
