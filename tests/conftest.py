@@ -1,15 +1,67 @@
-"""Shared fixtures: a CLI runner and a scratch results directory."""
+"""Shared fixtures: a CLI runner and a scratch results directory; which tests may use a GPU.
+
+The suite runs on the CPU, so that results do not depend on the machine: CUDA is hidden
+from every test except those marked ``@pytest.mark.cuda``, which run when a GPU is present
+and are skipped otherwise. ``HASHBENCH_TEST_CUDA=1`` insists (a ``cuda`` test fails when
+torch sees no GPU); ``HASHBENCH_TEST_CUDA=0`` (or ``CUDA_VISIBLE_DEVICES`` set empty) hides
+the GPU from every test.
+
+How: where a GPU may be present, CUDA stays visible to this process and each test not
+marked ``cuda`` runs with ``torch.cuda.is_available()`` false (so ``--device auto`` means
+the CPU) and ``CUDA_VISIBLE_DEVICES`` empty for the processes it starts. Elsewhere CUDA is
+hidden from the whole process before anything initialises it.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-# Tests run on CPU with a fixed thread count, so results do not depend on the machine.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+CUDA_SWITCH = os.environ.get("HASHBENCH_TEST_CUDA", "").strip()
+
+
+def _gpu_may_be_present() -> bool:
+    if CUDA_SWITCH == "0" or os.environ.get("CUDA_VISIBLE_DEVICES") == "":
+        return False
+    if CUDA_SWITCH == "1":
+        return True
+    return shutil.which("nvidia-smi") is not None or Path("/dev/nvidiactl").exists()
+
+
+GPU_TESTS = _gpu_may_be_present()
+if not GPU_TESTS:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cuda: needs a CUDA GPU; runs where one is present (HASHBENCH_TEST_CUDA=1 insists, =0 skips)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _device_policy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA for ``cuda`` tests only (see the module docstring)."""
+    if request.node.get_closest_marker("cuda") is not None:
+        if not GPU_TESTS:
+            pytest.skip("no GPU for this run (HASHBENCH_TEST_CUDA=1 to insist where one is present)")
+        import torch
+
+        if not torch.cuda.is_available():
+            if CUDA_SWITCH == "1":
+                pytest.fail("HASHBENCH_TEST_CUDA=1, but torch sees no CUDA device")
+            pytest.skip("torch sees no CUDA device")
+        return
+    if GPU_TESTS:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # for the processes the test starts
+        import torch
+
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
 @pytest.fixture

@@ -43,11 +43,11 @@ SHORT_RUNS = {
 }
 
 
-def _run(method: str, params: dict, results: Path) -> dict:
+def _run(method: str, params: dict, results: Path, device: str = "cpu") -> dict:
     """One cell through the runner; its run record as stored (``runs/<key>/run.json``)."""
     (outcome,) = run_grid(
         GridSpec(methods=[method], bits=[BITS], seeds=[0], params={method: params} if params else {},
-                 results=results, device="cpu")
+                 results=results, device=device)
     )  # fmt: skip
     assert outcome.status == "ok", outcome.error
     (path,) = results.glob("runs/*/run.json")
@@ -67,11 +67,13 @@ def lsh_map(tmp_path_factory) -> float:
     return _map(_run("lsh", {}, tmp_path_factory.mktemp("lsh")))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("method", sorted(SHORT_RUNS))
-def test_a_short_run_beats_the_untrained_model_and_lsh_and_its_loss_falls(method, lsh_map, tmp_path):
+def test_a_short_run_beats_the_untrained_model_and_lsh_and_its_loss_falls(method, device, lsh_map, tmp_path):
     params, term = SHORT_RUNS[method]
-    untrained = _map(_run(method, {**params, **UNTRAINED}, tmp_path / "untrained"))
-    record = _run(method, params, tmp_path / "trained")
+    untrained = _map(_run(method, {**params, **UNTRAINED}, tmp_path / "untrained", device))
+    record = _run(method, params, tmp_path / "trained", device)
+    assert record["training"]["device"].startswith(device)
     trained = _map(record)
     losses = _losses(record, term)
     assert len(losses) == params["epochs"]

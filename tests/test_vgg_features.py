@@ -53,17 +53,22 @@ def _direct(images: np.ndarray) -> np.ndarray:
         return network((resized - mean) / std).numpy()
 
 
-def test_vgg16_features_are_computed_for_real_cached_and_used(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_vgg16_features_are_computed_for_real_cached_and_used(tmp_path, device):
     images = _images()
     arrays = _arrays(images)
     manifest = draw_split("toy-natural", PROTOCOL, arrays, 0)
     cache = tmp_path / "cache"
-    attach_backbone_features(arrays, manifest, cache, "cpu", pretrained=False, batch_size=2)
+    attach_backbone_features(arrays, manifest, cache, device, pretrained=False, batch_size=2)
     everything = DataSplit("database", np.arange(COUNT), arrays)
     features = everything.features
     assert features.shape == (COUNT, 4096) and features.dtype == np.float32
     assert (features >= 0).all() and (features > 0).any()  # fc7 after its ReLU, not all dead
-    np.testing.assert_allclose(features, _direct(images), rtol=1e-4, atol=1e-5)
+    direct = _direct(images)
+    if device == "cpu":
+        np.testing.assert_allclose(features, direct, rtol=1e-4, atol=1e-5)
+    else:  # cuDNN convolutions may round through TF32
+        assert np.abs(features - direct).max() <= 1e-2 * np.abs(direct).max()
     # Eval mode: the classifier's dropout is off, so two items never share a random mask and
     # the same image gives the same vector in any batch.
     assert not np.allclose(features[0], features[1])
@@ -71,7 +76,7 @@ def test_vgg16_features_are_computed_for_real_cached_and_used(tmp_path):
     (cached,) = (cache / "features").glob("*.npy")
     stamp = cached.stat().st_mtime_ns
     again = _arrays(images)
-    attach_backbone_features(again, manifest, cache, "cpu", pretrained=False, batch_size=2)
+    attach_backbone_features(again, manifest, cache, device, pretrained=False, batch_size=2)
     assert np.array_equal(DataSplit("database", np.arange(COUNT), again).features, features)
     assert cached.stat().st_mtime_ns == stamp  # read, not recomputed
     with pytest.raises(ValueError, match="outside the split manifest"):

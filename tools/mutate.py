@@ -46,7 +46,7 @@ VALIDATION = f"{ISOLATION}::test_validation_scores_val_codes_against_train_codes
 
 
 def learns(method: str) -> str:
-    return f"{LEARN}[{method}]"
+    return f"{LEARN}[{method}-cpu]"
 
 
 def parameter(method: str, field: str) -> str:
@@ -468,7 +468,7 @@ def locate(copy: Path, mutation: Mutation) -> tuple[Path | None, str]:
 @dataclass
 class Outcome:
     mutation: Mutation
-    state: str  # killed | survived | not applied
+    state: str  # killed | survived | not applied | broken (its tests could not run)
     seconds: float = 0.0
     detail: str = ""
 
@@ -558,10 +558,11 @@ def main(argv: list[str] | None = None) -> int:
                     state, seconds, detail = run_tests(copy, options.python, mutation.tests, options.timeout)
                 finally:
                     path.write_text(original)
-                killed = state in ("failed", "timeout")
                 if state == "error":
-                    detail = f"tests could not run ({detail})"
-                outcome = Outcome(mutation, "killed" if killed else "survived", seconds, detail)
+                    outcome = Outcome(mutation, "broken", seconds, f"tests could not run ({detail})")
+                else:
+                    killed = state in ("failed", "timeout")
+                    outcome = Outcome(mutation, "killed" if killed else "survived", seconds, detail)
             outcomes.append(outcome)
             print(f"[{number:2d}/{len(chosen)}] {outcome.state.upper():11s} {mutation.id:45s} "
                   f"{outcome.seconds:6.1f} s  {outcome.detail}", flush=True)  # fmt: skip
@@ -574,18 +575,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(outcomes: list[Outcome], min_score: float) -> int:
-    counted = [o for o in outcomes if o.state != "not applied" and not o.mutation.equivalent]
+    counted = [o for o in outcomes if o.state in ("killed", "survived") and not o.mutation.equivalent]
     killed = [o for o in counted if o.state == "killed"]
     survivors = [o for o in counted if o.state == "survived"]
-    equivalent = [o for o in outcomes if o.mutation.equivalent and o.state != "not applied"]
-    missing = [o for o in outcomes if o.state == "not applied"]
+    equivalent = [o for o in outcomes if o.mutation.equivalent and o.state in ("killed", "survived")]
+    missing = [o for o in outcomes if o.state in ("not applied", "broken")]
     score = 100.0 * len(killed) / len(counted) if counted else 0.0
     print(f"\nmutation score: {len(killed)}/{len(counted)} killed ({score:.1f} %)")
-    for title, items in (("survived", survivors), ("not applied (update the list)", missing)):
+    for title, items in (("survived", survivors), ("not applied or tests not runnable (update the list)", missing)):
         if items:
             print(f"{title}:")
             for o in items:
-                print(f"  {o.mutation.id}: {o.mutation.what}" + (f" [{o.detail}]" if o.state == "not applied" else ""))
+                print(f"  {o.mutation.id}: {o.mutation.what}" + (f" [{o.detail}]" if o in missing else ""))
     if equivalent:
         print("equivalent (not counted):")
         for o in equivalent:
