@@ -43,6 +43,13 @@ class WriteError(UserError, OSError):
     def __str__(self) -> str:
         return self.message
 
+    def __reduce__(self):  # a worker process sends it back to its parent
+        return _rebuild_write_error, (str(self.path), self.errno, self.strerror)
+
+
+def _rebuild_write_error(path: str, code: int | None, strerror: str) -> WriteError:
+    return WriteError(Path(path), OSError(code, strerror))
+
 
 def write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)

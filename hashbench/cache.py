@@ -91,7 +91,7 @@ class CacheEntry:
         if size != meta.get("bytes"):
             return f"truncated or overwritten ({size} bytes, expected {meta.get('bytes')})"
         try:
-            array = np.load(self.path, mmap_mode="r")
+            array = np.load(self.path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as error:
             return f"unreadable ({error})"
         if list(array.shape) != meta.get("shape") or str(array.dtype) != meta.get("dtype"):
@@ -104,7 +104,7 @@ class CacheEntry:
         """The cached array as a read-only memory map, or None when it must be (re)built."""
         if self.why_invalid() is not None:
             return None
-        return np.load(self.path, mmap_mode="r")
+        return np.load(self.path, mmap_mode="r", allow_pickle=False)
 
     def get_or_build(
         self, shape: tuple[int, ...], dtype: Any, fill: Callable[[np.ndarray], None], what: str = "cache entry"

@@ -206,7 +206,7 @@ class LocalPoolExecutor:
         return sorted(unfinished)
 
     def _run_isolated(self, jobs, positions: list[int], on_result) -> None:
-        from hashbench.runner import JobResult, record_failure
+        from hashbench.runner import JobResult
 
         queue = list(positions)
         active: dict = {}
@@ -225,7 +225,7 @@ class LocalPoolExecutor:
                             "the worker process running this cell died (killed by the OS, e.g. for memory, "
                             "or crashed in native code)"
                         )
-                        record_failure(jobs[position], reason)
+                        reason = _record_failure(jobs[position], reason)
                         on_result(position, JobResult(jobs[position].key, Status.FAILED.value, None, reason))
                     else:
                         on_result(position, _result_or_failure(jobs[position], future.result))
@@ -243,16 +243,28 @@ def _pool_entry(job: CellJob) -> JobResult:
     return run_job(replace(job, execution={**job.execution, "pid": os.getpid(), "threads": thread_report()}))
 
 
+def _record_failure(job: CellJob, reason: str, log: str | None = None) -> str:
+    """Record the cell as failed; returns the reason, which says so when the record could not
+    be written (a full or read-only disk fails that cell only: the grid goes on)."""
+    from hashbench.runner import record_failure
+
+    try:
+        record_failure(job, reason, log)
+    except OSError as error:
+        return f"{reason}; its failure record could not be written ({error})"
+    return reason
+
+
 def _result_or_failure(job: CellJob, get: Callable[[], JobResult], where: str = "") -> JobResult:
     """The job's result, or a failed one with the reason when the process or job died."""
-    from hashbench.runner import JobResult, record_failure
+    from hashbench.runner import JobResult
 
     try:
         return get()
     except Exception as error:  # a worker killed by the OS, a Slurm job out of time or memory
         message = str(error).strip().splitlines()
         reason = f"{type(error).__name__}: {message[0] if message else 'no message'}{where}"
-        record_failure(job, reason, str(error))
+        reason = _record_failure(job, reason, str(error))
         return JobResult(job.key, Status.FAILED.value, None, reason)
 
 

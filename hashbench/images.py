@@ -226,7 +226,7 @@ class ImageStore:
     def cached(self) -> np.ndarray:
         """The memory-mapped cache of every image, built on first use."""
         if self._array is None and self._verified_path is not None:
-            self._array = np.load(self._verified_path, mmap_mode="r")
+            self._array = np.load(self._verified_path, mmap_mode="r", allow_pickle=False)
         if self._array is None:
             entry = self.cache_entry()
             self._array = entry.get_or_build(self.shape, np.uint8, self._fill, what=f"image cache {entry.path}")

@@ -173,3 +173,30 @@ def test_report_on_a_full_disk_is_one_line_naming_the_file(invoke, tmp_path, res
     assert "Traceback" not in result.output
     assert f"cannot write {out}" in result.output and "No space left on device" in result.output
     assert _leftovers(out) == []
+
+
+def test_a_write_error_crosses_process_boundaries_whole():
+    error = atomic.WriteError("results/runs/x/run.json", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    copy = pickle.loads(pickle.dumps(error))  # a worker's exception travels pickled
+    assert type(copy) is atomic.WriteError and str(copy) == str(error)
+    assert (copy.errno, copy.filename) == (errno.ENOSPC, "results/runs/x/run.json")
+
+
+def test_a_failure_record_that_cannot_be_written_fails_that_cell_only(tmp_path, monkeypatch):
+    from hashbench.executors import _result_or_failure
+    from hashbench.runner import CellJob, GridSpec
+
+    job = CellJob(spec=GridSpec(methods=["lsh"], results=tmp_path / "results"), key="lsh-digits-standard-split0-8b-seed0-x",
+                  method="lsh", params={}, dataset="digits", protocol="standard", bits=8, seed=0, manifest="",
+                  manifest_hash="", working_dir=str(tmp_path))  # fmt: skip
+
+    def died():
+        raise RuntimeError("the worker died")
+
+    monkeypatch.setattr(atomic.os, "fsync", _fail_with(errno.ENOSPC))
+    result = _result_or_failure(job, died)
+    assert result.status == "failed"
+    assert result.error.startswith("RuntimeError: the worker died; its failure record could not be written (cannot write ")
+    assert "No space left on device" in result.error
+    run_dir = tmp_path / "results" / "runs" / job.key
+    assert not (run_dir / "run.json").exists() and _leftovers(run_dir) == []
