@@ -169,7 +169,7 @@ def thread_count(requested: int | None, profile: str, device: torch.device) -> i
     return 1 if profile == "tiny" and device.type == "cpu" else None
 
 
-def _backbone_features(split: DataSplit) -> Any | None:
+def backbone_features(split: DataSplit) -> Any | None:
     """The backbone-feature cache behind ``split.features``, when that is where they come from."""
     from hashbench.features import BackboneFeatures
 
@@ -181,7 +181,7 @@ def describe_features(split: DataSplit, features: np.ndarray | None = None, cach
     """What the feature vectors of ``split`` are, for the run record (``features`` and
     ``cache``: another layer's, when the method reads those instead)."""
     features = split.features if features is None else features
-    cache = _backbone_features(split) if cache is None else cache
+    cache = backbone_features(split) if cache is None else cache
     if cache is not None:
         source = f"{cache.backbone} backbone features ({cache.layer} of the evaluation-preprocessed images, feature cache)"
         weights = cache.weights_key
@@ -264,6 +264,11 @@ class DeepHashingMethod(HashingMethod):
         """What in this run differs from the released code (after ``train_model``)."""
         return []
 
+    @property
+    def validated(self) -> bool:
+        """Whether the run selected its epoch on the validation split (after training)."""
+        return bool((self.context.record.get("validation") or {}).get("metric"))
+
     # ---- profile and settings -----------------------------------------------------------
 
     def resolve_profile(self, train: DataSplit) -> str:
@@ -285,7 +290,7 @@ class DeepHashingMethod(HashingMethod):
             return declared
         if self.input == "images":
             return "tiny" if shape[2] == 1 or min(shape[:2]) < 32 else "paper"
-        return "paper" if _backbone_features(train) is not None else "tiny"
+        return "paper" if backbone_features(train) is not None else "tiny"
 
     def resolve_settings(self, train: DataSplit) -> DeepSettings:
         settings = self.profile_settings(self.resolve_profile(train), train)

@@ -3,6 +3,17 @@
 One linear layer h = Wx + b on the features, binarised while training by the method's own
 layer (``binarize``), trained so that the cosine similarities of the codes match those of
 the features; codes are sign(h) at test time (0 ↦ +1).
+
+The released code of both runs VGG-16 live in train mode: the frozen classifier's two
+Dropout(0.5) layers act after fc6 and after fc7, on x, which is both the hash layer's input
+and the similarity target. On VGG-16 features from the backbone cache the paper profile does
+the same with the frozen part cached up to fc6's ReLU, before the first dropout, and the rest
+run live (``live_fc7``): fc6 → Dropout → fc7 → ReLU → Dropout → x (:func:`live_network`);
+at test time, without dropout, x is fc7. On other feature vectors (the pixels of tiny images)
+``feature_dropout`` applies one dropout to them.
+
+The paper profiles' budgets are the released optimiser steps (``ReleasedBudget``): epochs,
+validation and learning-rate decay intervals are scaled to the training set.
 """
 
 from __future__ import annotations
@@ -15,15 +26,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashbench.backbones import vgg16_after_fc6
 from hashbench.data import DataSplit
+from hashbench.errors import UserError
 from hashbench.methods._deep import (
     DeepHashingMethod,
     DeepParams,
     DeepSettings,
+    ReleasedBudget,
+    backbone_features,
     describe_features,
-    feature_tensor,
+    training_set_deviation,
 )
 from hashbench.params import at_least, in_range, non_negative, positive
+
+# Both released codes train on 50,000 CIFAR-10 images in batches of 32 (GreedyHash's
+# unsupervised_vgg.py: the training set; Bi-half's Cifar10_I.py: 5,000 per class), keeping the
+# last, smaller batch: ceil(50,000 / 32) = 1,563 steps per epoch.
+RELEASED_TRAIN_IMAGES = 50_000
+RELEASED_BATCH = 32
 
 
 def cosine_similarity_loss(codes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
@@ -50,9 +71,9 @@ class SimilarityHashParams(DeepParams):
     epochs: int | None = field(default=None, metadata=at_least(1))
     eval_every: int | None = field(default=None, metadata=non_negative())  # epochs between validations; 0: never
     lr_step: int | None = field(default=None, metadata=non_negative())  # epochs between ×0.1 learning-rate decays; 0: none
-    # Dropout on the input features while training: the released code keeps VGG-16's
-    # classifier in train mode, so its fc7 output passes a Dropout(0.5) (the one before it,
-    # on fc6, cannot be reproduced on cached fc7 features).
+    # The dropout rate while training: the released code keeps VGG-16's classifier in train
+    # mode, so fc6's and fc7's outputs pass a Dropout(0.5). On VGG-16 features both act (fc7
+    # runs live on cached fc6); on other feature vectors one dropout acts on them.
     feature_dropout: float | None = field(default=None, metadata=in_range(0, 1, high_open=True))
     centre: bool | None = None  # subtract the training mean from the features (tiny profile)
 
@@ -67,13 +88,22 @@ class SimilarityHashSettings(DeepSettings):
     lr_step: int
     feature_dropout: float
     centre: bool
+    live_fc7: bool  # cached fc6, then dropout → fc7 → ReLU → dropout live (VGG-16 features)
+
+
+def live_network(fc7: nn.Linear, bits: int, dropout: float) -> nn.ModuleDict:
+    """fc7 run live on cached fc6 features, then the hash layer: ``tail`` is VGG-16's
+    classifier after fc6's ReLU (Dropout, fc7 frozen, ReLU, Dropout), giving x; ``head`` is
+    the trained layer h = Wx + b."""
+    return nn.ModuleDict({"tail": vgg16_after_fc6(fc7, dropout), "head": nn.Linear(fc7.out_features, bits)})
 
 
 class SimilarityPreservingHash(DeepHashingMethod):
     """A linear hash layer on feature vectors trained to preserve cosine similarities.
 
     Subclasses give the training-time binarisation (``binarize``), any extra loss terms
-    (``penalties``) and their paper profile (``PAPER``).
+    (``penalties``), their paper profile (``PAPER``, with ``None`` for what the released
+    budget sets) and its budget (``released_budget``, ``released_lr_step``).
     """
 
     input = "features"
@@ -85,6 +115,8 @@ class SimilarityPreservingHash(DeepHashingMethod):
         "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "epochs": 100,
         "eval_every": 20, "lr_step": 0, "feature_dropout": 0.0, "centre": True,
     }
+    # Where the released run comes from, for the deviations ("GreedyHash's unsupervised_vgg.py").
+    released_source: ClassVar[str] = ""
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -92,28 +124,84 @@ class SimilarityPreservingHash(DeepHashingMethod):
     def penalties(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
-    def paper_epochs(self) -> int:
-        return int(self.PAPER["epochs"])
+    def released_budget(self) -> ReleasedBudget:
+        """The released optimiser steps and validation interval (at this code length)."""
+        raise NotImplementedError
+
+    def released_lr_step(self) -> int:
+        """Steps between the released ×0.1 learning-rate decays; 0: none."""
+        return 0
 
     def extra_record(self) -> dict[str, Any]:
         return {}
 
     def profile_settings(self, profile: str, train: DataSplit) -> SimilarityHashSettings:
         base = dict(self.PAPER if profile == "paper" else self.TINY)
+        released = None
         if profile == "paper":
-            base["epochs"] = self.paper_epochs()
-        return SimilarityHashSettings(profile=profile, momentum=self.params.momentum, **self.profile_values(base))
+            budget = self.released_budget()
+            released = budget.steps
+            # The batch size the run will use decides how many epochs make the released steps.
+            batch = self.params.batch_size or base["batch_size"]
+            base["epochs"] = budget.epochs(len(train), batch)
+            base["eval_every"] = budget.every(budget.validate_steps, len(train), batch)
+            step = self.released_lr_step()
+            base["lr_step"] = budget.every(step, len(train), batch) if step else 0
+        values = self.profile_values(base)
+        # fc7 runs live only where there is something to run it for: dropout on VGG-16 features.
+        live = values["feature_dropout"] > 0 and _vgg16_features(train) is not None
+        return SimilarityHashSettings(
+            profile=profile, momentum=self.params.momentum, live_fc7=live, released_steps=released, **values
+        )
+
+    # ---- what the network reads ---------------------------------------------------------
+
+    def _fc6(self, split: DataSplit) -> Any:
+        """The fc6 feature cache of ``split``'s dataset (the training split's, kept)."""
+        source = _vgg16_features(split)
+        if source is None:
+            raise UserError(f"{self.name}: trained on VGG-16 fc6 features, but the {split.name} split has no VGG-16 backbone features")
+        cached = getattr(self, "_fc6_cache", None)
+        if cached is None or cached[0] is not source:
+            cached = (source, source.at_layer("fc6"))
+            self._fc6_cache = cached
+        return cached[1]
+
+    def raw_features(self, split: DataSplit) -> np.ndarray:
+        """The vectors the network starts from: cached fc6 (``live_fc7``), else the split's features."""
+        if self.settings.live_fc7:
+            return self._fc6(split)(split.indices)
+        return split.features
+
+    def _input_shape(self, split: DataSplit) -> tuple[int, ...]:
+        if self.settings.live_fc7:
+            return (self._fc6(split).dimension,)
+        return super()._input_shape(split)
+
+    def inputs(self, split: DataSplit) -> torch.Tensor:
+        raw = torch.from_numpy(np.ascontiguousarray(self.raw_features(split), dtype=np.float32)).to(self.device)
+        return self.transform_features(raw)
 
     def transform_features(self, features: torch.Tensor) -> torch.Tensor:
         return features - self.mean
 
+    # ---- training -----------------------------------------------------------------------
+
     def train_model(self, train: DataSplit, val: DataSplit | None) -> None:
         settings = self.settings
-        raw = feature_tensor(train, self.device)
+        values = np.ascontiguousarray(self.raw_features(train), dtype=np.float32)
+        raw = torch.from_numpy(values).to(self.device)
         self.mean = raw.mean(dim=0) if settings.centre else torch.zeros(raw.shape[1], device=self.device)
         features = self.transform_features(raw)
-        head = nn.Linear(features.shape[1], self.bits).to(self.device)
-        self.model = head
+        if settings.live_fc7:
+            fc6 = self._fc6(train)
+            self.model = live_network(fc6.fc7_layer(), self.bits, settings.feature_dropout).to(self.device)
+            described = describe_features(train, values, fc6)
+            described["then"] = f"Dropout({settings.feature_dropout}), fc7, ReLU, Dropout({settings.feature_dropout}) live while training"
+        else:
+            self.model = nn.ModuleDict({"head": nn.Linear(features.shape[1], self.bits)}).to(self.device)
+            described = describe_features(train)
+        head = self.model["head"]
         if settings.optimizer == "sgd":
             optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 head.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
@@ -123,13 +211,16 @@ class SimilarityPreservingHash(DeepHashingMethod):
         schedulers = {}
         if settings.lr_step > 0:
             schedulers["lr"] = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_step, gamma=0.1)
-        self.context.record.update(features=describe_features(train), **self.extra_record())
+        self.context.record.update(features=described, **self.extra_record())
 
         def step(positions: np.ndarray) -> dict[str, torch.Tensor]:
             batch = features[torch.as_tensor(positions, device=self.device)]
-            if settings.feature_dropout > 0:
+            if settings.live_fc7:
+                batch = self.model["tail"](batch)  # x: fc7 through both dropouts (train mode)
+            elif settings.feature_dropout > 0:
                 batch = F.dropout(batch, settings.feature_dropout, training=True)
             hidden = head(batch)
+            # x is both the layer's input and the similarity target, as released.
             terms = {"similarity": cosine_similarity_loss(self.binarize(hidden), batch)}
             terms.update(self.penalties(hidden))
             loss = sum(terms.values())
@@ -141,4 +232,31 @@ class SimilarityPreservingHash(DeepHashingMethod):
         self.run_trainer({"optimizer": optimizer}, step, train, val, schedulers=schedulers)
 
     def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch) >= 0
+        if self.settings.live_fc7:
+            batch = self.model["tail"](batch)  # eval mode: no dropout, x = fc7
+        return self.model["head"](batch) >= 0
+
+    def deviations(self, train: DataSplit) -> list[str]:
+        settings = self.settings
+        found = []
+        if settings.profile == "tiny":
+            found.append(
+                "tiny profile: centred feature vectors, no dropout, Adam 1e-3, batch 100, 100 epochs "
+                "(released: VGG-16 fc7 with dropout, SGD 1e-4, batch 32)"
+            )
+        else:
+            found += training_set_deviation(len(train), RELEASED_TRAIN_IMAGES, "50,000 CIFAR-10 images")
+            if not settings.live_fc7:
+                found.append(
+                    "not on VGG-16 features: one dropout on the given vectors (released: dropout after fc6 and fc7)"
+                    if settings.feature_dropout > 0
+                    else "no dropout (released: after fc6 and fc7)"
+                )
+        found.append("a hash value of exactly 0 gives bit 1 (released: sign 0)")
+        return found
+
+
+def _vgg16_features(split: DataSplit) -> Any | None:
+    """The split's VGG-16 backbone-feature cache, when its features come from one."""
+    source = backbone_features(split)
+    return source if source is not None and source.backbone == "vgg16" else None

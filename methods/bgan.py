@@ -559,7 +559,7 @@ class BGAN(DeepHashingMethod):
             "(released: ResNet features, cifar_KNN.npz)"
         )
         found.append("batches: each epoch's shuffled order with a smaller last batch (released: the remainder dropped)")
-        if settings.eval_every:
+        if self.validated:
             found.append("the best validated epoch is kept (released: the last epoch's codes)")
         found.append("ties in the kNN and overlap rankings go to the lower index (released: arbitrary)")
         return found

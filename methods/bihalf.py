@@ -1,8 +1,10 @@
 """Bi-half (Li & van Gemert, AAAI 2021): deep unsupervised hashing by maximising bit entropy.
 
-As in the authors' released image-hashing code (``ImageHashing/Cifar10_I.py``):
+As in the authors' released image-hashing code (github.com/liyunqianggyn/Deep-Unsupervised-Image-Hashing,
+``ImageHashing/Cifar10_I.py``):
 
-* features x = VGG-16 fc7 of the images (frozen), one trained layer u = Wx + b;
+* x = VGG-16 up to fc7 (frozen, but in train mode: Dropout(0.5) after fc6's ReLU and after
+  fc7's), one trained layer u = Wx + b;
 * the bi-half layer while training: for each bit, the ⌊N/2⌋ items of the batch with the
   largest u get +1 and the rest −1 (each bit splits the batch in half, the optimal transport
   of u to a half-half distribution); backward, the gradient g becomes g + γ·(u − b)/numel(b)
@@ -10,12 +12,23 @@ As in the authors' released image-hashing code (``ImageHashing/Cifar10_I.py``):
 * loss = MSE between cos(b_i, b_j) and cos(x_i, x_j) over pairs formed by the first and the
   second half of each batch;
 * SGD (lr 1e-4, momentum 0.9, weight decay 5e-4) on the layer, the rate × 0.1 every 120
-  epochs, batch 32, 300 epochs, scored every 10 epochs.
+  epochs, batch 32, 300 epochs of 50,000 CIFAR-10 images (5,000 per class): 468,900
+  optimiser steps, the decay every 187,560, scored every 10 epochs (15,630 steps).
 
 Input, ``feature_dropout`` and profiles as GreedyHash (:mod:`hashbench.methods.greedyhash`):
-``paper`` the above with Dropout(0.5) on the cached fc7 features while training (the
-released code's VGG-16 runs in train mode); ``tiny`` centred pixels, Adam (lr 1e-3), batch
-100, 100 epochs.
+``paper`` the above, fc7 run live on cached fc6 features with both dropouts, its epochs,
+validation and decay intervals scaled so that the released steps are kept (2,987 epochs for
+5,000 training images, the decay every 1,195); ``tiny`` centred pixels, Adam (lr 1e-3),
+batch 100, 100 epochs.
+
+Deviations (``training.deviations``): the best validated epoch is kept (the released code
+prints the test mAP every 10 epochs and keeps the last); the hash layer is initialised from
+the run seed (the released code seeds torch with 0 before building it); the protocol's
+training split instead of the 50,000 images (the step count is kept).
+
+Versions: 1, the first (one dropout on cached fc7); 2, fc7 live on cached fc6 with both
+dropouts, and the paper profile's epochs, validation and decay intervals from the released
+step counts.
 """
 
 from __future__ import annotations
@@ -25,7 +38,13 @@ from typing import Any
 
 import torch
 
-from hashbench.methods._similarity import SimilarityHashParams, SimilarityPreservingHash
+from hashbench.methods._deep import ReleasedBudget
+from hashbench.methods._similarity import (
+    RELEASED_BATCH,
+    RELEASED_TRAIN_IMAGES,
+    SimilarityHashParams,
+    SimilarityPreservingHash,
+)
 from hashbench.params import non_negative
 
 
@@ -62,17 +81,36 @@ def bihalf_layer(values: torch.Tensor, gamma: float = 6.0) -> torch.Tensor:
     return _BiHalf.apply(values, gamma)
 
 
+# Cifar10_I.py: num_epochs = 300, epoch_lr_decrease = 120, scored every 10 epochs.
+RELEASED_BUDGET = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=300, validate_epochs=10)
+RELEASED_LR_STEP = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=120, validate_epochs=0).steps
+
+
 class BiHalf(SimilarityPreservingHash):
     name = "bihalf"
+    version = "2"
     description = "Bi-half (Li & van Gemert 2021): per-bit half/half split of the batch, cosine-similarity loss"
     Params = BiHalfParams
+    # epochs, eval_every, lr_step: from the released budget.
     PAPER = {
-        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": 32, "epochs": 300,
-        "eval_every": 10, "lr_step": 120, "feature_dropout": 0.5, "centre": False,
+        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": RELEASED_BATCH, "epochs": None,
+        "eval_every": None, "lr_step": None, "feature_dropout": 0.5, "centre": False,
     }
+
+    def released_budget(self) -> ReleasedBudget:
+        return RELEASED_BUDGET
+
+    def released_lr_step(self) -> int:
+        return RELEASED_LR_STEP
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         return bihalf_layer(hidden, self.params.gamma)
 
     def extra_record(self) -> dict[str, Any]:
         return {"gamma": self.params.gamma}
+
+    def deviations(self, train) -> list[str]:
+        found = [*super().deviations(train), "the hash layer is initialised from the run seed (released: torch.manual_seed(0))"]
+        if self.validated:
+            found.append("the best validated epoch is kept (released: the last; it prints the test mAP every 10 epochs)")
+        return found

@@ -1,26 +1,36 @@
 """GreedyHash (Su, Zhang, Li, Tian; NeurIPS 2018), unsupervised, on feature vectors.
 
-As in the authors' released unsupervised code (``unsupervised_vgg.py``):
+As in the authors' released unsupervised code (github.com/ssppp/GreedyHash,
+``unsupervised_vgg.py``):
 
-* features x = VGG-16 fc7 of the images (frozen), one trained layer h = Wx + b;
+* x = VGG-16 up to fc7 (frozen, but in train mode: Dropout(0.5) after fc6's ReLU and after
+  fc7's), one trained layer h = Wx + b;
 * the hash layer b = sign(h) forward, the gradient passed through unchanged backward (the
   "greedy" straight-through step); codes at test time are sign(h) too (0 ↦ +1 here);
 * loss = MSE between cos(b_i, b_j) and cos(x_i, x_j) over pairs formed by the first and the
   second half of each batch, + α·mean(| |h| − 1 |³) with α = 0.1;
-* SGD (lr 1e-4, momentum 0.9, weight decay 5e-4) on the layer, batch 32, 60 epochs
-  (300 at 16 bits), scored every 5 epochs keeping the best.
+* SGD (lr 1e-4, momentum 0.9, weight decay 5e-4) on the layer, batch 32, 60 epochs (300 at
+  16 bits) of the 50,000 CIFAR-10 training images: 93,780 optimiser steps (468,900 at 16
+  bits), scored every 5 epochs (7,815 steps) keeping the best.
 
-Input: the split's feature vectors (VGG-16 fc7 from the backbone cache on natural images;
-the flattened pixels of tiny images). The released code's frozen VGG-16 runs in train mode,
-so its fc7 output passes a Dropout(0.5) while training: ``feature_dropout`` (0.5 in the
-paper profile) applies that dropout to the cached fc7 features (the one before fc7, on fc6,
-cannot be reproduced from cached features).
+Input: on natural images, VGG-16 features from the backbone cache, cut at fc6's ReLU; the
+rest of the classifier runs live (Dropout → fc7 → ReLU → Dropout, :mod:`hashbench.methods._similarity`),
+so both dropouts act on the hash layer's input and on the similarity target, as released
+(``feature_dropout``, 0.5). On tiny images, the flattened pixels.
 
-Profiles: ``paper`` (the above); ``tiny`` for the pixels of tiny images on a CPU: centred
+Profiles: ``paper`` (the above; its epochs are the released steps on this training set:
+``training.settings`` has ``steps``, ``epochs``, ``released_steps``; 598 epochs for 5,000
+training images, 60 for 50,000); ``tiny`` for the pixels of tiny images on a CPU: centred
 features (the cosine similarity of raw non-negative pixels is high for every pair), no
 dropout, Adam (lr 1e-3), batch 100, 100 epochs; ``auto``: ``paper`` on backbone features,
-``tiny`` on a dataset's own vectors. Model selection on the validation split when there is
-one (the released code scored the test queries), else the last epoch.
+``tiny`` on a dataset's own vectors.
+
+Deviations (``training.deviations``): model selection on the validation split when there is
+one, else the last epoch (the released code scored the test queries); the protocol's
+training split instead of the 50,000 CIFAR-10 training images (the step count is kept).
+
+Versions: 1, the first (one dropout on cached fc7); 2, fc7 live on cached fc6 with both
+dropouts, and the paper profile's epochs from the released step count.
 """
 
 from __future__ import annotations
@@ -30,8 +40,13 @@ from typing import Any
 
 import torch
 
-from hashbench.methods._deep import straight_through_sign
-from hashbench.methods._similarity import SimilarityHashParams, SimilarityPreservingHash
+from hashbench.methods._deep import ReleasedBudget, straight_through_sign
+from hashbench.methods._similarity import (
+    RELEASED_BATCH,
+    RELEASED_TRAIN_IMAGES,
+    SimilarityHashParams,
+    SimilarityPreservingHash,
+)
 from hashbench.params import non_negative
 
 
@@ -45,17 +60,24 @@ def cubic_penalty(hidden: torch.Tensor) -> torch.Tensor:
     return torch.abs(torch.pow(torch.abs(hidden) - 1, 3)).mean()
 
 
+# unsupervised_vgg.py: num_epochs = 60, 300 at 16 bits; scored every 5 epochs.
+RELEASED_BUDGET = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=60, validate_epochs=5)
+RELEASED_BUDGET_16 = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=300, validate_epochs=5)
+
+
 class GreedyHash(SimilarityPreservingHash):
     name = "greedyhash"
+    version = "2"
     description = "GreedyHash (Su et al. 2018), unsupervised: sign layer with straight-through gradient, cosine-similarity loss + cubic |h|=1 penalty"
     Params = GreedyHashParams
+    # epochs, eval_every, lr_step: from the released budget.
     PAPER = {
-        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": 32, "epochs": 60,
-        "eval_every": 5, "lr_step": 0, "feature_dropout": 0.5, "centre": False,
+        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": RELEASED_BATCH, "epochs": None,
+        "eval_every": None, "lr_step": None, "feature_dropout": 0.5, "centre": False,
     }
 
-    def paper_epochs(self) -> int:
-        return 300 if self.bits == 16 else 60  # as the released code
+    def released_budget(self) -> ReleasedBudget:
+        return RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         return straight_through_sign(hidden)
@@ -65,3 +87,9 @@ class GreedyHash(SimilarityPreservingHash):
 
     def extra_record(self) -> dict[str, Any]:
         return {"alpha": self.params.alpha}
+
+    def deviations(self, train) -> list[str]:
+        selection = (
+            "the best epoch on the validation split is kept" if self.validated else "no validation split: the last epoch is kept"
+        )
+        return [*super().deviations(train), f"{selection} (released: the best mAP@1000 on the test queries, every 5 epochs)"]

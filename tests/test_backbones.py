@@ -188,3 +188,30 @@ def test_small_backbone_needs_the_image_shape():
         build_backbone("small")
     with pytest.raises(UserError, match="takes no weights file"):
         build_backbone("small", weights="x.pth", image_shape=(8, 8, 1))
+
+
+def test_vgg16_cut_at_fc6_keeps_fc6_and_its_relu():
+    trunk = build_backbone("vgg16", pretrained=False, layer="fc6")
+    assert [type(layer).__name__ for layer in trunk.classifier] == ["Linear", "ReLU"]
+    assert trunk.layer == "fc6" and trunk.feature_dim == 4096
+    with pytest.raises(UserError, match="unknown VGG-16 layer"):
+        build_backbone("vgg16", pretrained=False, layer="fc8")
+    with pytest.raises(UserError, match="only VGG-16 can be cut at fc6"):
+        build_backbone("small", image_shape=(8, 8, 1), layer="fc6")
+
+
+def test_fc7_run_live_on_cached_fc6_equals_cached_fc7_in_eval_mode(tmp_path):
+    """The real feature cache at fc6 and fc7 (random VGG-16, three images): in eval mode the
+    live part (Dropout, fc7, ReLU, Dropout) turns the fc6 features into the fc7 ones."""
+    from hashbench.features import BackboneFeatures
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+    fc7 = BackboneFeatures(images, np.arange(3), dataset="toy", manifest_hash="a" * 64, cache_dir=tmp_path, pretrained=False, batch_size=3)
+    fc6 = fc7.at_layer("fc6")
+    assert (fc6.layer, fc6.key()["layer"], fc7.key()["layer"]) == ("fc6", "fc6", "fc7")
+    assert fc6.entry().path != fc7.entry().path and fc7.at_layer("fc7") is fc7
+    live = backbones.vgg16_after_fc6(fc6.fc7_layer()).eval()
+    with torch.no_grad():
+        from_fc6 = live(torch.from_numpy(fc6(np.arange(3)))).numpy()
+    np.testing.assert_allclose(from_fc6, fc7(np.arange(3)), rtol=1e-4, atol=1e-5)
+    assert sorted(path.name.split("-")[3] for path in (tmp_path / "features").glob("*.npy")) == ["fc6", "fc7"]
