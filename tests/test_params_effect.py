@@ -53,6 +53,7 @@ CHANGES = {
     ("cibhash", "eval_every"): (2, {}),
     ("cibhash", "variant"): ("stochastic", {}),
     ("cibhash", "beta"): (1.0, {}),
+    ("cibhash", "validation"): ("released", {}),  # mAP at the released, scaled cut-off
     ("tbh", "profile"): ("paper", {}),  # the paper's decoder output and unstandardised input
     ("tbh", "lr"): (1e-2, {}),
     ("tbh", "batch_size"): (20, {}),
@@ -94,7 +95,7 @@ for _name in ("greedyhash", "bihalf"):
     })  # fmt: skip
 CHANGES[("greedyhash", "alpha")] = (2.0, {})
 CHANGES[("bihalf", "gamma")] = (0.0, {})
-for _field in ("tau", "lr", "batch_size", "epochs", "eval_every", "variant"):
+for _field in ("tau", "lr", "batch_size", "epochs", "eval_every", "variant", "validation"):
     CHANGES[("clhash", _field)] = CHANGES[("cibhash", _field)]
 
 # Fields that only change the validation schedule here: their effect is the epochs scored.

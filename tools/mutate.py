@@ -74,8 +74,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "cibhash-validates-train-against-train", ("methods/_deep.py", "methods/cibhash.py"),
-        "validation_map(self.codes(val), self.codes(train), val, train, self.bits)",
-        "validation_map(self.codes(train), self.codes(train), train, train, self.bits)",
+        "validation_map(self.codes(val), self.codes(train), val, train, self.bits",
+        "validation_map(self.codes(train), self.codes(train), train, train, self.bits",
         (f"{VALIDATION}[cibhash]",),
         "model selection scores the training split against itself",
     ),
