@@ -1,6 +1,7 @@
 """TBH: auto-encoding twin-bottleneck hashing (Shen et al., CVPR 2020), on feature vectors.
 
-As in the authors' released code (PROTOCOLS.md, "TBH"):
+As in the authors' released code (github.com/ymcidence/TBH: ``model/tbh.py``, ``layer/``,
+``train/tbh_train.py``, ``run_tbh.py``):
 
 * encoder Dense(1024, ReLU) with two heads: the binary bottleneck Dense(bits) → p = sigmoid,
   code b = 1[p > 0.5] in {0, 1}, whose gradient is d logits = p(1 − p)·(g_b + g_p) (the
@@ -13,8 +14,11 @@ As in the authors' released code (PROTOCOLS.md, "TBH"):
   z' from U[0, 1]^512 samples;
 * actor loss = ½‖x̂ − x‖² summed over the batch − adv(codes) − adv(z'), critic loss =
   adv(codes) + adv(z'), where adv(real, fake) = mean BCE(1, D(real)) + mean BCE(0, D(fake));
-  two Adam optimisers (lr 1e-4), both updated from the same forward pass; batch 400,
-  100,000 steps.
+  two Adam optimisers (lr 1e-4), both updated from the same forward pass; batch 400
+  (``run_tbh.py``), 100,000 steps (``tbh_train.py``: ``max_iter``) over the 50,000 CIFAR-10
+  training features, the test batch scored every 2,000. The paper profile trains for as many
+  epochs of its training split as make those steps (``training.settings``: ``steps``,
+  ``epochs``, ``released_steps``).
 
 Input: the split's feature vectors. On natural-image datasets these are VGG-16 fc7 features
 of the un-augmented images from the backbone cache (as the released code's precomputed
@@ -38,9 +42,13 @@ Every resolved setting is recorded under ``training`` in the run record. Model s
 the best validation mAP when the protocol has a validation split (the released code scored a
 batch of test images; the harness never looks at queries), else the last epoch.
 
-Deviations, all recorded or inconsequential: batches are the epoch's shuffled order (the last
-one may be smaller) instead of an endless shuffled stream; a probability of exactly 0.5 gives
-bit 0 where the released code would emit 0.5.
+Deviations (recorded as ``training.deviations``): batches are the epoch's shuffled order
+(the last one may be smaller) instead of an endless stream shuffled through a 10,000-item
+buffer; the best validated epoch is kept (the released code scores a test batch and keeps
+training); a training split other than the 50,000 CIFAR-10 training images gets the released
+step count; a probability of exactly 0.5 gives bit 0 where the released code would emit 0.5.
+
+Versions: 1 (the step budget and the deviations are recorded, nothing computed changed).
 """
 
 from __future__ import annotations
@@ -62,13 +70,15 @@ from hashbench.methods._deep import (
     describe_features,
     feature_tensor,
     simultaneous_step,
+    training_set_deviation,
 )
 from hashbench.params import at_least, non_negative, positive
 
 GRAPH_EXPONENT = 1.4
 DEGREE_MARGIN = 1e-8  # the released code's OVERFLOW_MARGIN
-PAPER_STEPS = 100_000  # the released code's max_iter
+PAPER_STEPS = 100_000  # the released code's max_iter (train/tbh_train.py)
 PAPER_VALIDATE_STEPS = 2_000  # it scored the test batch every 2,000 steps
+RELEASED_TRAIN_ITEMS = 50_000  # CIFAR-10's training features (util/data/set_processor.py SET_SIZE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +256,8 @@ class TBH(DeepHashingMethod):
             values["epochs"] = math.ceil(PAPER_STEPS / steps_per_epoch)
         if values["eval_every"] is None:
             values["eval_every"] = max(1, round(PAPER_VALIDATE_STEPS / steps_per_epoch))
-        return TBHSettings(profile=profile, exponent=self.params.exponent, **values)
+        released = PAPER_STEPS if profile == "paper" else None
+        return TBHSettings(profile=profile, exponent=self.params.exponent, released_steps=released, **values)
 
     def transform_features(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.shift) / self.scale
@@ -280,6 +291,21 @@ class TBH(DeepHashingMethod):
             return {key: value.detach() for key, value in terms.items()}
 
         self.run_trainer(optimizers, step, train, val)
+
+    def deviations(self, train: DataSplit) -> list[str]:
+        found = []
+        if self.settings.profile == "tiny":
+            found.append(
+                "tiny profile: standardised pixels, hidden 256, continuous 128, linear decoder output, "
+                "Adam 2e-3, batch 250, 1,000 epochs (released: fc7, 1024/512, ReLU output, 1e-4, 400, 100,000 steps)"
+            )
+        else:
+            found += training_set_deviation(len(train), RELEASED_TRAIN_ITEMS, "CIFAR-10's 50,000 training features")
+        found.append("batches: each epoch's shuffled order, the last one smaller (released: an endless shuffled stream)")
+        if self.validated:
+            found.append("the best validated epoch is kept (released: scores a test batch every 2,000 steps, keeps the last)")
+        found.append("a probability of exactly 0.5 gives bit 0 (released: 0.5)")
+        return found
 
     def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model.bottlenecks(batch)[0] > 0.5

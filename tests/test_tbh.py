@@ -152,6 +152,11 @@ def _digits_like_split(count: int = 60, dim: int = 16) -> DataSplit:
     return DataSplit("train", np.arange(count), DatasetArrays(labels=labels, features=features))
 
 
+# train/tbh_train.py: train(..., max_iter=100000) (line 62), the test batch scored every
+# 2,000 steps (line 107); run_tbh.py: batch 400.
+RELEASED_STEPS = 100_000
+
+
 def resolve_settings(params: TBHParams, split: DataSplit):
     return TBH(32, params).resolve_settings(split)
 
@@ -161,7 +166,11 @@ def test_profiles_resolve_to_the_released_settings_and_the_tiny_default():
     paper = resolve_settings(TBHParams(profile="paper"), split)
     assert (paper.lr, paper.batch_size, paper.hidden, paper.continuous, paper.decoder_output) == (1e-4, 400, 1024, 512, "relu")
     assert paper.epochs == 100_000  # 60 items: one step per epoch, the released 100,000 steps
+    assert (paper.steps, paper.released_steps) == (RELEASED_STEPS, RELEASED_STEPS)
     assert paper.exponent == pytest.approx(1.4)
+    # 5,000 items: 13 batches of 400 (the last of 200) per epoch.
+    larger = resolve_settings(TBHParams(profile="paper"), _digits_like_split(5_000))
+    assert (larger.epochs, larger.eval_every) == (7_693, 154) and RELEASED_STEPS <= larger.steps < RELEASED_STEPS + 13
     tiny = resolve_settings(TBHParams(), split)  # the dataset's own vectors: tiny
     assert tiny.profile == "tiny" and tiny.decoder_output == "linear" and tiny.standardize
     assert resolve_settings(TBHParams(profile="tiny", lr=0.5, decoder_output="relu"), split).lr == 0.5
@@ -177,6 +186,8 @@ def test_fit_and_encode_on_a_small_split_records_its_settings():
     assert context.record["settings"]["epochs"] == 3
     assert "dataset's own feature vectors" in context.record["features"]["source"]
     assert len(context.record["curve"]) == 3
+    assert context.record["settings"]["released_steps"] is None and context.record["settings"]["steps"] == 9
+    assert context.record["deviations"][0].startswith("tiny profile")
 
 
 def test_the_shared_setup_records_threads_and_guards_encode():
