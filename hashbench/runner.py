@@ -327,7 +327,7 @@ def run_cell(
         try:
             store.write_record(record)
         except OSError as error:  # a full or read-only disk: this cell fails, the grid goes on
-            reason = f"could not write the run record in {run_dir}: {error.strerror or error}"
+            reason = f"could not write the run record: {error}"
             return CellOutcome(cell, Status.FAILED, None, reason)
         return CellOutcome(cell, record.status, record, record.error)
     finally:
@@ -520,7 +520,10 @@ def run_job(job: CellJob) -> JobResult:
             )
     except Exception as error:  # the cell fails; the grid goes on
         reason = str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
-        record_failure(job, reason, traceback.format_exc())
+        try:
+            record_failure(job, reason, traceback.format_exc())
+        except OSError as write_error:  # a full or read-only disk: this cell fails, the grid goes on
+            reason = f"{reason}; its failure record could not be written ({write_error})"
         return JobResult(job.key, Status.FAILED.value, None, reason)
     outcome = run_cell(cell, data, ResultsStore(job.spec.results), device, job.spec.force, job.execution)
     record = None if outcome.record is None else outcome.record.to_json()

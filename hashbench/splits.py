@@ -192,6 +192,8 @@ class SplitManifest:
         try:
             value = json.loads(Path(path).read_text())
             splits = {name: np.asarray(value[name], dtype=np.int64) for name in SPLIT_NAMES if name in value}
+            if any(indices.ndim != 1 for indices in splits.values()):
+                raise ValueError("index lists must be flat lists of integers")
             manifest = cls(
                 dataset=value["dataset"],
                 protocol=value["protocol"],
@@ -201,9 +203,10 @@ class SplitManifest:
                 splits=splits,
                 hash=value["hash"],
             )
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            matches = content_hash(splits) == manifest.hash
+        except (OSError, ValueError, KeyError, TypeError, OverflowError) as error:
             raise UserError(f"split manifest {path} is unreadable ({error}); delete it to redraw") from error
-        if content_hash(splits) != manifest.hash:
+        if not matches:
             raise UserError(f"split manifest {path} does not match its content hash; delete it to redraw")
         return manifest
 
