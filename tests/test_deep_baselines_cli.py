@@ -26,7 +26,12 @@ def test_every_method_trains_on_digits_and_records_what_it_used(invoke, results,
         training = record["training"]
         assert training["settings"]["profile"] == "tiny"
         # Every deep method records the same core of resolved settings, threads included.
-        assert {"lr", "batch_size", "epochs", "eval_every"} <= set(training["settings"])
+        assert {"lr", "batch_size", "epochs", "eval_every", "steps", "released_steps"} <= set(training["settings"])
+        # The budget in optimiser steps; no released one for a tiny profile. The deviations
+        # from the released code that remain are recorded as short strings.
+        assert training["settings"]["steps"] >= training["settings"]["epochs"] and training["settings"]["released_steps"] is None
+        assert training["deviations"] and all(isinstance(text, str) for text in training["deviations"])
+        assert training["deviations"][0].startswith("tiny profile")
         assert training["settings"]["cpu_threads"] == training["cpu_threads"] == 1
         assert training["validation"]["metric"].startswith("mAP")  # digits has a validation split
         assert training["validation"]["selected_epoch"] in [entry["epoch"] for entry in training["validation"]["scores"]]
