@@ -295,3 +295,27 @@ def test_a_run_folder_without_a_record_is_interrupted_and_run_finishes_it(result
     assert "interrupted 1" in shown.output
     outcomes = run_grid(GridSpec(**SPEC, results=results))
     assert [(o.cell.method, o.cell.bits) for o in outcomes if not o.reused] == [("itq", 8)]
+
+
+def test_a_record_that_cannot_be_written_fails_its_cell_and_the_grid_goes_on(tmp_path, monkeypatch):
+    import errno
+
+    real = ResultsStore.write_record
+    calls = []
+
+    def full_once(self, record):
+        calls.append(record.key)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.run_dir(record.key) / "run.json"))
+        return real(self, record)
+
+    monkeypatch.setattr(ResultsStore, "write_record", full_once)
+    outcomes = run_grid(GridSpec(methods=["lsh"], bits=[8, 16], results=tmp_path / "results"))
+    assert [o.status for o in outcomes] == [Status.FAILED, Status.OK]
+    assert "could not write the run record" in outcomes[0].error and "No space left" in outcomes[0].error
+    # Nothing half-written stands for the first cell: it is simply not done.
+    assert _states_of(tmp_path / "results", ["lsh"], [8]) == {("lsh", 8): "interrupted"}
+
+
+def _states_of(results: Path, methods: list[str], bits: list[int]) -> dict[tuple[str, int], str]:
+    return {(s.method, s.bits): s.state.value for s in grid_status(GridSpec(methods=methods, bits=bits, results=results))}
