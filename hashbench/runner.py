@@ -260,6 +260,8 @@ def run_cell(
         # in use (an edited or truncated file is rewritten from the draw in memory).
         data.manifest.save(store.splits_dir)
         run_dir = store.run_dir(key)
+        if run_dir.exists() and not run_dir.is_dir():
+            return CellOutcome(cell, Status.FAILED, None, f"{run_dir} is a file where the run's folder belongs; move it away")
         run_dir.mkdir(parents=True, exist_ok=True)
         started = _now()
         timings: dict[str, float] = {}

@@ -124,11 +124,13 @@ def directory_status(results: Path) -> tuple[list[CellStatus], list[str]]:
     """Every run the results directory knows of, without a grid, and a warning for each run
     folder whose record cannot be used."""
     store = ResultsStore(results)
-    keys = {path.name for path in store.runs_dir.iterdir() if path.is_dir()} if store.runs_dir.is_dir() else set()
+    entries = list(store.runs_dir.iterdir()) if store.runs_dir.is_dir() else []
+    keys = {path.name for path in entries if path.is_dir()}
+    warnings = [f"skipping {path}: a file where hashbench keeps run folders" for path in entries if not path.is_dir()]
     locks = store.root / "locks"
     if locks.is_dir():
         keys |= {path.stem for path in locks.glob("*.lock")}
-    statuses, warnings = [], []
+    statuses = []
     for key in sorted(keys):
         if is_running(store, key):
             statuses.append(_status(key, StoredState(Status.RUNNING, store.read_record(key), "lock held by a runner")))

@@ -89,17 +89,26 @@ class ResultsStore:
     def splits_dir(self) -> Path:
         return self.root / "splits"
 
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
+
     def ensure_writable(self) -> None:
         """Fail early, before any work, when the results directory cannot be written."""
+        for folder in (self.root, self.runs_dir, self.splits_dir, self.locks_dir):
+            if folder.exists() and not folder.is_dir():
+                raise UserError(
+                    f"{folder} is a file where hashbench keeps a folder; move it away or choose another --results"
+                )
         try:
-            self.runs_dir.mkdir(parents=True, exist_ok=True)
-            self.splits_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.runs_dir, self.splits_dir, self.locks_dir):
+                folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(
                 f"results directory {self.root} cannot be created ({error.strerror}); "
                 "choose another with --results"
             ) from error
-        if not os.access(self.runs_dir, os.W_OK | os.X_OK) or not os.access(self.splits_dir, os.W_OK | os.X_OK):
+        if not all(os.access(folder, os.W_OK | os.X_OK) for folder in (self.runs_dir, self.splits_dir, self.locks_dir)):
             raise UserError(f"results directory {self.root} is not writable; choose another with --results")
 
     def run_dir(self, key: str) -> Path:
@@ -170,9 +179,8 @@ class ResultsStore:
 
     def lock(self, key: str) -> FileLock:
         """A lock file per run key (beside the run folders, so a run folder holds only results)."""
-        locks = self.root / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(locks / f"{key}.lock"))
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.locks_dir / f"{key}.lock"))
 
     def try_lock(self, key: str) -> FileLock | None:
         lock = self.lock(key)

@@ -319,3 +319,18 @@ def test_a_record_that_cannot_be_written_fails_its_cell_and_the_grid_goes_on(tmp
 
 def _states_of(results: Path, methods: list[str], bits: list[int]) -> dict[tuple[str, int], str]:
     return {(s.method, s.bits): s.state.value for s in grid_status(GridSpec(methods=methods, bits=bits, results=results))}
+
+
+def test_files_where_hashbench_keeps_folders_are_one_line_each(results, invoke):
+    (itq8,) = [p.parent for p in _record_paths(results, "itq") if "-8b-" in str(p)]
+    shutil.rmtree(itq8)
+    itq8.write_text("not a folder")
+    outcomes = run_grid(GridSpec(**SPEC, results=results))
+    failed = [o for o in outcomes if o.status is Status.FAILED]
+    assert len(failed) == 1 and "is a file where the run's folder belongs" in failed[0].error
+    shown = invoke("status", "--results", results)
+    assert shown.exit_code == 0 and f"skipping {itq8}" in shown.output
+    shutil.rmtree(results / "locks")
+    (results / "locks").write_text("")
+    again = invoke("run", "--methods", "lsh", "--bits", "8", "--results", results)
+    assert again.exit_code == 2 and "locks is a file where hashbench keeps a folder" in again.output
