@@ -334,3 +334,18 @@ def test_files_where_hashbench_keeps_folders_are_one_line_each(results, invoke):
     (results / "locks").write_text("")
     again = invoke("run", "--methods", "lsh", "--bits", "8", "--results", results)
     assert again.exit_code == 2 and "locks is a file where hashbench keeps a folder" in again.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--methods", "cibhash", "--set", "cibhash.tau=inf"), "cibhash.tau must be a finite number"),
+        (("--methods", "cibhash", "--set", "cibhash.beta=nan"), "cibhash.beta must be a finite number"),
+        (("--methods", "bihalf", "--set", "bihalf.lr=inf"), "bihalf.lr must be a finite number"),
+        (("--methods", "lsh", "--seeds", str(2**64)), "seeds must be integers from 0 to 2**63 - 1"),
+    ],
+)
+def test_non_finite_parameters_and_huge_seeds_are_refused_before_anything_is_written(invoke, tmp_path, args, message):
+    result = invoke("run", *args, "--bits", "8", "--results", tmp_path / "results")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "results").exists()
