@@ -48,6 +48,9 @@ class RetrievalResult:
     bits: int
     topk: int | None = None
     per_query_ap: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
+    # Each query's own values, for confidence intervals and paired tests: "ap" (AP@k), "ap_all",
+    # "ap_tie_aware" (each (queries,)) and "precision_at_k" ((queries, len(ks)), columns as ks).
+    per_query: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (plain floats, ints, lists, string keys)."""
@@ -209,4 +212,10 @@ class Summary:
             bits=self.bits,
             topk=self.topk,
             per_query_ap=ap,
+            per_query={
+                "ap": ap,
+                "ap_all": joined("ap_all"),
+                "ap_tie_aware": joined("tie"),
+                "precision_at_k": precision_k,
+            },
         )
