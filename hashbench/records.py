@@ -213,6 +213,7 @@ class RunRecord:
     metrics: dict[str, Any] | None = None
     metrics_version: str | None = None
     codes_sha256: str | None = None
+    per_query_sha256: str | None = None  # of per_query.npz: each query's AP@k, AP@all, ... (float32)
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float | None = None
     training: dict[str, Any] | None = None
@@ -340,6 +341,7 @@ class RunRecord:
             metrics=None if value.get("metrics") is None else _check_metrics(value["metrics"]),
             metrics_version=_text(value.get("metrics_version"), "metrics_version", True),
             codes_sha256=_text(value.get("codes_sha256"), "codes_sha256", True),
+            per_query_sha256=_text(value.get("per_query_sha256"), "per_query_sha256", True),
             timings=_number_map(value.get("timings") or {}, "timings"),
             peak_memory_mb=_number(value.get("peak_memory_mb"), "peak_memory_mb"),
             training=_mapping(value.get("training"), "training"),

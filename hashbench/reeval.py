@@ -5,7 +5,7 @@ to fill in one that older records lack) the codes and the split manifest of each
 evaluated again with the current engine. A run is refused, and left as it is, when its
 ``codes.npz`` or its manifest no longer match the hashes in its record. A record is
 rewritten only when something changed: a metric's value, the metrics version, or a codes
-hash that an older record lacked.
+hash or per-query values that an older record lacked.
 """
 
 from __future__ import annotations
@@ -108,14 +108,24 @@ def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Dataset
     metrics = json.loads(json.dumps(result.to_dict()))  # as stored: string keys, plain floats
     changed = _changed_metrics(record.metrics or {}, metrics)
     codes_hash = record.codes_sha256 or file_sha256(store.run_dir(record.key) / CODES_NAME)
-    if not changed and record.metrics_version == METRICS_VERSION and record.codes_sha256 is not None:
+    per_query_whole = store.read_per_query(record) is not None
+    if not changed and record.metrics_version == METRICS_VERSION and record.codes_sha256 is not None and per_query_whole:
         return ReevalOutcome(record.key, "unchanged", f"metrics version {METRICS_VERSION}")
+    per_query_hash = record.per_query_sha256 if per_query_whole and not changed else store.write_per_query(record.key, result)
     store.write_record(
-        record.with_updates(metrics=metrics, metrics_version=METRICS_VERSION, codes_sha256=codes_hash, reevaluated=now())
+        record.with_updates(
+            metrics=metrics,
+            metrics_version=METRICS_VERSION,
+            codes_sha256=codes_hash,
+            per_query_sha256=per_query_hash,
+            reevaluated=now(),
+        )
     )
     detail = f"metrics version {record.metrics_version} → {METRICS_VERSION}"
     if changed:
         detail += f"; changed: {', '.join(changed)}"
+    if not per_query_whole:
+        detail += "; per-query values written"
     return ReevalOutcome(record.key, "updated", detail, changed)
 
 

@@ -287,6 +287,7 @@ def run_cell(
                 metrics=result.to_dict(),
                 metrics_version=METRICS_VERSION,
                 codes_sha256=file_sha256(run_dir / CODES_NAME),
+                per_query_sha256=store.write_per_query(key, result),
             )
             (run_dir / LOG_NAME).unlink(missing_ok=True)
         except BaseException as error:  # a failing cell must not stop the grid, not even sys.exit

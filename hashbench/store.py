@@ -31,6 +31,7 @@ from hashbench.records import CellIdentity, RecordError, RunRecord, Status
 
 RECORD_NAME = "run.json"
 CODES_NAME = "codes.npz"
+PER_QUERY_NAME = "per_query.npz"
 LOG_NAME = "log.txt"
 _HASH_BLOCK = 1 << 20
 
@@ -137,6 +138,29 @@ class ResultsStore:
                 return all(codes[name].ndim == 2 for name in ("query_codes", "database_codes"))
         except (OSError, ValueError, KeyError, EOFError):
             return False
+
+    def write_per_query(self, key: str, result) -> str:
+        """Each query's values of ``result`` (a RetrievalResult) as float32 beside the codes;
+        returns the file's SHA-256 for the record."""
+        import numpy as np
+
+        path = self.run_dir(key) / PER_QUERY_NAME
+        arrays = {name: np.asarray(values, dtype=np.float32) for name, values in result.per_query.items()}
+        atomic.save_npz(path, ks=np.asarray(list(result.precision_at_k), dtype=np.int64), **arrays)
+        return file_sha256(path)
+
+    def read_per_query(self, record: RunRecord) -> dict | None:
+        """The per-query values of a run, when stored and matching their hash in the record."""
+        import numpy as np
+
+        path = self.run_dir(record.key) / PER_QUERY_NAME
+        if record.per_query_sha256 is None or not path.is_file() or file_sha256(path) != record.per_query_sha256:
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                return {name: stored[name] for name in stored.files}
+        except (OSError, ValueError, EOFError):
+            return None
 
     def cell_records(self, identity: CellIdentity) -> list[RecordFile]:
         """Every record of this cell, under any method or protocol version."""

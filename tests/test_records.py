@@ -144,8 +144,9 @@ def test_missing_or_truncated_codes_make_a_run_damaged_and_run_redoes_it(results
 def _as_schema_1(results: Path, path: Path) -> Path:
     """Rewrite a record as the format before versions existed, in a folder named as then."""
     value = json.loads(path.read_text())
-    for name in ("schema_version", "method_version", "protocol_version", "metrics_version", "codes_sha256", "cell_id"):
+    for name in ("schema_version", "method_version", "protocol_version", "metrics_version", "codes_sha256", "cell_id", "per_query_sha256"):
         value.pop(name)
+    (path.parent / "per_query.npz").unlink()
     legacy_key = CellIdentity(
         value["method"], value["params"], value["dataset"], value["protocol"], value["split_seed"], value["bits"], value["seed"]
     )
@@ -176,6 +177,10 @@ def test_schema_1_records_migrate_and_count_as_done(results, invoke):
         value = json.loads(path.read_text())
         assert value["schema_version"] == SCHEMA_VERSION and value["codes_sha256"] and value["metrics_version"] == "2"
         assert value["metrics"] == before[path]
+        with np.load(path.parent / "per_query.npz") as per_query:
+            assert per_query["ap"].dtype == np.float32 and per_query["ap"].shape == (300,)
+            assert abs(float(per_query["ap"].astype(np.float64).mean()) - value["metrics"]["map"]) < 1e-6
+    assert "per-query values written" in again.output
 
 
 def test_reeval_reproduces_every_recorded_metric_exactly(results, invoke):
