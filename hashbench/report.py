@@ -25,6 +25,15 @@ from hashbench.results_frame import (
     read_records,
     row_labels,
 )
+from hashbench.store import ResultsStore
+from hashbench.uncertainty import (
+    BOOTSTRAP_DRAWS,
+    Comparison,
+    Interval,
+    bootstrap_interval,
+    paired_test,
+)
+from hashbench.uncertainty import SEED as BOOTSTRAP_SEED
 
 
 @dataclass
@@ -38,6 +47,13 @@ class SummaryTable:
     info: MetricInfo | None = None
     captions: dict[str, str] = field(default_factory=dict)  # dataset column → what was run there
     runs: pd.DataFrame | None = None  # ok runs per cell, whether or not they hold the metric
+    # Per cell (row, column): each seed's per-query values, when every run of the cell has them,
+    # and the split they were measured on; the 95% interval; cells not distinguishable from
+    # their column's best.
+    values: dict[tuple, dict[int, Any]] = field(default_factory=dict)
+    splits: dict[tuple, str] = field(default_factory=dict)
+    intervals: dict[tuple, Interval] = field(default_factory=dict)
+    indistinct: set[tuple] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.info is None:
@@ -45,7 +61,15 @@ class SummaryTable:
 
     @property
     def title(self) -> str:
-        return f"{self.info.label} (mean ± std over seeds; best in bold, {'higher' if self.info.higher_is_better else 'lower'} is better)"
+        direction = "higher" if self.info.higher_is_better else "lower"
+        text = f"{self.info.label} (mean ± std over seeds; best in bold, {direction} is better"
+        if self.intervals:
+            text += (
+                f"; [95% interval: bootstrap resampling queries and seeds, {BOOTSTRAP_DRAWS} draws, seed {BOOTSTRAP_SEED}]"
+                "; † not distinguishable from the column's best at 5% (paired sign-flip test over queries, "
+                "per-query values averaged over matched seeds)"
+            )
+        return text + ")"
 
     def best(self) -> pd.DataFrame:
         """True where a cell holds its column's best mean by the metric's direction (ties all bold)."""
@@ -64,7 +88,40 @@ class SummaryTable:
         runs = self.run_count(row, column)
         if count < runs:
             text += f" (n={count} of {runs})"
+        interval = self.intervals.get((row, column))
+        if interval is not None:
+            text += f" [{self.info.formatted(interval.low)}, {self.info.formatted(interval.high)}]"
+        if (row, column) in self.indistinct:
+            text += " †"
         return text
+
+    def compare(self, first: str, second: str) -> list[tuple[tuple, Comparison]]:
+        """The paired comparison of rows ``first`` and ``second`` in every column holding both
+        on the same split."""
+        found = []
+        for column in self.mean.columns:
+            a, b = (first, column), (second, column)
+            if a in self.values and b in self.values and self.splits.get(a) == self.splits.get(b):
+                found.append((column, paired_test(self.values[a], self.values[b])))
+        return found
+
+    def add_uncertainty(self) -> None:
+        """Intervals for every cell with per-query values; marks for cells the paired test
+        cannot tell from their column's best."""
+        for cell, values in self.values.items():
+            self.intervals[cell] = bootstrap_interval(list(values.values()))
+        best = self.best()
+        for column in self.mean.columns:
+            leaders = [row for row in self.mean.index if best.at[row, column] and (row, column) in self.values]
+            if not leaders:
+                continue
+            leader = (leaders[0], column)
+            for row in self.mean.index:
+                cell = (row, column)
+                if best.at[row, column] or cell not in self.values or self.splits.get(cell) != self.splits.get(leader):
+                    continue
+                if paired_test(self.values[leader], self.values[cell]).p_value >= 0.05:
+                    self.indistinct.add(cell)
 
     def run_count(self, row: str, column: tuple) -> int:
         if self.runs is None:
@@ -87,13 +144,31 @@ class SummaryTable:
         return warnings
 
 
-def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
+def per_query_vector(stored: dict[str, Any] | None, metric: str) -> Any:
+    """A run's per-query values of ``metric`` (None when the metric has none or they were not stored)."""
+    if stored is None:
+        return None
+    if metric in PER_QUERY_OF:
+        return stored.get(PER_QUERY_OF[metric])
+    name, _, k = metric.partition(".")
+    if name == "precision_at_k" and k.isdigit() and "ks" in stored:
+        columns = [int(value) for value in stored["ks"]]
+        return stored["precision_at_k"][:, columns.index(int(k))] if int(k) in columns else None
+    return None
+
+
+PER_QUERY_OF = {"map": "ap", "map_all": "ap_all", "map_tie_aware": "ap_tie_aware"}
+
+
+def summarise(frame: pd.DataFrame, metric: str = "map", per_query: dict[str, dict] | None = None) -> SummaryTable:
+    """The table of ``metric``; with ``per_query`` (run key → stored per-query values) also
+    intervals and significance marks where every run of a cell has them."""
     metric_info(metric)  # refuses what is not a metric, with a suggestion
     ok = frame[frame["status"] == "ok"].copy() if len(frame) else frame
     if ok.empty:
         raise UserError("no successful runs in the results directory; run `hashbench run` first")
     if metric not in ok.columns:
-        numeric = sorted(c for c in ok.columns if c not in (*ID_COLUMNS, "error", "device", "profile", "map_k"))
+        numeric = sorted(c for c in ok.columns if c not in (*ID_COLUMNS, "error", "device", "profile", "map_k", "split_hash"))
         raise UserError(f"no run recorded the metric {metric!r}; recorded: {', '.join(numeric)}")
     ok["row"] = row_labels(ok)
     ok["column_dataset"] = dataset_columns(ok)
@@ -108,10 +183,19 @@ def summarise(frame: pd.DataFrame, metric: str = "map") -> SummaryTable:
 
     cutoffs = sorted({int(k) for k in ok["map_k"].dropna()}) if "map_k" in ok else []
     map_k = cutoffs[0] if len(cutoffs) == 1 else ("k" if not cutoffs else "/".join(map(str, cutoffs)))
-    return SummaryTable(
+    table = SummaryTable(
         metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k), column_captions(ok),
         pivot("size"),
     )
+    if per_query:
+        for (row, dataset, bits), group in ok.groupby(["row", "column_dataset", "bits"]):
+            vectors = {int(seed): per_query_vector(per_query.get(key), metric) for seed, key in zip(group["seed"], group["key"], strict=True)}
+            splits = set(group["split_hash"])
+            if len(vectors) == len(group) and all(v is not None for v in vectors.values()) and len(splits) == 1:
+                table.values[row, (dataset, bits)] = vectors
+                table.splits[row, (dataset, bits)] = splits.pop()
+        table.add_uncertainty()
+    return table
 
 
 def to_markdown(table: SummaryTable) -> str:
@@ -166,7 +250,7 @@ def to_latex(table: SummaryTable) -> str:
             if text is None:
                 cells.append("--")
                 continue
-            text = text.replace("±", r"$\pm$")
+            text = text.replace("±", r"$\pm$").replace(" †", r"$^\dagger$")
             cells.append(rf"\textbf{{{text}}}" if best.at[row, column] else text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -204,14 +288,17 @@ def to_html(table: SummaryTable) -> str:
 
 
 def to_csv(table: SummaryTable) -> str:
-    """Long format: one line per method × dataset × bits with mean, std and count."""
+    """Long format: one line per method × dataset × bits with mean, std, count, the 95%
+    interval, whether it is the best and whether it is distinguishable from it."""
     rows = []
+    best = table.best()
     for row in table.mean.index:
         for dataset, bits in table.mean.columns:
             mean = table.mean.at[row, (dataset, bits)]
             if pd.isna(mean):
                 continue
             std = table.std.at[row, (dataset, bits)]
+            interval = table.intervals.get((row, (dataset, bits)))
             rows.append(
                 {
                     "method": row,
@@ -221,6 +308,10 @@ def to_csv(table: SummaryTable) -> str:
                     "mean": mean,
                     "std": None if pd.isna(std) else std,
                     "runs": int(table.count.at[row, (dataset, bits)]),
+                    "ci_low": None if interval is None else interval.low,
+                    "ci_high": None if interval is None else interval.high,
+                    "best": bool(best.at[row, (dataset, bits)]),
+                    "indistinguishable_from_best": (row, (dataset, bits)) in table.indistinct,
                 }
             )
     return pd.DataFrame(rows).to_csv(index=False, float_format="%.6f")
@@ -408,7 +499,9 @@ def write_report(
     frame = frame_from_records(records)
     if frame.empty:
         raise UserError(f"no run records under {results}; run `hashbench run --results {results}` first")
-    table = summarise(frame, metric)
+    store = ResultsStore(results)
+    per_query = {record.key: store.read_per_query(record) for record in records if record.ok}
+    table = summarise(frame, metric, per_query)
     warnings += table.incomplete()
     comparison, published_source = None, None
     if published:

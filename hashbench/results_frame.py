@@ -72,6 +72,7 @@ def frame_from_records(records: list[RunRecord]) -> pd.DataFrame:
         row["device"] = record.device
         row["profile"] = record.profile
         row["map_k"] = record.map_k
+        row["split_hash"] = record.split.hash if record.split is not None else None
         row.update(record.scalar_metrics())
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)

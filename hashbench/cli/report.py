@@ -40,7 +40,14 @@ BUILTIN = "builtin"
     is_flag=True,
     help="Keep runs made under an older method or protocol version (left out by default; their rows say the version).",
 )
-def report_command(results: Path | None, out: Path, metric: str, published: str | None, plots: bool, include_stale: bool) -> None:
+@click.option(
+    "--compare",
+    metavar="A,B",
+    help="Print the paired difference A − B of the metric per column, with its 95% interval and p-value (rows as in the table).",
+)
+def report_command(
+    results: Path | None, out: Path, metric: str, published: str | None, plots: bool, include_stale: bool, compare: str | None
+) -> None:
     """Write the table (Markdown, LaTeX, CSV, HTML), timings, plots (PNG, PDF) and report.html;
     print the table."""
     from hashbench.report import write_report
@@ -48,6 +55,11 @@ def report_command(results: Path | None, out: Path, metric: str, published: str 
     results = results or Path(os.environ.get("HASHBENCH_RESULTS") or "results")
     if not results.is_dir():
         raise click.UsageError(f"results directory {results} does not exist; run `hashbench run` first or pass --results")
+    pair = None
+    if compare is not None:
+        pair = [name.strip() for name in compare.split(",")]
+        if len(pair) != 2 or not all(pair) or pair[0] == pair[1]:
+            raise click.UsageError(f"--compare {compare!r}: give two different rows of the table, e.g. --compare cibhash,itq")
     source = None if published is None else (True if published == BUILTIN else Path(published))
     table, paths, warnings = write_report(results, out, metric, plots=plots, published=source, include_stale=include_stale)
     for warning in warnings:
@@ -55,8 +67,29 @@ def report_command(results: Path | None, out: Path, metric: str, published: str 
     click.echo(paths["markdown"].read_text())
     if "published_markdown" in paths:
         click.echo(paths["published_markdown"].read_text())
+    if pair is not None:
+        _print_comparison(table, *pair)
     plot_files = [path for key, path in paths.items() if key.startswith("plot_")]
     listed = [str(path) for key, path in paths.items() if not key.startswith("plot_")]
     if plot_files:
         listed.append(f"{len(plot_files)} plot files in {plot_files[0].parent}")
     click.echo("written: " + ", ".join(listed), err=True)
+
+
+def _print_comparison(table, first: str, second: str) -> None:
+    rows = list(table.mean.index)
+    for name in (first, second):
+        if name not in rows:
+            raise click.UsageError(f"--compare: {name!r} is not a row of the table; rows: {', '.join(rows)}")
+    comparisons = table.compare(first, second)
+    if not comparisons:
+        click.echo(f"{first} and {second} share no column with per-query values on one split; nothing to compare")
+        return
+    label = table.info.label
+    click.echo(f"{label}: {first} − {second} (paired over queries; 95% bootstrap interval; sign-flip p-value)")
+    for (dataset, bits), result in comparisons:
+        seeds = f"{result.seeds} matched seeds" if result.seeds else "no common seed: each method's own seeds"
+        click.echo(
+            f"  {dataset} {bits} bits: {result.difference:+.4f} [{result.interval.low:+.4f}, {result.interval.high:+.4f}], "
+            f"p = {result.p_value:.4f} ({result.queries} queries, {seeds})"
+        )
