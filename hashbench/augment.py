@@ -69,7 +69,7 @@ class AugmentPolicy:
 
 
 def paper_policy() -> AugmentPolicy:
-    """The released CIBHash pipeline for natural images at 224×224 (PROTOCOLS.md)."""
+    """The released CIBHash pipeline for natural images at 224×224 (docs/PROTOCOLS.md, "CIBHash")."""
     return AugmentPolicy(size=224)
 
 

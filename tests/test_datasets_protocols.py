@@ -1,7 +1,7 @@
 """The real datasets' split protocols, with their real sizes, on synthetic label matrices.
 
 No image is needed to draw a split: these tests give each protocol object a label matrix of
-the dataset's real size (or just big enough) and check the numbers of PROTOCOLS.md.
+the dataset's real size (or just big enough) and check the numbers of docs/PROTOCOLS.md.
 """
 
 from __future__ import annotations
