@@ -115,8 +115,6 @@ class SimilarityPreservingHash(DeepHashingMethod):
         "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "epochs": 100,
         "eval_every": 20, "lr_step": 0, "feature_dropout": 0.0, "centre": True,
     }
-    # Where the released run comes from, for the deviations ("GreedyHash's unsupervised_vgg.py").
-    released_source: ClassVar[str] = ""
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
