@@ -224,6 +224,24 @@ class RunRecord:
     finished: str | None = None
     reevaluated: str | None = None
 
+    @classmethod
+    def new(cls, identity: CellIdentity, method_version: str, protocol_version: str, **fields: Any) -> RunRecord:
+        """A record of the cell ``identity`` under these versions (key and cell id derived)."""
+        return cls(
+            key=identity.key(method_version, protocol_version),
+            cell_id=identity.cell_id,
+            method=identity.method,
+            dataset=identity.dataset,
+            protocol=identity.protocol,
+            bits=identity.bits,
+            seed=identity.seed,
+            split_seed=identity.split_seed,
+            params=dict(identity.params),
+            method_version=method_version,
+            protocol_version=protocol_version,
+            **fields,
+        )
+
     # -- reading -----------------------------------------------------------------------------
 
     @property

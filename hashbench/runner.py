@@ -297,18 +297,10 @@ def run_cell(
             with contextlib.suppress(OSError):  # the record below says why; the log is a bonus
                 atomic.write_text(run_dir / LOG_NAME, traceback.format_exc())
         timings["total"] = sum(timings.values())
-        record = RunRecord(
-            key=key,
-            cell_id=cell.identity.cell_id,
-            method=cell.method,
-            dataset=cell.dataset,
-            protocol=cell.protocol,
-            bits=cell.bits,
-            seed=cell.seed,
-            split_seed=cell.split_seed,
-            params=params_to_dict(cell.params),
-            method_version=cell.method_version,
-            protocol_version=cell.protocol_version,
+        record = RunRecord.new(
+            cell.identity,
+            cell.method_version,
+            cell.protocol_version,
             method_description=cell.method_cls.description,
             protocol_description=data.protocol.summary(),
             input=cell.method_cls.input,
@@ -375,7 +367,6 @@ class CellJob:
     manifest_hash: str
     working_dir: str  # the parent's, for dotted --plugin modules and relative paths in plugins
     execution: dict[str, Any] = field(default_factory=dict)  # stored as "execution" in the record
-    cell_id: str = ""
     method_version: str = "1"
     protocol_version: str = "1"
 
@@ -422,7 +413,6 @@ def make_job(cell: Cell, data: PreparedDataset, spec: GridSpec, execution: dict[
         manifest_hash=data.manifest.hash,
         working_dir=str(Path.cwd()),
         execution=execution,
-        cell_id=cell.identity.cell_id,
         method_version=cell.method_version,
         protocol_version=cell.protocol_version,
     )
@@ -473,20 +463,13 @@ def record_failure(job: CellJob, reason: str, log: str | None = None) -> bool:
         run_dir.mkdir(parents=True, exist_ok=True)
         if log:
             atomic.write_text(run_dir / LOG_NAME, log)
+        identity = CellIdentity(job.method, job.params, job.dataset, job.protocol, job.spec.split_seed, job.bits, job.seed)
         store.write_record(
-            RunRecord(
-                key=job.key,
-                cell_id=job.cell_id,
-                method=job.method,
-                dataset=job.dataset,
-                protocol=job.protocol,
-                bits=job.bits,
-                seed=job.seed,
-                split_seed=job.spec.split_seed,
+            RunRecord.new(
+                identity,
+                job.method_version,
+                job.protocol_version,
                 status=Status.FAILED,
-                params=job.params,
-                method_version=job.method_version,
-                protocol_version=job.protocol_version,
                 error=reason,
                 execution=job.execution,
                 finished=_now(),
