@@ -2,19 +2,19 @@
 
 Inputs are checked and packed by :func:`hashbench.metrics.inputs.prepare` exactly as on the
 CPU (the packed codes are small); the quadratic work runs on the device: distances from a
-+-1 matmul, relevance from a multi-hot matmul, the stable ranking from one sort of int64 keys
++-1 matmul, relevance from a multi-hot matmul (or scattered from per-query lists), the stable ranking from one sort of int64 keys
 (distance, index, relevant) per query. Only the (queries x groups) histograms and per-query
 values come back, for the tie-aware closed form on the CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
-from hashbench.metrics.inputs import Inputs, key_shift
+from hashbench.metrics.inputs import Inputs, NeighbourRelevance, Relevance, key_shift
 from hashbench.metrics.result import Ranking
 
 
@@ -47,6 +47,37 @@ def _signs(packed: Any, bits: int, dtype: Any) -> Any:
     return unpacked.to(dtype) * 2 - 1
 
 
+def _relevance_on(relevance: Relevance | NeighbourRelevance, device: Any) -> Callable[[slice], Any]:
+    """A function from a chunk of queries to their bool relevance rows (c, N) on ``device``:
+    from a multi-hot matmul (labels) or by scattering each query's relevant positions."""
+    import torch
+
+    if isinstance(relevance, NeighbourRelevance):
+        indptr = torch.from_numpy(relevance.indptr).to(device)
+        indices = torch.from_numpy(relevance.indices).to(device)
+
+        def scattered(rows: slice) -> Any:
+            start, stop, _ = rows.indices(indptr.numel() - 1)
+            out = torch.zeros((stop - start, relevance.size), dtype=torch.bool, device=device)
+            owner = torch.repeat_interleave(
+                torch.arange(stop - start, device=device), indptr[start + 1 : stop + 1] - indptr[start:stop]
+            )
+            out[owner, indices[indptr[start] : indptr[stop]]] = True
+            return out
+
+        return scattered
+    label_type = _float_type(relevance.query_multi_hot.shape[1])
+    query_hot = torch.from_numpy(np.ascontiguousarray(relevance.query_multi_hot))
+    query_hot = query_hot.to(device).to(label_type)
+    database_hot = torch.from_numpy(np.ascontiguousarray(relevance.database_multi_hot))
+    database_hot = database_hot.to(device).to(label_type).T.contiguous()
+
+    def shared_label(rows: slice) -> Any:
+        return (query_hot[rows] @ database_hot) > 0
+
+    return shared_label
+
+
 def rankings(
     inputs: Inputs, map_k: int, ks: Sequence[int], chunks: Sequence[slice], device: Any
 ) -> Iterator[Ranking]:
@@ -62,12 +93,7 @@ def rankings(
     database_signs = _signs(
         torch.from_numpy(inputs.database_bytes).to(device), bits, code_type
     ).T.contiguous()
-    relevance = inputs.relevance
-    label_type = _float_type(relevance.query_multi_hot.shape[1])
-    query_hot = torch.from_numpy(np.ascontiguousarray(relevance.query_multi_hot))
-    query_hot = query_hot.to(device).to(label_type)
-    database_hot = torch.from_numpy(np.ascontiguousarray(relevance.database_multi_hot))
-    database_hot = database_hot.to(device).to(label_type).T.contiguous()
+    relevant_rows = _relevance_on(inputs.relevance, device)
     shift = key_shift(size)
     base = torch.arange(size, device=device, dtype=torch.int64) << 1
     ranks = torch.arange(1, size + 1, device=device, dtype=torch.float64)
@@ -76,7 +102,7 @@ def rankings(
         dot = (query_signs[rows] @ database_signs).to(torch.int64)
         distances = (bits - dot) >> 1
         del dot
-        relevant = (query_hot[rows] @ database_hot) > 0
+        relevant = relevant_rows(rows)
         keys = (distances << shift) | base | relevant.to(torch.int64)
         del distances, relevant
         keys = torch.sort(keys, dim=1).values

@@ -48,9 +48,10 @@ def map_in_order(function: Callable[[slice], T], chunks: Sequence[slice]) -> Ite
 def evaluate(
     query_codes: Any,
     database_codes: Any,
-    query_labels: Any,
-    database_labels: Any,
+    query_labels: Any = None,
+    database_labels: Any = None,
     *,
+    relevance: Any = None,
     bits: int | None = None,
     topk: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
@@ -62,7 +63,10 @@ def evaluate(
     Codes: bool, {0,1} or {-1,+1} matrices (n, bits), numpy or torch, or packed uint8
     (n, ceil(bits/8)) as produced by :func:`hashbench.codes.pack` together with ``bits``.
     Labels: class ids (n,) or multi-hot (n, classes) with at least two classes; query and
-    database must use the same classes. ``topk`` is the mAP cut-off (None: the whole
+    database must use the same classes; an item is relevant when it shares a label with the
+    query. Instead of labels, ``relevance`` gives each query its own set of relevant database
+    positions (rows of the database codes), e.g. its K true nearest neighbours: a (queries, K)
+    integer matrix (negative entries pad short rows) or one integer array per query. ``topk`` is the mAP cut-off (None: the whole
     database); ``ks`` the cut-offs of P@k / R@k; any cut-off larger than the database is
     clipped to the database size (so P@k divides by the database size there). ``radius`` is
     the headline Hamming radius; ``chunk_size`` the number of queries handled at once
@@ -75,6 +79,7 @@ def evaluate(
         database_codes,
         query_labels,
         database_labels,
+        relevance=relevance,
         bits=bits,
         topk=topk,
         ks=ks,
@@ -87,9 +92,10 @@ def evaluate_on(
     device: Any,
     query_codes: Any,
     database_codes: Any,
-    query_labels: Any,
-    database_labels: Any,
+    query_labels: Any = None,
+    database_labels: Any = None,
     *,
+    relevance: Any = None,
     bits: int | None = None,
     topk: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
@@ -99,7 +105,7 @@ def evaluate_on(
     """:func:`evaluate` with the rankings computed by torch on ``device``, or by the numpy
     kernels when ``device`` is None."""
     options = check_options(topk, ks, radius, chunk_size)
-    inputs = prepare(query_codes, database_codes, query_labels, database_labels, bits)
+    inputs = prepare(query_codes, database_codes, query_labels, database_labels, bits, relevance)
     map_k = inputs.map_k(options.topk)
     summary = Summary(
         inputs.bits, inputs.num_database, map_k, options.topk, options.ks, options.radius
@@ -136,9 +142,10 @@ def _cpu_chunk(
 def mean_average_precision(
     query_codes: Any,
     database_codes: Any,
-    query_labels: Any,
-    database_labels: Any,
+    query_labels: Any = None,
+    database_labels: Any = None,
     *,
+    relevance: Any = None,
     bits: int | None = None,
     topk: int | None = None,
     chunk_size: int | None = None,
@@ -157,13 +164,14 @@ def mean_average_precision(
             database_codes,
             query_labels,
             database_labels,
+            relevance=relevance,
             bits=bits,
             topk=topk,
             ks=(),
             chunk_size=chunk_size,
         ).map
     options = check_options(topk=topk, chunk_size=chunk_size)
-    inputs = prepare(query_codes, database_codes, query_labels, database_labels, bits)
+    inputs = prepare(query_codes, database_codes, query_labels, database_labels, bits, relevance)
     size = inputs.num_database
     map_k = inputs.map_k(options.topk)
     groups = inputs.groups

@@ -190,6 +190,72 @@ class Relevance:
         return out.view(np.uint8)[:, : self.row_bytes]
 
 
+def neighbour_lists(neighbours: Any, num_queries: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query lists of relevant database positions as (indptr, indices), CSR style.
+
+    Accepts an integer matrix (queries, K), negative entries being padding (for a query with
+    fewer relevant items), or a sequence of one integer array per query.
+    """
+    shape_hint = "a (queries, K) matrix of database positions or one list per query"
+    if hasattr(neighbours, "detach") or isinstance(neighbours, np.ndarray):
+        matrix = to_numpy(neighbours)
+        if matrix.ndim != 2:
+            raise UserError(f"relevance must be {shape_hint}; got shape {matrix.shape}")
+        rows = [matrix]  # one block: every row at once
+        counts = [matrix.shape[0]]
+    else:
+        try:
+            rows = [to_numpy(row).reshape(1, -1) for row in neighbours]
+        except (TypeError, ValueError):
+            raise UserError(f"relevance must be {shape_hint}") from None
+        counts = [1] * len(rows)
+    if sum(counts) != num_queries:
+        raise UserError(
+            f"relevance has {sum(counts)} rows but there are {num_queries} queries; give one list "
+            "of relevant database positions per query"
+        )
+    lengths, parts = [np.zeros(1, dtype=np.int64)], []
+    for block in rows:
+        if block.size and block.dtype.kind not in "iu":
+            raise UserError(f"relevance: database positions must be integers; got dtype {block.dtype}")
+        block = block.astype(np.int64, copy=False)
+        kept = block >= 0  # negative entries pad short rows
+        lengths.append(kept.sum(1))
+        parts.append(block[kept])
+    indptr = np.cumsum(np.concatenate(lengths))
+    indices = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if indices.size and indices.max() >= size:
+        raise UserError(
+            f"relevance names database position {int(indices.max())}, but the database has {size} items"
+        )
+    owner = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
+    if np.unique(owner * size + indices).size != indices.size:
+        raise UserError("relevance lists one database item twice for the same query")
+    return indptr, indices
+
+
+class NeighbourRelevance:
+    """Relevance given per query as a set of database positions (its true nearest neighbours,
+    say), as bit rows built chunk by chunk from the lists: the same interface as
+    :class:`Relevance`, without labels shared between items."""
+
+    def __init__(self, neighbours: Any, num_queries: int, size: int) -> None:
+        self.indptr, self.indices = neighbour_lists(neighbours, num_queries, size)
+        self.size = size
+        self.row_bytes = -(-size // 8)
+
+    def bit_rows(self, rows: slice) -> np.ndarray:
+        """Relevance of every database item to the queries ``rows``: packed bits (c, N/8)."""
+        start, stop, _ = rows.indices(self.indptr.size - 1)
+        count = max(0, stop - start)
+        ids = self.indices[self.indptr[start] : self.indptr[stop]] if count else self.indices[:0]
+        owner = np.repeat(np.arange(count, dtype=np.int64), np.diff(self.indptr[start : stop + 1]))
+        out = np.zeros(count * self.row_bytes, dtype=np.uint8)
+        # np.packbits order: item i is bit 7 - i % 8 of byte i // 8; several ids share a byte
+        np.bitwise_or.at(out, owner * self.row_bytes + (ids >> 3), (0x80 >> (ids & 7)).astype(np.uint8))
+        return out.reshape(count, self.row_bytes)
+
+
 # --------------------------------------------------------------------------------------------
 # everything together
 
@@ -212,7 +278,7 @@ class Inputs:
     query_bytes: np.ndarray  # (queries, 8 * words) uint8, zero padding
     database_bytes: np.ndarray  # (database, 8 * words) uint8
     bits: int
-    relevance: Relevance
+    relevance: Relevance | NeighbourRelevance
 
     @property
     def query_words(self) -> np.ndarray:
@@ -251,8 +317,10 @@ def prepare(
     query_labels: Any,
     database_labels: Any,
     bits: int | None,
+    relevance: Any = None,
 ) -> Inputs:
-    """Check codes and labels against each other; pack codes and build relevance bitmaps."""
+    """Check codes and labels (or per-query ``relevance`` lists) against each other; pack
+    codes and build relevance bitmaps."""
     if bits is not None and (
         isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1
     ):
@@ -264,16 +332,28 @@ def prepare(
             f"query codes have {query_bits} bits but database codes have {database_bits}; "
             "both must come from the same model and code length"
         )
-    query_multi_hot, database_multi_hot = label_matrices(query_labels, database_labels)
-    for what, rows, labels in (
-        ("query", query_bytes.shape[0], query_multi_hot),
-        ("database", database_bytes.shape[0], database_multi_hot),
-    ):
-        if rows != labels.shape[0]:
+    if relevance is not None:
+        if query_labels is not None or database_labels is not None:
             raise UserError(
-                f"{what} codes have {rows} rows but {what} labels have "
-                f"{labels.shape[0]}; each item needs one code and one label row"
+                "give either labels (relevant: shares a label) or relevance (per-query lists of "
+                "relevant database positions), not both"
             )
+    elif query_labels is None or database_labels is None:
+        raise UserError(
+            "query and database labels are needed, or relevance: per-query lists of relevant "
+            "database positions (e.g. true nearest neighbours)"
+        )
+    else:
+        query_multi_hot, database_multi_hot = label_matrices(query_labels, database_labels)
+        for what, rows, labels in (
+            ("query", query_bytes.shape[0], query_multi_hot),
+            ("database", database_bytes.shape[0], database_multi_hot),
+        ):
+            if rows != labels.shape[0]:
+                raise UserError(
+                    f"{what} codes have {rows} rows but {what} labels have "
+                    f"{labels.shape[0]}; each item needs one code and one label row"
+                )
     if query_bytes.shape[0] == 0:
         raise UserError("there are no queries (query codes have 0 rows)")
     size = database_bytes.shape[0]
@@ -284,6 +364,8 @@ def prepare(
             f"{size} database items with {query_bits}-bit codes are too many to rank: "
             f"distance and database index must fit together in {KEY_BITS} bits"
         )
-    return Inputs(
-        query_bytes, database_bytes, query_bits, Relevance(query_multi_hot, database_multi_hot)
-    )
+    if relevance is not None:
+        rows = NeighbourRelevance(relevance, query_bytes.shape[0], size)
+    else:
+        rows = Relevance(query_multi_hot, database_multi_hot)
+    return Inputs(query_bytes, database_bytes, query_bits, rows)
