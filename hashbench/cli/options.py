@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 
 
@@ -36,3 +39,26 @@ class CommaList(click.ParamType):
 NAMES = CommaList(str)
 POSITIVE_INTS = CommaList(int, minimum=1)
 NON_NEGATIVE_INTS = CommaList(int, minimum=0)
+
+
+# Options several commands share, declared once.
+RESULTS_OPTION = click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
+)
+DATA_ROOT_OPTION = click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where datasets live. Default: $HASHBENCH_DATA or ./data.",
+)
+
+
+def results_dir(option: Path | None) -> Path:
+    """--results, else $HASHBENCH_RESULTS, else ./results."""
+    return option if option is not None else Path(os.environ.get("HASHBENCH_RESULTS") or "results")
+
+
+def data_root(option: Path | None) -> Path:
+    """--data-root, else $HASHBENCH_DATA, else ./data."""
+    return option if option is not None else Path(os.environ.get("HASHBENCH_DATA") or "data")

@@ -2,32 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
+from hashbench.cli.options import DATA_ROOT_OPTION, RESULTS_OPTION, results_dir
+from hashbench.cli.options import data_root as resolve_data_root
+
 
 @click.command("reeval")
-@click.option(
-    "--results",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
-)
-@click.option(
-    "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where datasets live (for the labels). Default: $HASHBENCH_DATA or ./data.",
-)
+@RESULTS_OPTION
+@DATA_ROOT_OPTION
 @click.option("--cache", type=click.Path(file_okay=False, path_type=Path), help="Cache folder, as for `hashbench run`.")
 def reeval_command(results: Path | None, data_root: Path | None, cache: Path | None) -> None:
     """Recompute every ok run's metrics from its codes.npz and split manifest, without
     training; refuse runs whose files no longer match their recorded hashes (exit 1)."""
     from hashbench.reeval import reevaluate
 
-    results = results or Path(os.environ.get("HASHBENCH_RESULTS") or "results")
-    data_root = data_root or Path(os.environ.get("HASHBENCH_DATA") or "data")
+    results = results_dir(results)
+    data_root = resolve_data_root(data_root)
     if not results.is_dir():
         raise click.UsageError(f"results directory {results} does not exist; pass --results")
 

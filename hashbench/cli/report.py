@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
+
+from hashbench.cli.options import RESULTS_OPTION, results_dir
 
 BUILTIN = "builtin"
 
 
 @click.command("report")
-@click.option(
-    "--results",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
-)
+@RESULTS_OPTION
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), default="reports", show_default=True, help="Where to write the report."
 )
@@ -52,7 +49,7 @@ def report_command(
     print the table."""
     from hashbench.report import write_report
 
-    results = results or Path(os.environ.get("HASHBENCH_RESULTS") or "results")
+    results = results_dir(results)
     if not results.is_dir():
         raise click.UsageError(f"results directory {results} does not exist; run `hashbench run` first or pass --results")
     pair = None

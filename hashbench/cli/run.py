@@ -13,7 +13,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hashbench.cli.options import NAMES, NON_NEGATIVE_INTS, POSITIVE_INTS
+from hashbench.cli.options import (
+    DATA_ROOT_OPTION,
+    NAMES,
+    NON_NEGATIVE_INTS,
+    POSITIVE_INTS,
+    RESULTS_OPTION,
+)
 from hashbench.config import EXECUTORS, load_config
 from hashbench.errors import UserError
 from hashbench.params import parse_assignments
@@ -219,16 +225,8 @@ GRID_OPTIONS: list[Callable] = [
         metavar="NAME|DATASET=NAME,...",
         help="Split protocol, for every dataset or per dataset. Default: each dataset's default protocol.",
     ),
-    click.option(
-        "--results",
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
-    ),
-    click.option(
-        "--data-root",
-        type=click.Path(file_okay=False, path_type=Path),
-        help="Where datasets live. Default: $HASHBENCH_DATA or ./data.",
-    ),
+    RESULTS_OPTION,
+    DATA_ROOT_OPTION,
     click.option("--set", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE", help="Override a hyperparameter. Repeatable."),
     click.option(
         "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML experiment file (see experiments/)."
