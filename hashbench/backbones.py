@@ -213,6 +213,14 @@ class VGG16Trunk(nn.Module):
         self.weights_source = weights_source
         self.weights_id = weights_id
 
+    def cut(self, layer: str) -> VGG16Trunk:
+        """This trunk ending at ``layer`` instead (``fc6`` from ``fc7``): the classifier shortened."""
+        if layer not in VGG16_LAYERS or VGG16_LAYERS[layer] > len(self.classifier):
+            raise UserError(f"cannot cut a VGG-16 trunk ending at {self.layer} at {layer!r}")
+        self.classifier = self.classifier[: VGG16_LAYERS[layer]]
+        self.layer = layer
+        return self
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.avgpool(self.features(images))
         return self.classifier(torch.flatten(features, 1))

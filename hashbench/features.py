@@ -35,12 +35,21 @@ FEATURES_VERSION = 1
 NetworkFactory = Callable[[], tuple[Any, Callable[[Any, Any], Any]]]
 
 
-def _default_factory(backbone: str, weights: str | None, pretrained: bool, image_shape, layer: str) -> NetworkFactory:
+def _default_factory(backbone: str, weights: str | None, pretrained: bool, image_shape) -> NetworkFactory:
     def build():
         from hashbench.backbones import build_backbone, preprocess_for
 
-        network = build_backbone(backbone, weights=weights, pretrained=pretrained, layer=layer)
-        return network, preprocess_for(backbone, image_shape)
+        return build_backbone(backbone, weights=weights, pretrained=pretrained), preprocess_for(backbone, image_shape)
+
+    return build
+
+
+def _cut(factory: NetworkFactory, layer: str) -> NetworkFactory:
+    """``factory``'s network cut at ``layer`` (a VGG-16 trunk's ``cut``)."""
+
+    def build():
+        network, prepare = factory()
+        return network.cut(layer), prepare
 
     return build
 
@@ -101,7 +110,8 @@ class BackboneFeatures:
         self.batch_size = batch_size
         self.workers = workers
         image_shape = getattr(images, "shape", (None,))[1:]
-        self.factory = factory or _default_factory(backbone, weights, pretrained, image_shape, layer)
+        build = factory or _default_factory(backbone, weights, pretrained, image_shape)
+        self.factory = build if layer == FEATURE_LAYER else _cut(build, layer)
         if weights_key is None:
             from hashbench.backbones import weights_id
 
@@ -122,7 +132,9 @@ class BackboneFeatures:
         }
 
     def entry(self) -> CacheEntry:
-        name = f"{self.dataset}-{self.manifest_hash[:16]}-{self.backbone}-{self.layer}-{self.weights_key}.npy"
+        # The default layer's file keeps its name; another layer's names it.
+        layer = "" if self.layer == FEATURE_LAYER else f"{self.layer}-"
+        name = f"{self.dataset}-{self.manifest_hash[:16]}-{self.backbone}-{layer}{self.weights_key}.npy"
         return CacheEntry(self.cache_dir / "features" / name, self.key())
 
     def at_layer(self, layer: str) -> BackboneFeatures:

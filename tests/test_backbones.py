@@ -198,6 +198,8 @@ def test_vgg16_cut_at_fc6_keeps_fc6_and_its_relu():
         build_backbone("vgg16", pretrained=False, layer="fc8")
     with pytest.raises(UserError, match="only VGG-16 can be cut at fc6"):
         build_backbone("small", image_shape=(8, 8, 1), layer="fc6")
+    with pytest.raises(UserError, match="cannot cut a VGG-16 trunk ending at fc6"):
+        trunk.cut("fc7")
 
 
 def test_fc7_run_live_on_cached_fc6_equals_cached_fc7_in_eval_mode(tmp_path):
@@ -214,4 +216,5 @@ def test_fc7_run_live_on_cached_fc6_equals_cached_fc7_in_eval_mode(tmp_path):
     with torch.no_grad():
         from_fc6 = live(torch.from_numpy(fc6(np.arange(3)))).numpy()
     np.testing.assert_allclose(from_fc6, fc7(np.arange(3)), rtol=1e-4, atol=1e-5)
-    assert sorted(path.name.split("-")[3] for path in (tmp_path / "features").glob("*.npy")) == ["fc6", "fc7"]
+    names = sorted(path.name for path in (tmp_path / "features").glob("*.npy"))
+    assert names == [f"toy-{'a' * 16}-vgg16-fc6-vgg16-random0.npy", f"toy-{'a' * 16}-vgg16-vgg16-random0.npy"]
