@@ -25,6 +25,7 @@ from hashbench.codes import to_bits
 from hashbench.data import DatasetArrays, DataSplit, HashingDataset
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, RunContext
+from hashbench.params import resolve_params
 from hashbench.registry import register_dataset, register_method
 from hashbench.runner import GridSpec, run_grid, run_job
 from hashbench.splits import SplitManifest, SplitProtocol, content_hash, draw_split
@@ -106,13 +107,20 @@ def test_the_split_seed_draws_another_split(tmp_path):
 
 
 VALIDATING = {
-    "cibhash": {"epochs": 2, "eval_every": 1, "batch_size": 32},
-    "clhash": {"epochs": 2, "eval_every": 1, "batch_size": 32},
+    "cibhash": {"epochs": 2, "eval_every": 1, "batch_size": 64},
+    "clhash": {"epochs": 2, "eval_every": 1, "batch_size": 64},
     "tbh": {"epochs": 2, "eval_every": 1, "batch_size": 32, "hidden": 32, "continuous": 16},
     "bgan": {"epochs": 2, "eval_every": 1, "batch_size": 20},
     "greedyhash": {"epochs": 2, "eval_every": 1, "batch_size": 32},
     "bihalf": {"epochs": 2, "eval_every": 1, "batch_size": 32},
 }
+
+
+BITS = 8
+# Training items: CIBHash's codes collapse to one value with small batches of few images.
+TRAIN_SIZE = {"cibhash": 300, "clhash": 300}
+# Settings under which three short epochs visibly change the codes.
+LIVELY = {"tbh": {"lr": 1e-2}, "greedyhash": {"lr": 1e-2}, "bihalf": {"lr": 1e-2}}
 
 
 def _as_bits(codes, bits: int) -> np.ndarray:
@@ -122,18 +130,20 @@ def _as_bits(codes, bits: int) -> np.ndarray:
     return to_bits(array, bits)
 
 
-@pytest.fixture
-def map_calls(monkeypatch):
-    """Every call of hashbench.metrics.mean_average_precision, wherever it was imported."""
+def _spy_on_map(monkeypatch, scripted=None) -> list[dict]:
+    """Record every call of hashbench.metrics.mean_average_precision, wherever it was imported;
+    with ``scripted`` scores, return those instead of the real ones."""
     original = hashbench.metrics.mean_average_precision
     calls = []
+    scores = None if scripted is None else iter(scripted)
 
     def spy(query_codes, database_codes, query_labels, database_labels, *args, **kwargs):
         calls.append({
             "query_codes": query_codes, "database_codes": database_codes,
             "query_labels": np.asarray(query_labels), "database_labels": np.asarray(database_labels),
         })  # fmt: skip
-        return original(query_codes, database_codes, query_labels, database_labels, *args, **kwargs)
+        real = original(query_codes, database_codes, query_labels, database_labels, *args, **kwargs)
+        return real if scores is None else next(scores)
 
     for module in list(sys.modules.values()):
         if getattr(module, "__name__", "").startswith("hashbench") and getattr(module, "mean_average_precision", None) is original:
@@ -141,21 +151,28 @@ def map_calls(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("method_name", sorted(VALIDATING))
-def test_validation_scores_val_codes_against_train_codes(method_name, map_calls):
+@pytest.fixture
+def map_calls(monkeypatch):
+    return _spy_on_map(monkeypatch)
+
+
+def _fit_with_validation(method_name: str, overrides: dict):
     arrays = _digits()
     # Sizes differ, so that a score of train against train or of val against val shows.
-    train = DataSplit("train", np.arange(0, 90), arrays)
-    val = DataSplit("val", np.arange(90, 120), arrays)
-    bits = 8
+    size = TRAIN_SIZE.get(method_name, 90)
+    train = DataSplit("train", np.arange(0, size), arrays)
+    val = DataSplit("val", np.arange(size, size + 30), arrays)
     cls = registry.get_method(method_name)
-    from hashbench.params import resolve_params
-
-    params = resolve_params(cls.Params, {**VALIDATING[method_name], "cpu_threads": 1}, owner=method_name)
+    params = resolve_params(cls.Params, {**VALIDATING[method_name], "cpu_threads": 1, **overrides}, owner=method_name)
     context = RunContext(seed=0, device="cpu")
-    method = cls(bits, params, context)
+    method = cls(BITS, params, context)
     method.fit(train, val)
-    validation = context.record["validation"]
+    return method, context.record["validation"], train, val
+
+
+@pytest.mark.parametrize("method_name", sorted(VALIDATING))
+def test_validation_scores_val_codes_against_train_codes(method_name, map_calls):
+    method, validation, train, val = _fit_with_validation(method_name, {})
     scores = validation["scores"]
     assert [entry["epoch"] for entry in scores] == [1, 2]
     assert len(map_calls) == len(scores)
@@ -165,8 +182,21 @@ def test_validation_scores_val_codes_against_train_codes(method_name, map_calls)
     # The call at the selected epoch scored exactly the final model's codes of val and train.
     selected = [entry["epoch"] for entry in scores].index(validation["selected_epoch"])
     chosen = map_calls[selected]
-    assert np.array_equal(_as_bits(chosen["query_codes"], bits), _as_bits(method.encode(val), bits))
-    assert np.array_equal(_as_bits(chosen["database_codes"], bits), _as_bits(method.encode(train), bits))
+    assert np.array_equal(_as_bits(chosen["query_codes"], BITS), _as_bits(method.encode(val), BITS))
+    assert np.array_equal(_as_bits(chosen["database_codes"], BITS), _as_bits(method.encode(train), BITS))
+
+
+@pytest.mark.parametrize("method_name", sorted(VALIDATING))
+def test_the_epoch_validated_best_is_the_model_kept(method_name, monkeypatch):
+    """Scripted scores make the first of three epochs the best: fit must end with that model."""
+    calls = _spy_on_map(monkeypatch, scripted=[0.9, 0.1, 0.5])
+    method, validation, train, val = _fit_with_validation(method_name, {"epochs": 3, **LIVELY.get(method_name, {})})
+    assert [entry["score"] for entry in validation["scores"]] == [0.9, 0.1, 0.5]
+    assert validation["selected_epoch"] == 1
+    first, last = (_as_bits(calls[index]["query_codes"], BITS) for index in (0, 2))
+    assert not np.array_equal(first, last), "training did not change the codes: the test cannot tell epochs apart"
+    assert np.array_equal(_as_bits(method.encode(val), BITS), first)
+    assert np.array_equal(_as_bits(method.encode(train), BITS), _as_bits(calls[0]["database_codes"], BITS))
 
 
 # --------------------------------------------------------------------------------------------

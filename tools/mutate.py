@@ -133,7 +133,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "training-best-weights-not-restored", ("hashbench/training.py",),
         '_load_trainable_state(self.model, best["state"])', "pass",
-        (VALIDATION,),
+        (f"{ISOLATION}::test_the_epoch_validated_best_is_the_model_kept",),
         "the selected epoch is recorded but its weights are not restored",
     ),
     Mutation(
@@ -211,7 +211,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "splits-load-skips-hash-check", ("hashbench/splits.py",),
-        "if content_hash(splits) != manifest.hash:", "if False:",
+        "if not matches:", "if False:",
         (f"{ISOLATION}::test_an_edited_manifest_list_is_refused_on_load",),
         "a manifest is trusted without checking its content hash",
     ),
@@ -237,34 +237,43 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "store-failed-run-counts-as-done", ("hashbench/store.py",),
         "if record.status is Status.FAILED:", "if False:",
-        ("tests/test_store_runner.py::test_failing_method_is_recorded_and_the_grid_goes_on",),
-        "a failed run is skipped instead of retried",
+        ("tests/test_status.py::test_status_reflects_a_planted_failure",),
+        "a failed run is taken for one whose codes were damaged (status shows the wrong state and reason)",
     ),
     Mutation(
-        "store-run-key-ignores-seed", ("hashbench/records.py", "hashbench/store.py"),
+        "store-run-key-ignores-params", ("hashbench/records.py", "hashbench/store.py"),
+        '            "params": dict(self.params),\n', "",
+        ("tests/test_store_runner.py::test_run_key_is_stable_and_distinguishes_every_field_and_version",),
+        "two hyperparameter settings of a cell share one run folder",
+    ),
+    Mutation(
+        "store-run-key-digest-ignores-seed", ("hashbench/records.py", "hashbench/store.py"),
         '            "seed": self.seed,\n', "",
         ("tests/test_store_runner.py::test_run_key_is_stable_and_distinguishes_every_field_and_version",),
-        "two seeds of a cell share one run folder",
+        "the run key's digest leaves out the seed",
+        equivalent=(
+            "the run key's readable prefix (…-seed{seed}-) carries the seed, so keys and run folders stay "
+            "distinct and records are looked up by that prefix; only the cell id digest loses it"
+        ),
     ),
     # ---- codes -----------------------------------------------------------------------------
     Mutation(
         "codes-minus-one-read-as-one", ("hashbench/codes.py",),
         "ones = array == 1", "ones = array != 0",
-        ("tests/test_metrics.py::test_packed_and_sign_inputs_agree",),
+        ("tests/test_codes_contract.py",),
         "{-1, +1} codes are read with -1 as a one bit",
     ),
     Mutation(
         "codes-zero-sign-accepted", ("hashbench/codes.py",),
         "if np.isin(values, (-1, 0, 1)).all():", "if False:",
-        ("tests/test_store_runner.py::test_failing_method_is_recorded_and_the_grid_goes_on",),
-        "codes holding sign(0) = 0 are not refused",
+        ("tests/test_codes_contract.py",),
+        "codes holding sign(0) = 0 are refused without saying that a zero from sign() is the cause",
     ),
     Mutation(
         "codes-little-endian-packing", ("hashbench/codes.py",),
         "return np.packbits(to_bits(codes, bits, name=name), axis=1)",
         'return np.packbits(to_bits(codes, bits, name=name), axis=1, bitorder="little")',
-        ("tests/test_metrics.py::test_packed_and_sign_inputs_agree",
-         "tests/test_store_runner.py::test_grid_runs_stores_codes_and_resumes_without_work"),
+        ("tests/test_codes_contract.py",),
         "codes are packed in the other bit order than they are unpacked",
     ),
     # ---- metrics ---------------------------------------------------------------------------
