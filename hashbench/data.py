@@ -51,10 +51,13 @@ class DatasetArrays:
 class DataSplit:
     """One split (train, query, database, val) of a loaded dataset, as a method sees it."""
 
-    def __init__(self, name: str, indices: np.ndarray, arrays: DatasetArrays) -> None:
+    def __init__(self, name: str, indices: np.ndarray, arrays: DatasetArrays, protocol: str | None = None) -> None:
         self.name = name
         self.indices = np.asarray(indices, dtype=np.int64)
         self._arrays = arrays
+        # The split protocol this split was drawn under (methods whose released settings
+        # depend on it, e.g. CIBHash's validation rule, read it); None outside the runner.
+        self.protocol = protocol
         self._features: np.ndarray | None = None
 
     def __len__(self) -> int:

@@ -115,7 +115,7 @@ class PreparedDataset:
 
     def split(self, name: str) -> DataSplit | None:
         indices = self.manifest.splits.get(name)
-        return None if indices is None else DataSplit(name, indices, self.arrays)
+        return None if indices is None else DataSplit(name, indices, self.arrays, self.protocol.name)
 
 
 def _positive_ints(values: list[int], option: str) -> list[int]:
