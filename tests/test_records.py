@@ -354,3 +354,21 @@ def test_non_finite_parameters_and_huge_seeds_are_refused_before_anything_is_wri
     result = invoke("run", *args, "--bits", "8", "--results", tmp_path / "results")
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "results").exists()
+
+
+def test_methods_learn_the_protocol_their_splits_were_drawn_under(tmp_path):
+    from hashbench.method import HashingMethod
+
+    class ProtocolSpy(HashingMethod):
+        name = "protocol-spy"
+        description = "records the protocol of its splits"
+
+        def fit(self, train, val=None):
+            self.context.record["protocols"] = [train.protocol, None if val is None else val.protocol]
+
+        def encode(self, split):
+            return split.features[:, : self.bits] > 0.5
+
+    registry.register_method(ProtocolSpy)
+    (outcome,) = run_grid(GridSpec(methods=["protocol-spy"], bits=[8], results=tmp_path / "results"))
+    assert outcome.record.training["protocols"] == ["standard", "standard"]
