@@ -158,6 +158,8 @@ def per_query_vector(stored: dict[str, Any] | None, metric: str) -> Any:
 
 
 PER_QUERY_OF = {"map": "ap", "map_all": "ap_all", "map_tie_aware": "ap_tie_aware"}
+# Exported beside a metric in every format: the tie-aware expectation beside mAP.
+COMPANIONS = {"map": "map_tie_aware"}
 
 
 def summarise(frame: pd.DataFrame, metric: str = "map", per_query: dict[str, dict] | None = None) -> SummaryTable:
@@ -412,6 +414,7 @@ def html_report(
     published_source: str | None,
     out: Path,
     notes: list[str],
+    companion: SummaryTable | None = None,
 ) -> str:
     """One self-contained page: the tables, then the plots (PNG embedded, PDF linked)."""
     import base64
@@ -428,6 +431,8 @@ def html_report(
     ]
     parts += [f"<p class=\"note\">{html.escape(note)}</p>" for note in notes]
     parts += ["<h2>Results</h2>", to_html(table)]
+    if companion is not None:
+        parts.append(to_html(companion))
     if comparison is not None:
         parts.append("<h2>Published numbers</h2>")
         if comparison.empty:
@@ -531,6 +536,15 @@ def write_report(
     _write(paths["latex"], to_latex(table))
     _write(paths["html"], to_html(table))
     _write(paths["csv"], to_csv(table))
+    companion = None
+    if metric in COMPANIONS and COMPANIONS[metric] in frame.columns:
+        # mAP with ties broken by index is a convention; its expectation over tie orders is
+        # exported beside it, so a reader sees how much the convention moves the number.
+        companion = summarise(frame, COMPANIONS[metric], per_query)
+        twin = COMPANIONS[metric]
+        for kind, suffix, render in (("markdown", "md", to_markdown), ("latex", "tex", to_latex), ("html", "html", to_html), ("csv", "csv", to_csv)):
+            paths[f"{kind}_{twin}"] = out / f"{twin}.{suffix}"
+            _write(paths[f"{kind}_{twin}"], render(companion))
     _write(paths["runs"], frame.to_csv(index=False))
     timings = timing_table(frame)
     _write(paths["timings_markdown"], timing_markdown(timings))
@@ -556,7 +570,7 @@ def write_report(
         warnings.append(f"{failed} run(s) did not finish ok and are left out of the table")
     paths["report"] = out / "report.html"
     notes = [f"{failed} run(s) did not finish ok and are left out."] if failed else []
-    _write(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes))
+    _write(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes, companion))
     return table, paths, warnings
 
 

@@ -117,7 +117,8 @@ def test_timing_table_comes_from_the_records(grid, report):
 def test_html_report_holds_tables_and_plots(report):
     out, paths = report
     page = paths["report"].read_text()
-    assert page.count("<table") == 2  # results and timings (no --published)
+    assert page.count("<table") == 3  # mAP, tie-aware mAP beside it, timings (no --published)
+    assert "tie-aware mAP@100" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert len(images) == 3
     embedded = {base64.b64decode(image) for image in images}

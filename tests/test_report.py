@@ -85,3 +85,11 @@ def test_lower_is_better_metrics_bold_the_smallest(grid, tmp_path):
     assert table.best().loc[:, ("digits", 8)].idxmax() == fastest
     assert f"**{table.cell_text(fastest, ('digits', 8))}**" in paths["markdown"].read_text()
     assert "lower is better" in paths["markdown"].read_text() and "fit time (s)" in paths["markdown"].read_text()
+
+
+def test_map_is_exported_with_the_tie_aware_map_beside_it_in_every_format(grid, tmp_path):
+    table, paths, _ = write_report(grid, tmp_path, "map", plots=False)
+    for kind, suffix in (("markdown", "md"), ("latex", "tex"), ("html", "html"), ("csv", "csv")):
+        assert paths[f"{kind}_map_tie_aware"] == tmp_path / f"map_tie_aware.{suffix}"
+        assert paths[f"{kind}_map_tie_aware"].exists()
+    assert (tmp_path / "map_tie_aware.md").read_text().startswith("tie-aware mAP@")
