@@ -23,38 +23,32 @@ A method subclasses it with its ``Params`` (a :class:`DeepParams`), and defines
 ``self.model`` and its optimisers, then call :meth:`~DeepHashingMethod.run_trainer`) and
 ``code_batch`` (the codes of one batch of network inputs).
 
-Also here: the straight-through sign, the features' provenance for the run record, and
-optimiser steps that update several networks from one forward pass at the same time (as
-the released TensorFlow code does with one ``sess.run``).
+Also here: the features' provenance for the run record. The torch pieces the methods share
+(the straight-through sign, simultaneous optimiser steps) are in
+:mod:`hashbench.methods._torch_layers`. This module imports torch and the trainer only inside
+the functions that run them, so that registering and describing a method stays light.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
 from hashbench import registry
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, require_fitted
 from hashbench.params import at_least, params_to_dict
-from hashbench.training import (
-    Schedule,
-    Trainer,
-    TrainingResult,
-    batch_positions,
-    cpu_threads,
-    image_loader,
-    prefetch,
-    setup,
-)
+
+if TYPE_CHECKING:
+    import torch
+
+    from hashbench.training import TrainingResult
 
 FEATURE_ENCODE_BATCH = 1024
 IMAGE_ENCODE_BATCH = 256
@@ -197,11 +191,6 @@ def describe_features(split: DataSplit, features: np.ndarray | None = None, cach
     }
 
 
-def feature_tensor(split: DataSplit, device: torch.device) -> torch.Tensor:
-    """The split's features as one float32 tensor on ``device`` (small enough for memory)."""
-    return torch.from_numpy(np.ascontiguousarray(split.features, dtype=np.float32)).to(device)
-
-
 def validation_map(
     val_codes: np.ndarray, train_codes: np.ndarray, val: DataSplit, train: DataSplit, bits: int, topk: int | None = None
 ) -> float:
@@ -308,6 +297,10 @@ class DeepHashingMethod(HashingMethod):
     # ---- training -----------------------------------------------------------------------
 
     def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
+        import torch
+
+        from hashbench.training import cpu_threads, setup
+
         self.device = setup(self.context)
         self.settings = self.resolve_settings(train)
         self.threads = thread_count(self.params.cpu_threads, self.settings.profile, self.device)
@@ -341,6 +334,8 @@ class DeepHashingMethod(HashingMethod):
         (e.g. the backbone's weights) to the bits, parameters, settings and data sizes.
         ``on_divergence``: the Trainer's (``fail`` or ``keep_best``).
         """
+        from hashbench.training import Schedule, Trainer
+
         settings = self.settings
         validating = val is not None and len(val) > 0
         kind = "images" if self.input == "images" else "items"
@@ -384,9 +379,13 @@ class DeepHashingMethod(HashingMethod):
 
     def inputs(self, split: DataSplit) -> torch.Tensor:
         """Feature methods: the network's input for a whole split, on the run's device."""
+        from hashbench.methods._torch_layers import feature_tensor
+
         return self.transform_features(feature_tensor(split, self.device))
 
     def _batches(self, split: DataSplit) -> Iterable[torch.Tensor]:
+        from hashbench.training import batch_positions, image_loader, prefetch
+
         if self.input == "images":
             return prefetch(batch_positions(len(split), IMAGE_ENCODE_BATCH), image_loader(split, self.device))
         inputs = self.inputs(split)
@@ -394,6 +393,8 @@ class DeepHashingMethod(HashingMethod):
 
     def codes(self, split: DataSplit) -> np.ndarray:
         """bool codes ``(n, bits)`` of a split, batch by batch, the model in eval mode."""
+        import torch
+
         model = self.model
         was_training = model.training
         model.eval()
@@ -416,52 +417,10 @@ class DeepHashingMethod(HashingMethod):
             )
 
     def encode(self, split: DataSplit) -> np.ndarray:
+        from hashbench.training import cpu_threads
+
         require_fitted(self, "model")
         self.check_split(split)
         with cpu_threads(self.threads):
             return self.codes(split)
 
-
-# --------------------------------------------------------------------------------------------
-# layers and optimiser steps
-
-
-class _StraightThroughSign(torch.autograd.Function):
-    """Forward: sign in {−1, +1} (an exact 0 maps to +1); backward: the gradient unchanged."""
-
-    @staticmethod
-    def forward(ctx: Any, values: torch.Tensor) -> torch.Tensor:
-        return torch.where(values >= 0, torch.ones_like(values), -torch.ones_like(values))
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> torch.Tensor:
-        return grad_output
-
-
-def straight_through_sign(values: torch.Tensor) -> torch.Tensor:
-    return _StraightThroughSign.apply(values)
-
-
-def simultaneous_step(
-    losses: Mapping[str, torch.Tensor],
-    groups: Mapping[str, Sequence[nn.Parameter]],
-    optimizers: Mapping[str, torch.optim.Optimizer],
-) -> None:
-    """Update each group of parameters from its own loss, all from the same forward pass.
-
-    The released GAN-style code computes every network's gradient at the current weights and
-    then applies them all; stepping one optimiser before the next network's backward would
-    give that network gradients through already-updated weights.
-    """
-    names = list(groups)
-    gradients = {}
-    for index, name in enumerate(names):
-        parameters = list(groups[name])
-        keep = index < len(names) - 1
-        grads = torch.autograd.grad(losses[name], parameters, retain_graph=keep, allow_unused=True)
-        gradients[name] = (parameters, grads)
-    for name in names:
-        parameters, grads = gradients[name]
-        for parameter, grad in zip(parameters, grads, strict=True):
-            parameter.grad = None if grad is None else grad.detach()
-        optimizers[name].step()

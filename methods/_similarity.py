@@ -8,7 +8,8 @@ The released code of both runs VGG-16 live in train mode: the frozen classifier'
 Dropout(0.5) layers act after fc6 and after fc7, on x, which is both the hash layer's input
 and the similarity target. On VGG-16 features from the backbone cache the paper profile does
 the same with the frozen part cached up to fc6's ReLU, before the first dropout, and the rest
-run live (``live_fc7``): fc6 → Dropout → fc7 → ReLU → Dropout → x (:func:`live_network`);
+run live (``live_fc7``): fc6 → Dropout → fc7 → ReLU → Dropout → x
+(:func:`~hashbench.methods._similarity_model.live_network`);
 at test time, without dropout, x is fc7. On other feature vectors (the pixels of tiny images)
 ``feature_dropout`` applies one dropout to them.
 
@@ -19,14 +20,10 @@ validation and learning-rate decay intervals are scaled to the training set.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from hashbench.backbones import vgg16_after_fc6
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.methods._deep import (
@@ -40,23 +37,17 @@ from hashbench.methods._deep import (
 )
 from hashbench.params import at_least, in_range, non_negative, positive
 
+if TYPE_CHECKING:
+    import torch
+
+# The loss, the live fc7 network and each method's binary layer need torch:
+# hashbench.methods._similarity_model, imported where a method trains or encodes.
+
 # Both released codes train on 50,000 CIFAR-10 images in batches of 32 (GreedyHash's
 # unsupervised_vgg.py: the training set; Bi-half's Cifar10_I.py: 5,000 per class), keeping the
 # last, smaller batch: ceil(50,000 / 32) = 1,563 steps per epoch.
 RELEASED_TRAIN_IMAGES = 50_000
 RELEASED_BATCH = 32
-
-
-def cosine_similarity_loss(codes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """MSE between the cosine similarities of codes and of features over pairs of the batch.
-
-    As the released GreedyHash and Bi-half code: the first half of the batch is paired with
-    the second half, item by item; an odd item out is left unpaired.
-    """
-    half = codes.shape[0] // 2
-    code_similarity = F.cosine_similarity(codes[:half], codes[half : 2 * half])
-    feature_similarity = F.cosine_similarity(features[:half], features[half : 2 * half])
-    return F.mse_loss(code_similarity, feature_similarity)
 
 
 @dataclass(frozen=True)
@@ -89,13 +80,6 @@ class SimilarityHashSettings(DeepSettings):
     feature_dropout: float
     centre: bool
     live_fc7: bool  # cached fc6, then dropout → fc7 → ReLU → dropout live (VGG-16 features)
-
-
-def live_network(fc7: nn.Linear, bits: int, dropout: float) -> nn.ModuleDict:
-    """fc7 run live on cached fc6 features, then the hash layer: ``tail`` is VGG-16's
-    classifier after fc6's ReLU (Dropout, fc7 frozen, ReLU, Dropout), giving x; ``head`` is
-    the trained layer h = Wx + b."""
-    return nn.ModuleDict({"tail": vgg16_after_fc6(fc7, dropout), "head": nn.Linear(fc7.out_features, bits)})
 
 
 class SimilarityPreservingHash(DeepHashingMethod):
@@ -177,6 +161,8 @@ class SimilarityPreservingHash(DeepHashingMethod):
         return super()._input_shape(split)
 
     def inputs(self, split: DataSplit) -> torch.Tensor:
+        import torch
+
         raw = torch.from_numpy(np.ascontiguousarray(self.raw_features(split), dtype=np.float32)).to(self.device)
         return self.transform_features(raw)
 
@@ -186,6 +172,12 @@ class SimilarityPreservingHash(DeepHashingMethod):
     # ---- training -----------------------------------------------------------------------
 
     def train_model(self, train: DataSplit, val: DataSplit | None) -> None:
+        import torch
+        import torch.nn.functional as F
+        from torch import nn
+
+        from hashbench.methods._similarity_model import cosine_similarity_loss, live_network
+
         settings = self.settings
         values = np.ascontiguousarray(self.raw_features(train), dtype=np.float32)
         raw = torch.from_numpy(values).to(self.device)

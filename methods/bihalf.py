@@ -34,9 +34,7 @@ step counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from hashbench.methods._deep import ReleasedBudget
 from hashbench.methods._similarity import (
@@ -47,38 +45,13 @@ from hashbench.methods._similarity import (
 )
 from hashbench.params import non_negative
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass(frozen=True)
 class BiHalfParams(SimilarityHashParams):
     gamma: float = field(default=6.0, metadata=non_negative())  # weight of the (u − b) term in the backward pass
-
-
-def half_split(values: torch.Tensor) -> torch.Tensor:
-    """Per column, +1 for the ⌊N/2⌋ largest entries and −1 for the others (ties: lower row first)."""
-    count = values.shape[0]
-    order = torch.sort(values, dim=0, descending=True, stable=True).indices
-    ranked = torch.full_like(values, -1.0)
-    ranked[: count // 2] = 1.0
-    return torch.empty_like(values).scatter_(0, order, ranked)
-
-
-class _BiHalf(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, values: torch.Tensor, gamma: float) -> torch.Tensor:
-        codes = half_split(values)
-        ctx.save_for_backward(values, codes)
-        ctx.gamma = gamma
-        return codes
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:
-        values, codes = ctx.saved_tensors
-        return grad_output + ctx.gamma * (values - codes) / codes.numel(), None
-
-
-def bihalf_layer(values: torch.Tensor, gamma: float = 6.0) -> torch.Tensor:
-    """The bi-half layer: balanced codes per bit forward, g + γ(u − b)/numel backward."""
-    return _BiHalf.apply(values, gamma)
 
 
 # Cifar10_I.py: num_epochs = 300, epoch_lr_decrease = 120, scored every 10 epochs.
@@ -104,6 +77,8 @@ class BiHalf(SimilarityPreservingHash):
         return RELEASED_LR_STEP
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
+        from hashbench.methods._similarity_model import bihalf_layer
+
         return bihalf_layer(hidden, self.params.gamma)
 
     def extra_record(self) -> dict[str, Any]:

@@ -69,20 +69,8 @@ and the ``validation`` rule.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
-from hashbench.augment import AugmentPolicy, augment, paper_policy, tiny_policy
-from hashbench.backbones import (
-    build_backbone,
-    input_spec,
-    match_channels,
-    preprocess_for,
-    to_float_images,
-)
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.methods._deep import (
@@ -91,14 +79,17 @@ from hashbench.methods._deep import (
     DeepSettings,
     ReleasedBudget,
     check_backbone_weights,
-    straight_through_sign,
     training_set_deviation,
 )
 from hashbench.params import at_least, non_negative, positive
-from hashbench.training import autocast, image_loader, trainable
 
-HEAD_HIDDEN = 1024
-KL_EPS = 1e-8  # as the released code
+if TYPE_CHECKING:
+    import torch
+
+    from hashbench.augment import AugmentPolicy
+
+# The network, the loss and the augmentation need torch: they are imported where the method
+# trains or encodes (hashbench.methods._cibhash_model), so that describing it stays light.
 
 # The released run (github.com/zexuanqiu/CIBHash): 500 training images per CIFAR-10 class
 # (utils/data.py get_cifar), batch 64 and 60 epochs (model/base_model.py argparser), at least
@@ -112,53 +103,6 @@ RELEASED_BUDGET_16 = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_
 RELEASED_TOPK = 1_000
 RELEASED_DATABASE = 50_000
 RELEASED_PROTOCOL = "cibhash-code"
-
-
-# --------------------------------------------------------------------------------------------
-# the pieces of the loss
-
-
-def binary_layer(probabilities: torch.Tensor, variant: str = "deterministic") -> torch.Tensor:
-    """Codes in {−1, +1} from bit probabilities, with a straight-through gradient to them."""
-    if variant == "deterministic":
-        return straight_through_sign(probabilities - 0.5)
-    if variant == "stochastic":
-        return straight_through_sign(probabilities - torch.rand_like(probabilities))
-    raise UserError(f"unknown CIBHash variant {variant!r}; use deterministic or stochastic")
-
-
-def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
-    """NT-Xent over the 2B codes of two views: for each anchor, the other view is the positive
-    and the remaining 2B − 2 codes are negatives; cosine similarity / τ; mean over anchors."""
-    batch = z_i.shape[0]
-    codes = F.normalize(torch.cat([z_i, z_j]).float(), dim=1, eps=1e-8)
-    similarity = codes @ codes.T / tau
-    eye = torch.eye(2 * batch, dtype=torch.bool, device=similarity.device)
-    similarity = similarity.masked_fill(eye, float("-inf"))  # an anchor is not its own negative
-    positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(
-        similarity.device
-    )
-    return F.cross_entropy(similarity, positives)
-
-
-def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """KL(Bernoulli(p) ‖ Bernoulli(sg q)) summed over bits, averaged over the batch."""
-    q = q.detach()
-    kl = p * (torch.log(p + KL_EPS) - torch.log(q + KL_EPS)) + (1 - p) * (
-        torch.log(1 - p + KL_EPS) - torch.log(1 - q + KL_EPS)
-    )
-    return kl.sum(dim=1).mean()
-
-
-def cibhash_loss(
-    p_i: torch.Tensor, p_j: torch.Tensor, tau: float, beta: float, variant: str = "deterministic"
-) -> dict[str, torch.Tensor]:
-    """The CIBHash objective for the bit probabilities of two views; β = 0 drops the KL term."""
-    contrastive = nt_xent(binary_layer(p_i, variant), binary_layer(p_j, variant), tau)
-    if beta == 0:
-        return {"loss": contrastive, "contrastive": contrastive}
-    kl = 0.5 * (bernoulli_kl(p_i, p_j) + bernoulli_kl(p_j, p_i))
-    return {"loss": contrastive + beta * kl, "contrastive": contrastive, "kl": kl}
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,6 +176,9 @@ class CIBHash(DeepHashingMethod):
         return float(getattr(self.params, "beta", 0.0))
 
     def profile_settings(self, profile: str, train: DataSplit) -> CIBHashSettings:
+        from hashbench.augment import paper_policy, tiny_policy
+        from hashbench.backbones import input_spec
+
         params, shape = self.params, tuple(train.image_shape)
         released = None
         if profile == "paper":
@@ -280,19 +227,20 @@ class CIBHash(DeepHashingMethod):
             text = "mAP over the full ranking of the training split"
         return {"asked": asked, "rule": rule, "topk": topk, "protocol": protocol, "description": text}
 
-    def _forward_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """Bit probabilities of a normalised batch; the head runs in float32."""
-        backbone, head = self.model["backbone"], self.model["head"]
-        with autocast(self.device):
-            if backbone.trainable:
-                features = backbone(images)
-            else:
-                with torch.no_grad():  # frozen trunk: no activations kept for backward
-                    features = backbone(images)
-        # float32 head: bf16 would round many probabilities to exactly 0.5.
-        return torch.sigmoid(head(features.float()))
-
     def train_model(self, train: DataSplit, val: DataSplit | None) -> None:
+        import torch
+        from torch import nn
+
+        from hashbench.augment import augment
+        from hashbench.backbones import (
+            build_backbone,
+            match_channels,
+            preprocess_for,
+            to_float_images,
+        )
+        from hashbench.methods._cibhash_model import build_head, cibhash_loss, forward_probabilities
+        from hashbench.training import image_loader, trainable
+
         params, settings = self.params, self.settings
         policy = settings.augment
         backbone = build_backbone(
@@ -301,11 +249,7 @@ class CIBHash(DeepHashingMethod):
             pretrained=params.pretrained,
             image_shape=self.input_shape,
         )
-        head = nn.Sequential(
-            nn.Linear(backbone.feature_dim, HEAD_HIDDEN),
-            nn.ReLU(),
-            nn.Linear(HEAD_HIDDEN, self.bits),
-        )
+        head = build_head(backbone.feature_dim, self.bits)
         self.model = nn.ModuleDict({"backbone": backbone, "head": head}).to(self.device)
         if self.device.type == "cuda" and not backbone.trainable:
             self.model["backbone"].to(memory_format=torch.channels_last)
@@ -338,7 +282,7 @@ class CIBHash(DeepHashingMethod):
                 view_i = view_i.contiguous(memory_format=torch.channels_last)
                 view_j = view_j.contiguous(memory_format=torch.channels_last)
             # One backbone pass over both views: batch norm (small backbone) sees all 2B images.
-            probabilities = self._forward_probabilities(torch.cat([view_i, view_j]))
+            probabilities = forward_probabilities(self.model, torch.cat([view_i, view_j]), self.device)
             p_i, p_j = probabilities.chunk(2)
             terms = cibhash_loss(p_i, p_j, params.tau, self.beta, params.variant)
             optimizer.zero_grad(set_to_none=True)
@@ -372,10 +316,14 @@ class CIBHash(DeepHashingMethod):
 
     def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """Deterministic codes (bit = p ≥ 0.5) of a batch of uint8 images."""
+        import torch
+
+        from hashbench.methods._cibhash_model import forward_probabilities
+
         inputs = self.preprocess(batch, self.device)
         if self.device.type == "cuda":
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return self._forward_probabilities(inputs) >= 0.5
+        return forward_probabilities(self.model, inputs, self.device) >= 0.5
 
 
 class CLHash(CIBHash):

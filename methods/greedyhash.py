@@ -36,11 +36,9 @@ dropouts, and the paper profile's epochs from the released step count.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from hashbench.methods._deep import ReleasedBudget, straight_through_sign
+from hashbench.methods._deep import ReleasedBudget
 from hashbench.methods._similarity import (
     RELEASED_BATCH,
     RELEASED_TRAIN_IMAGES,
@@ -49,15 +47,13 @@ from hashbench.methods._similarity import (
 )
 from hashbench.params import non_negative
 
+if TYPE_CHECKING:
+    import torch
+
 
 @dataclass(frozen=True)
 class GreedyHashParams(SimilarityHashParams):
     alpha: float = field(default=0.1, metadata=non_negative())  # weight of the cubic penalty pulling |h| to 1
-
-
-def cubic_penalty(hidden: torch.Tensor) -> torch.Tensor:
-    """mean(| |h| − 1 |³), the released code's penalty towards |h| = 1."""
-    return torch.abs(torch.pow(torch.abs(hidden) - 1, 3)).mean()
 
 
 # unsupervised_vgg.py: num_epochs = 60, 300 at 16 bits; scored every 5 epochs.
@@ -80,9 +76,13 @@ class GreedyHash(SimilarityPreservingHash):
         return RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
+        from hashbench.methods._torch_layers import straight_through_sign
+
         return straight_through_sign(hidden)
 
     def penalties(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        from hashbench.methods._similarity_model import cubic_penalty
+
         return {"cubic": self.params.alpha * cubic_penalty(hidden)}
 
     def extra_record(self) -> dict[str, Any]:

@@ -9,22 +9,18 @@ import torch
 
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.method import RunContext
-from hashbench.methods.bgan import (
-    BGAN,
-    RELEASED_BUDGET,
-    BGANParams,
+from hashbench.methods._bgan_model import (
     Discriminator,
     Encoder,
     Generator,
     bgan_losses,
     discriminator_loss,
     generator_adversarial_loss,
-    knn_lists,
-    neighbour_structure,
     pair_loss,
-    similarity_block,
     upsampling_plan,
 )
+from hashbench.methods._bgan_neighbours import knn_lists, neighbour_structure, similarity_block
+from hashbench.methods.bgan import BGAN, RELEASED_BUDGET, BGANParams
 
 
 def _brute_force_s(features: np.ndarray, k1: int, k2: int) -> np.ndarray:

@@ -19,7 +19,9 @@ from hashbench.backbones import VGG16_FILE
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.errors import UserError
 from hashbench.method import RunContext
-from hashbench.methods import cibhash as cibhash_module
+from hashbench.methods import _cibhash_model as cibhash_model
+from hashbench.methods._cibhash_model import bernoulli_kl, binary_layer, cibhash_loss, nt_xent
+from hashbench.methods._torch_layers import straight_through_sign
 from hashbench.methods.cibhash import (
     RELEASED_BUDGET,
     RELEASED_BUDGET_16,
@@ -27,12 +29,7 @@ from hashbench.methods.cibhash import (
     CIBHashParams,
     CLHash,
     ContrastiveHashParams,
-    bernoulli_kl,
-    binary_layer,
-    cibhash_loss,
-    nt_xent,
     released_topk,
-    straight_through_sign,
 )
 from hashbench.params import resolve_params
 from hashbench.training import CHECKPOINT_NAME, KILL_AFTER_EPOCH_ENV
@@ -306,19 +303,13 @@ def test_fit_and_encode_tiny_images_record_the_training():
     assert record["validation"]["selected_epoch"] in (2, 3)
 
 
-class ProtocolSplit(DataSplit):
-    """A split that says its protocol (what the harness would need to give methods)."""
-
-    protocol = "cibhash-code"
-
-
 def test_validation_rule_auto_follows_the_protocol_and_is_recorded():
     train, val = toy_splits()
     assert len(train) == 36
     rules = {}
     for name, asked, split in (
         ("auto", {}, val),
-        ("auto-cibhash-code", {}, ProtocolSplit("val", val.indices, val._arrays)),
+        ("auto-cibhash-code", {}, DataSplit("val", val.indices, val._arrays, protocol="cibhash-code")),
         ("released", {"validation": "released"}, val),
         ("none", {"eval_every": 0}, val),
     ):
@@ -339,7 +330,7 @@ def test_validation_rule_auto_follows_the_protocol_and_is_recorded():
 def test_a_nan_loss_keeps_the_best_validated_head_as_released(monkeypatch):
     train, val = toy_splits()
     epochs_seen = []
-    real_loss = cibhash_module.cibhash_loss
+    real_loss = cibhash_model.cibhash_loss
 
     def loss_turning_nan(p_i, p_j, tau, beta, variant="deterministic"):
         terms = real_loss(p_i, p_j, tau, beta, variant)
@@ -348,7 +339,7 @@ def test_a_nan_loss_keeps_the_best_validated_head_as_released(monkeypatch):
             terms = {key: value * float("nan") for key, value in terms.items()}
         return terms
 
-    monkeypatch.setattr(cibhash_module, "cibhash_loss", loss_turning_nan)
+    monkeypatch.setattr(cibhash_model, "cibhash_loss", loss_turning_nan)
     context = RunContext(seed=0)
     method = CIBHash(8, CIBHashParams(epochs=6, eval_every=2, batch_size=12), context)
     method.fit(train, val)
@@ -361,7 +352,7 @@ def test_a_nan_loss_keeps_the_best_validated_head_as_released(monkeypatch):
 
 
 def test_paper_profile_trains_only_the_head_over_a_frozen_vgg16(monkeypatch):
-    import hashbench.methods._deep as module  # where the deep methods build their Trainer
+    import hashbench.training as module  # the deep methods take their Trainer from here when they train
 
     train, val = toy_splits(shape=(16, 16, 3), count=16)  # 4 training images
     val = DataSplit("val", val.indices[:2], val._arrays)

@@ -12,10 +12,16 @@ from hashbench.features import BackboneFeatures
 from hashbench.method import RunContext
 from hashbench.methods import bihalf as bihalf_module
 from hashbench.methods import greedyhash as greedy_module
-from hashbench.methods._deep import straight_through_sign
-from hashbench.methods._similarity import cosine_similarity_loss, live_network
-from hashbench.methods.bihalf import BiHalf, BiHalfParams, bihalf_layer, half_split
-from hashbench.methods.greedyhash import GreedyHash, GreedyHashParams, cubic_penalty
+from hashbench.methods._similarity_model import (
+    bihalf_layer,
+    cosine_similarity_loss,
+    cubic_penalty,
+    half_split,
+    live_network,
+)
+from hashbench.methods._torch_layers import straight_through_sign
+from hashbench.methods.bihalf import BiHalf, BiHalfParams
+from hashbench.methods.greedyhash import GreedyHash, GreedyHashParams
 from hashbench.params import resolve_params
 
 
@@ -235,7 +241,7 @@ def test_the_live_part_is_vgg16s_classifier_after_fc6():
 
 @pytest.mark.parametrize(("cls", "params"), [(GreedyHash, GreedyHashParams), (BiHalf, BiHalfParams)])
 def test_paper_profile_runs_fc7_live_with_both_dropouts_on_input_and_target(cls, params, monkeypatch):
-    import hashbench.methods._similarity as similarity
+    import hashbench.methods._similarity_model as similarity
 
     split = _vgg_split()
     seen = []

@@ -8,16 +8,15 @@ import torch
 
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.method import RunContext
-from hashbench.methods._deep import simultaneous_step
-from hashbench.methods.tbh import (
-    TBH,
-    TBHParams,
+from hashbench.methods._tbh_model import (
     TwinBottleneckNet,
     binary_activation,
     hamming_adjacency,
     normalized_adjacency,
     tbh_losses,
 )
+from hashbench.methods._torch_layers import simultaneous_step
+from hashbench.methods.tbh import GRAPH_EXPONENT, TBH, TBHParams
 
 
 def test_binary_activation_codes_and_gradient():
@@ -62,7 +61,7 @@ def test_adjacency_and_normalisation_match_loops():
 
 def test_twin_layer_is_sigmoid_of_graph_smoothed_latents():
     torch.manual_seed(0)
-    model = TwinBottleneckNet(6, 5, hidden=8, continuous=4, decoder_output="relu").double()
+    model = TwinBottleneckNet(6, 5, hidden=8, continuous=4, decoder_output="relu", exponent=GRAPH_EXPONENT).double()
     codes = torch.tensor(np.random.default_rng(1).integers(0, 2, size=(5, 5)), dtype=torch.float64)
     continuous = torch.rand(5, 4, dtype=torch.float64)
     _, normalized = _loop_normalized_adjacency(codes.numpy(), 1.4)
@@ -73,7 +72,7 @@ def test_twin_layer_is_sigmoid_of_graph_smoothed_latents():
 
 def test_reconstruction_reaches_the_binary_head_through_the_graph():
     torch.manual_seed(0)
-    model = TwinBottleneckNet(6, 8, hidden=16, continuous=4, decoder_output="linear")
+    model = TwinBottleneckNet(6, 8, hidden=16, continuous=4, decoder_output="linear", exponent=GRAPH_EXPONENT)
     features = torch.rand(12, 6)
     out = model(features)
     (out["reconstruction"] ** 2).sum().backward()
@@ -88,7 +87,7 @@ def _critic_loss(model: TwinBottleneckNet, features: torch.Tensor, seed: int = 5
 
 def test_critic_loss_falls_when_the_critics_train_alone_on_fixed_fakes():
     torch.manual_seed(0)
-    model = TwinBottleneckNet(10, 16, hidden=32, continuous=8, decoder_output="relu")
+    model = TwinBottleneckNet(10, 16, hidden=32, continuous=8, decoder_output="relu", exponent=GRAPH_EXPONENT)
     features = torch.rand(64, 10)
     optimizer = torch.optim.Adam(model.critic_parameters(), lr=1e-2)
     encoder_before = [parameter.detach().clone() for parameter in model.actor_parameters()]
@@ -106,7 +105,7 @@ def test_critic_loss_falls_when_the_critics_train_alone_on_fixed_fakes():
 
 def test_actor_loss_subtracts_the_adversarial_terms_and_fools_a_fixed_critic():
     torch.manual_seed(0)
-    model = TwinBottleneckNet(10, 16, hidden=32, continuous=8, decoder_output="relu")
+    model = TwinBottleneckNet(10, 16, hidden=32, continuous=8, decoder_output="relu", exponent=GRAPH_EXPONENT)
     features = torch.rand(64, 10)
     terms = tbh_losses(model, features)
     assert torch.allclose(terms["actor"], terms["reconstruction"] - terms["code_adversarial"] - terms["latent_adversarial"])
@@ -125,7 +124,7 @@ def test_actor_loss_subtracts_the_adversarial_terms_and_fools_a_fixed_critic():
 
 def test_simultaneous_step_uses_the_gradients_at_the_shared_weights():
     torch.manual_seed(0)
-    model = TwinBottleneckNet(6, 8, hidden=16, continuous=4, decoder_output="relu")
+    model = TwinBottleneckNet(6, 8, hidden=16, continuous=4, decoder_output="relu", exponent=GRAPH_EXPONENT)
     features = torch.rand(20, 6)
     groups = {"actor": model.actor_parameters(), "critic": model.critic_parameters()}
     torch.manual_seed(1)
@@ -173,7 +172,7 @@ def test_profiles_resolve_to_the_released_settings_and_the_tiny_default():
     assert (larger.epochs, larger.eval_every) == (7_693, 154) and RELEASED_STEPS <= larger.steps < RELEASED_STEPS + 13
     tiny = resolve_settings(TBHParams(), split)  # the dataset's own vectors: tiny
     assert tiny.profile == "tiny" and tiny.decoder_output == "linear" and tiny.standardize
-    assert resolve_settings(TBHParams(profile="tiny", lr=0.5, decoder_output="relu"), split).lr == 0.5
+    assert resolve_settings(TBHParams(profile="tiny", lr=0.5, decoder_output="relu", exponent=GRAPH_EXPONENT), split).lr == 0.5
 
 
 def test_fit_and_encode_on_a_small_split_records_its_settings():
