@@ -31,6 +31,17 @@ mem_gb = 32
 cpus_per_run = 8
 array_parallelism = 32
 ```
+
+Datasets are a list of names, or a table of tables, one per dataset, which also holds the
+settings of the datasets that take some (an embedding file: see ``datasets/features.py``):
+
+```toml
+[datasets.sift]              # the dataset "sift"; kind = "features" unless given
+path = "data/sift-128-euclidean.hdf5"
+neighbours = 100
+
+[datasets.digits]            # a built-in dataset: no settings
+```
 """
 
 from __future__ import annotations
@@ -151,7 +162,15 @@ def load_config(path: Path) -> dict[str, Any]:
     config: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{path}: {key}"
-        if key in _LIST_KEYS:
+        if key == "datasets" and isinstance(value, dict):
+            if not value:
+                raise UserError(f"{where}: an empty table runs nothing; add [datasets.NAME] tables, or datasets = {_NON_EMPTY[key]}")
+            for name, table in value.items():
+                if not isinstance(table, dict):
+                    raise UserError(f"{where}.{name}: expected a table [datasets.{name}] of setting = value")
+            config["datasets"] = list(value)
+            config["dataset_options"] = {name: dict(table) for name, table in value.items()}
+        elif key in _LIST_KEYS:
             items = value if isinstance(value, list) else [value]
             if not items and key in _NON_EMPTY:
                 raise UserError(f"{where}: an empty list runs nothing; give at least one, e.g. {key} = {_NON_EMPTY[key]}")

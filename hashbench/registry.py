@@ -4,6 +4,14 @@ Built-ins register exactly as third-party packages do, through the entry-point g
 ``hashbench.methods`` and ``hashbench.datasets``. A local module can be imported with
 ``--plugin module.path`` (or a ``.py`` file); it registers its classes with the
 :func:`register_method` / :func:`register_dataset` decorators.
+
+Configured datasets. A dataset plugin that takes settings (``features``: any embedding
+file) is named in a grid as ``KIND:ARGUMENT`` (``features:emb.npz``) or by the name of a
+``[datasets.NAME]`` table of the experiment file; :func:`resolve_datasets` turns such
+entries into dataset classes registered under a name that is safe in file names (the
+file's stem, or the table's name). The plugin declares ``argument_setting`` (what ARGUMENT
+sets), ``default_name(argument)`` and ``configured(name, settings, where)``, which returns
+a subclass carrying the checked ``settings``.
 """
 
 from __future__ import annotations
@@ -11,7 +19,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -111,7 +121,91 @@ def get_method(name: str) -> Any:
 
 
 def get_dataset(name: str) -> Any:
+    """The dataset class of a registered name or of ``KIND:ARGUMENT`` (configured here)."""
+    if ":" in name and name not in datasets._entries:
+        name = resolve_datasets([name])[0]
     return datasets.get(name)
+
+
+# Configured datasets registered so far: name → the plugin kind and settings they came from.
+_configured: dict[str, tuple[str, Any]] = {}
+DEFAULT_KIND = "features"  # the plugin of a [datasets.NAME] table without `kind`
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _configure(kind: str, name: str, settings: Mapping[str, Any], where: str) -> Any:
+    """The dataset class of plugin ``kind`` configured with ``settings``, registered as ``name``."""
+    plugin = datasets.get(kind)
+    if not callable(getattr(plugin, "configured", None)):
+        raise UserError(f"{where}: dataset {kind} takes no settings; drop them, or name a plugin that does (features)")
+    if not _SAFE_NAME.fullmatch(name):
+        raise UserError(f"{where}: dataset name {name!r}: use letters, digits, '.', '_' and '-' (it names files)")
+    if name in datasets._entries and name not in _configured:
+        raise UserError(
+            f"{where}: the dataset name {name!r} belongs to {datasets.origin(name)}; give this one another "
+            f"name with a [datasets.NAME] table"
+        )
+    cls = plugin.configured(name, settings, where)
+    # A configured name is this process's current meaning of it: a later grid may change it.
+    datasets._entries[name] = _Entry(cls, where)
+    _configured[name] = (kind, cls.settings)
+    return cls
+
+
+def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
+    """The dataset names of a grid, registering the configured datasets among ``entries``.
+
+    An entry is a registered name (``digits``), ``KIND:ARGUMENT`` (``features:emb.npz``: the
+    plugin configured with ARGUMENT, named by it after the file; a ``[datasets.NAME]`` table of
+    that name adds its other settings) or the name of a table (``kind`` defaults to
+    ``features``). Every process that runs cells of the grid calls this with the same entries
+    and tables (relative paths resolve from the working directory).
+    """
+    tables = dict(tables or {})
+    names: list[str] = []
+    chosen: dict[str, tuple[str, Any, str]] = {}  # name → kind, settings, entry
+    for entry in entries:
+        kind, sep, argument = entry.partition(":")
+        if sep:
+            plugin = datasets.get(kind)
+            setting = getattr(plugin, "argument_setting", None)
+            if setting is None or not argument:
+                form = f"{kind}:{setting.upper()}" if setting else kind
+                raise UserError(f"dataset {entry!r}: write {form}" if setting else f"dataset {entry!r}: {kind} takes no argument")
+            name = plugin.default_name(argument)
+            table = dict(tables.get(name, {}))
+            where = entry
+            if table:
+                table.pop("kind", None)
+                if setting in table and (
+                    plugin.configured(name, table, f"[datasets.{name}]").settings
+                    != plugin.configured(name, {**table, setting: argument}, entry).settings
+                ):
+                    raise UserError(
+                        f"{entry} is named {name!r}, like the table [datasets.{name}], which names another "
+                        f"{setting}; give the table another name, or list it by name instead"
+                    )
+                where = f"{entry} with [datasets.{name}]"
+            settings = {**table, setting: argument}
+        elif entry in tables and (tables[entry] or entry not in datasets.names()):
+            settings = dict(tables[entry])
+            kind = settings.pop("kind", DEFAULT_KIND)
+            if not isinstance(kind, str):
+                raise UserError(f"[datasets.{entry}]: kind must be a dataset plugin name, got {kind!r}")
+            name, where = entry, f"[datasets.{entry}]"
+        else:
+            names.append(entry)  # a registered name (checked by the runner)
+            continue
+        cls = _configure(kind, name, settings, where)
+        if name in chosen and chosen[name][:2] != (kind, cls.settings):
+            raise UserError(
+                f"two datasets of the grid are named {name!r} ({chosen[name][2]} and {entry}); "
+                "name them with [datasets.NAME] tables"
+            )
+        chosen[name] = (kind, cls.settings, entry)
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def load_plugin(spec: str) -> None:

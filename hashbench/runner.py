@@ -28,6 +28,7 @@ from hashbench.environment import describe_environment, resolve_device, seed_eve
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, RunContext
 from hashbench.metric_table import METRICS_VERSION
+from hashbench.neighbours import relevance_for
 from hashbench.params import params_to_dict, resolve_params
 from hashbench.records import CellIdentity, RunRecord, SplitInfo, Status
 from hashbench.splits import SplitManifest, draw_split
@@ -61,6 +62,8 @@ class GridSpec:
     drop_bad_rows: bool = False  # run without the rows `hashbench data check` flags, instead of refusing
     # --plugin specs, so that worker processes and cluster jobs can import them again.
     plugins: list[str] = field(default_factory=list)
+    # [datasets.NAME] tables: the settings of configured datasets (registry.resolve_datasets).
+    dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +115,7 @@ class PreparedDataset:
     arrays: DatasetArrays
     manifest: SplitManifest
     manifest_path: Path | None = None  # set once the manifest is saved in the results store
+    relevance: Any = None  # per-query relevant database positions (true neighbours); None: labels
 
     def split(self, name: str) -> DataSplit | None:
         indices = self.manifest.splits.get(name)
@@ -135,6 +139,8 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
         if not values:
             raise UserError(f"no {name} given: the grid would be empty; pass --{name} (e.g. --{name} {'16,32,64' if name == 'bits' else '0'})")
     _positive_ints(spec.bits, "--bits")
+    # features:PATH and [datasets.NAME] tables become registered datasets with plain names
+    datasets = registry.resolve_datasets(spec.datasets, spec.dataset_options)
     for seed in [*spec.seeds, spec.split_seed]:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
             raise UserError(f"seeds must be integers from 0 to 2**63 - 1, got {seed!r}")
@@ -145,17 +151,17 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
                 f"({', '.join(spec.methods)})"
             )
     for dataset_name in spec.protocols:
-        if dataset_name not in spec.datasets:
+        if dataset_name not in datasets:
             raise UserError(
                 f"a protocol is given for dataset {dataset_name!r}, which is not among the datasets being run "
-                f"({', '.join(spec.datasets)})"
+                f"({', '.join(datasets)})"
             )
     method_classes = {name: registry.get_method(name) for name in spec.methods}
     resolved = {
         name: resolve_params(cls.Params, spec.params.get(name, {}), owner=name) for name, cls in method_classes.items()
     }
     cells = []
-    for dataset_name in spec.datasets:
+    for dataset_name in datasets:
         dataset = registry.get_dataset(dataset_name)()
         protocol = dataset.protocol(spec.protocols.get(dataset_name, spec.protocol))
         for method in spec.methods:
@@ -192,7 +198,9 @@ def prepare_dataset(
     # Natural-image datasets carry no feature vectors: feature-input methods get cached
     # backbone features of the manifest's items, computed only when first asked for.
     attach_backbone_features(arrays, manifest, cache_dir, device)
-    return PreparedDataset(name, plugin, protocol, arrays, manifest)
+    # Datasets without labels: each query's true nearest neighbours, computed once per split (cached).
+    relevance = relevance_for(arrays, manifest)
+    return PreparedDataset(name, plugin, protocol, arrays, manifest, relevance=relevance)
 
 
 def _feature_dimension(arrays: DatasetArrays) -> int | None:
@@ -204,6 +212,11 @@ def preflight(cells: list[Cell], prepared: dict[tuple[str, str], PreparedDataset
     """Refuse, before any run, configurations a method cannot handle on a dataset."""
     problems = []
     for cell in cells:
+        if cell.method_cls.input == "images" and prepared[cell.dataset, cell.protocol].arrays.images is None:
+            problems.append(
+                f"{cell.method} trains on images, and dataset {cell.dataset} holds feature vectors only; "
+                "run methods that take features (`hashbench list` shows each method's input)"
+            )
         if cell.method_cls.input != "features":
             continue
         dimension = _feature_dimension(prepared[cell.dataset, cell.protocol].arrays)
@@ -279,7 +292,9 @@ def run_cell(
             database_codes = pack(method.encode(database), cell.bits, name=f"{cell.method}'s database codes")
             timings["encode"] = time.perf_counter() - start
             start = time.perf_counter()
-            result = evaluate_codes(data.manifest, query_codes, database_codes, query.labels, database.labels, cell.bits)
+            result = evaluate_codes(
+                data.manifest, query_codes, database_codes, query.labels, database.labels, cell.bits, data.relevance
+            )
             timings["evaluate"] = time.perf_counter() - start
             atomic.save_npz(run_dir / CODES_NAME, query_codes=query_codes, database_codes=database_codes)
             outcome.update(
@@ -330,17 +345,27 @@ def run_cell(
 
 
 def evaluate_codes(
-    manifest: SplitManifest, query_codes: Any, database_codes: Any, query_labels: Any, database_labels: Any, bits: int
+    manifest: SplitManifest,
+    query_codes: Any,
+    database_codes: Any,
+    query_labels: Any,
+    database_labels: Any,
+    bits: int,
+    relevance: Any = None,
 ) -> Any:
-    """The full metric set of one run, at the protocol's cut-off (also what `reeval` computes)."""
+    """The full metric set of one run, at the protocol's cut-off (also what `reeval` computes).
+
+    With ``relevance`` (per-query relevant database positions), it replaces the labels."""
     from hashbench.metrics import evaluate
 
     database_size = int(manifest.splits["database"].size)
+    labelled = relevance is None
     return evaluate(
         query_codes,
         database_codes,
-        query_labels,
-        database_labels,
+        query_labels if labelled else None,
+        database_labels if labelled else None,
+        relevance=relevance,
         bits=bits,
         topk=manifest.topk,
         ks=precision_ks(database_size, manifest.topk),
@@ -486,6 +511,7 @@ def run_job(job: CellJob) -> JobResult:
         if os.path.isdir(job.working_dir):
             os.chdir(job.working_dir)
         registry.load_plugins(job.spec.plugins)
+        registry.resolve_datasets(job.spec.datasets, job.spec.dataset_options)  # configured datasets, as planned
         method_cls = registry.get_method(job.method)
         params = resolve_params(method_cls.Params, job.params, owner=job.method)
         cell = Cell(

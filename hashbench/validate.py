@@ -39,6 +39,10 @@ FAULTS: dict[str, str] = {
     "zero_labels": "rows with all-zero labels",
     "leak": "rows of database.txt or train.txt whose image is also a query (in test.txt)",
     "conflict": "rows listing an image with other labels than its first listing",
+    # embedding files (datasets/features.py)
+    "non_finite": "rows whose vector holds NaN or an infinite value, or is missing",
+    "zero_vector": "rows whose vector is all zeros (cosine distance is undefined)",
+    "class_id": "rows with a negative class id",
 }
 MAX_EXAMPLES = 20  # bad rows `data check` prints of each kind, unless asked for all
 # What every run needs from a split: something to train on, to search, and to search for.

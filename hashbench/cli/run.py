@@ -132,6 +132,7 @@ def spec_from_settings(settings: dict[str, Any]) -> GridSpec:
         cache_dir=Path(settings["cache"]) if settings.get("cache") else None,
         drop_bad_rows=bool(settings.get("drop_bad_rows", False)),
         plugins=list(settings["plugins"]),
+        dataset_options=dict(settings.get("dataset_options", {})),
     )
 
 
