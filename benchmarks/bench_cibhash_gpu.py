@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,25 +42,9 @@ from hashbench.augment import augment, paper_policy
 from hashbench.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, to_float_images
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.method import RunContext
+from hashbench.methods._cibhash_model import HEAD_HIDDEN, cibhash_loss
+from hashbench.methods.cibhash import CIBHash, CIBHashParams
 from hashbench.training import autocast, batch_positions, prefetch, setup, trainable
-
-try:
-    from hashbench.methods.cibhash import HEAD_HIDDEN, CIBHash, CIBHashParams, cibhash_loss
-except ImportError:  # run from a checkout without installing: load the plugin by path
-    import importlib.util
-
-    _spec = importlib.util.spec_from_file_location(
-        "cibhash_plugin", Path(__file__).resolve().parent.parent / "methods" / "cibhash.py"
-    )
-    _module = importlib.util.module_from_spec(_spec)
-    sys.modules["cibhash_plugin"] = _module  # dataclasses look their module up there
-    _spec.loader.exec_module(_module)
-    HEAD_HIDDEN, CIBHash, CIBHashParams, cibhash_loss = (
-        _module.HEAD_HIDDEN,
-        _module.CIBHash,
-        _module.CIBHashParams,
-        _module.cibhash_loss,
-    )
 
 TAU, BETA, BITS = 0.3, 0.001, 64
 
@@ -236,8 +219,8 @@ def bench_fit(args, device) -> dict[str, Any]:
     )
     context = RunContext(seed=0, device=str(device))
     method = CIBHash(BITS, params, context)
-    if args.size != 224:  # smoke runs: a smaller network input
-        import hashbench.methods.cibhash as module
+    if args.size != 224:  # smoke runs: a smaller network input (the method reads the policy when it fits)
+        import hashbench.augment as module
 
         policy = dataclasses.replace(paper_policy(), size=args.size)
         original = module.paper_policy
