@@ -337,11 +337,14 @@ def _run_with_lines(spec: GridSpec, executor, mode: str) -> list[CellOutcome]:
         return run_grid(spec, executor=executor)
     finished = 0
     total = 0
+    # Worker processes and cluster jobs take cells when they are free: a cell handed to
+    # them is queued, not started.
+    verb = "start" if executor is None else "queued"
 
     def on_start(cell, index, count):
         nonlocal total
         total = count
-        progress.line(f"start {index + 1}/{count}: {_cell_name(cell)}")
+        progress.line(f"{verb} {index + 1}/{count}: {_cell_name(cell)}")
 
     def on_done(outcome):
         nonlocal finished
