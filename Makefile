@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo example test bench lint clean
+.PHONY: venv demo example test bench lint clean mutate
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,12 @@ test: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_metrics.py
 
+# Curated mutations of the core, each against its tests (about 15 minutes on 2 cores).
+mutate: venv
+	$(BIN)/python tools/mutate.py $(MUTATE_ARGS)
+
 lint: venv
-	$(BIN)/ruff check hashbench methods datasets tests benchmarks
+	$(BIN)/ruff check hashbench methods datasets tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) results/demo reports/demo cibhash_gpu.json build dist *.egg-info
