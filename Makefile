@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv demo example test bench lint clean mutate
+.PHONY: venv demo example test test-slow bench lint clean mutate
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ example: venv
 	$(BIN)/hashbench report --results reports/digits/results --out reports/digits
 	$(BIN)/python tools/readme_numbers.py
 
+# The suite without the tests marked slow (under ten minutes on 2 cores); test-slow runs those.
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: venv
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: no test is marked slow
 
 bench: venv
 	$(BIN)/python benchmarks/bench_metrics.py
