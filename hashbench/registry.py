@@ -133,8 +133,8 @@ DEFAULT_KIND = "features"  # the plugin of a [datasets.NAME] table without `kind
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
-def _configure(kind: str, name: str, settings: Mapping[str, Any], where: str) -> Any:
-    """The dataset class of plugin ``kind`` configured with ``settings``, registered as ``name``."""
+def _configured_class(kind: str, name: str, settings: Mapping[str, Any], where: str) -> Any:
+    """The dataset class of plugin ``kind`` configured with ``settings``, to be named ``name``."""
     plugin = datasets.get(kind)
     if not callable(getattr(plugin, "configured", None)):
         raise UserError(f"{where}: dataset {kind} takes no settings; drop them, or name a plugin that does (features)")
@@ -145,11 +145,7 @@ def _configure(kind: str, name: str, settings: Mapping[str, Any], where: str) ->
             f"{where}: the dataset name {name!r} belongs to {datasets.origin(name)}; give this one another "
             f"name with a [datasets.NAME] table"
         )
-    cls = plugin.configured(name, settings, where)
-    # A configured name is this process's current meaning of it: a later grid may change it.
-    datasets._entries[name] = _Entry(cls, where)
-    _configured[name] = (kind, cls.settings)
-    return cls
+    return plugin.configured(name, settings, where)
 
 
 def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
@@ -196,13 +192,16 @@ def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, A
         else:
             names.append(entry)  # a registered name (checked by the runner)
             continue
-        cls = _configure(kind, name, settings, where)
+        cls = _configured_class(kind, name, settings, where)
         if name in chosen and chosen[name][:2] != (kind, cls.settings):
             raise UserError(
                 f"two datasets of the grid are named {name!r} ({chosen[name][2]} and {entry}); "
                 "name them with [datasets.NAME] tables"
             )
         chosen[name] = (kind, cls.settings, entry)
+        # A configured name is this process's current meaning of it: a later grid may change it.
+        datasets._entries[name] = _Entry(cls, where)
+        _configured[name] = (kind, cls.settings)
         if name not in names:
             names.append(name)
     return names
