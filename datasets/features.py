@@ -31,7 +31,8 @@ Protocols (``split = ...`` picks the default; ``--protocol`` wins):
 - ``standard`` (the default otherwise): ``query_size`` (default 1,000) random queries from all
   items, the rest is the database, train = the whole database (or ``train_size`` of it).
 - ``standard-val``: ``standard`` plus ``val_size`` (default 1,000) validation items from the
-  database, disjoint from train.
+  database, disjoint from train; only with labels (methods that select a model score the
+  validation split by labels).
 
 mAP is at ``topk`` (default 1,000). Every setting that changes what a run computes (the
 file's SHA-256, sizes, relevance, metric, K, cut-off) is part of the protocols' ``version``,
@@ -575,7 +576,8 @@ class Features(HashingDataset):
         # everything that changes a run's numbers, the path aside (moving the file keeps its runs)
         identity = {**asdict(settings), "path": None, "sha256": digest}
         version = "1+" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-        if (settings.relevance or ("labels" if has_labels else "neighbours")) == "labels":
+        labelled = (settings.relevance or ("labels" if has_labels else "neighbours")) == "labels"
+        if labelled:
             relevance = "relevant = shares a label"
         else:
             metric = settings.metric or file_metric or "euclidean"
@@ -588,19 +590,22 @@ class Features(HashingDataset):
                 query_size=settings.query_size, train_size=settings.train_size,
             ),
         }
-        protocols["standard-val"] = replace(
-            protocols["standard"], name="standard-val", val_size=settings.val_size,
-            description=f"query {settings.query_size} at random, database = rest, val {settings.val_size} from database, "
-            f"{train if settings.train_size is not None else 'train = the rest of the database'}; {tail}",
-        )
+        if labelled:  # methods score the validation split by labels (mAP against train)
+            protocols["standard-val"] = replace(
+                protocols["standard"], name="standard-val", val_size=settings.val_size,
+                description=f"query {settings.query_size} at random, database = rest, val {settings.val_size} from "
+                f"database, {train if settings.train_size is not None else 'train = the rest of the database'}; {tail}",
+            )
         if declared:
             protocols["declared"] = FeatureProtocol(
                 "declared", f"the file's split: query = test, database = train, {train}; {tail}", settings.topk, version,
                 declared=True, train_size=settings.train_size,
             )
         default = settings.split or ("declared" if declared else "standard")
-        if default not in protocols:
+        if default == "declared" and not declared:
             raise UserError(f"dataset {self.name}: split = {default!r}, but {settings.path} declares no split (no train and test arrays)")
+        if default not in protocols:
+            raise UserError(f"dataset {self.name}: split = {default!r} needs labels (methods validate by labels); this file has none")
         return protocols, default
 
     # ---- loading --------------------------------------------------------------------------

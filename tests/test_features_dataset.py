@@ -179,7 +179,7 @@ def test_bad_settings_name_the_table(table, message):
 
 
 def test_protocols_sizes_and_disjointness(tmp_path):
-    vectors, _ = clustered(np.random.default_rng(4), 400)
+    vectors, ids = clustered(np.random.default_rng(4), 400)
     np.save(tmp_path / "emb.npy", vectors)
     plugin = dataset(tmp_path / "emb.npy", query_size=50, val_size=30)
     arrays = plugin.load(tmp_path)
@@ -187,7 +187,12 @@ def test_protocols_sizes_and_disjointness(tmp_path):
     standard = draw_split("emb", plugin.protocol("standard"), arrays, 0)
     assert standard.splits["query"].size == 50
     np.testing.assert_array_equal(standard.splits["train"], standard.splits["database"])
-    with_val = draw_split("emb", plugin.protocol("standard-val"), arrays, 0)
+    # a validation split is scored by labels: only labelled files have one
+    with pytest.raises(UserError, match="has no protocol 'standard-val'"):
+        plugin.protocol("standard-val")
+    np.savez(tmp_path / "labelled.npz", features=vectors, labels=ids)
+    labelled = dataset(tmp_path / "labelled.npz", query_size=50, val_size=30)
+    with_val = draw_split("labelled", labelled.protocol("standard-val"), labelled.load(tmp_path), 0)
     assert with_val.splits["val"].size == 30
     assert np.intersect1d(with_val.splits["val"], with_val.splits["train"]).size == 0
     sampled = draw_split("emb", dataset(tmp_path / "emb.npy", query_size=50, train_size=100).protocol("standard"), arrays, 0)
