@@ -195,6 +195,17 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def file_metric(attributes: Mapping[str, Any], settings: FeatureSettings) -> str | None:
+    """The metric an HDF5 file declares (``distance``), refused when hashbench has no such one."""
+    declared = _text(attributes.get("distance", "")).lower()
+    if declared and declared not in FILE_METRICS and settings.metric is None:
+        raise UserError(
+            f"features file {settings.path} declares distance {declared!r}; hashbench computes Euclidean and "
+            "cosine (angular) neighbours: set metric = \"euclidean\" or \"cosine\" to use one of them anyway"
+        )
+    return FILE_METRICS.get(declared)
+
+
 def _labels_of(arrays: dict[str, Any], name: str, rows: int, what: str, problems: list[str]) -> np.ndarray | None:
     labels = np.asarray(arrays[name])
     if labels.ndim == 0 or labels.shape[0] != rows:
@@ -207,7 +218,7 @@ def read_arrays(settings: FeatureSettings, file_format: str) -> RawFile:
     """.npy, .npz and HDF5 files."""
     arrays, attributes = _container(settings.path, file_format)
     label_name = settings.labels if isinstance(settings.labels, str) else "labels"
-    metric = FILE_METRICS.get(_text(attributes.get("distance", "")).lower())
+    metric = file_metric(attributes, settings)
     if "features" in arrays:
         vectors = arrays["features"]
         raw = RawFile(vectors, metric=metric)
@@ -559,7 +570,7 @@ class Features(HashingDataset):
             try:
                 with h5py.File(settings.path, "r") as handle:
                     names = set(handle)
-                    metric = FILE_METRICS.get(_text(handle.attrs.get("distance", "")).lower())
+                    metric = file_metric(handle.attrs, settings)
             except OSError as error:
                 raise UserError(f"features file {settings.path}: cannot read it as HDF5 ({error})") from error
         elif file_format == "parquet":
@@ -573,8 +584,9 @@ class Features(HashingDataset):
         settings = self._settings()
         declared, has_labels, file_metric = self._peek(settings)
         digest = file_sha256(settings.path)
-        # everything that changes a run's numbers, the path aside (moving the file keeps its runs)
-        identity = {**asdict(settings), "path": None, "sha256": digest}
+        # everything that changes a run's numbers: not the path (moving the file keeps its runs)
+        # nor the default protocol
+        identity = {**asdict(settings), "path": None, "split": None, "sha256": digest}
         version = "1+" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         labelled = (settings.relevance or ("labels" if has_labels else "neighbours")) == "labels"
         if labelled:

@@ -137,6 +137,10 @@ def test_ann_benchmarks_hdf5(tmp_path):
     assert plugin.protocol(None).name == "declared"
     assert "nearest neighbours (cosine)" in plugin.protocol(None).summary()
     assert arrays.file_neighbours.shape == (60, 10)
+    jaccard = write_hdf5(tmp_path / "kosarak-jaccard.hdf5", vectors[:200], vectors[200:], distance="jaccard")
+    with pytest.raises(UserError, match="declares distance 'jaccard'"):
+        dataset(jaccard).protocol(None)
+    assert dataset(jaccard, metric="euclidean").load(tmp_path).metric == "euclidean"
 
 
 def test_missing_optional_packages_are_one_clear_line(tmp_path, monkeypatch):
