@@ -250,7 +250,7 @@ def read_arrays(settings: FeatureSettings, file_format: str) -> RawFile:
             if neighbours.ndim == 2 and neighbours.shape[0] == len(test) and neighbours.dtype.kind in "iu":
                 raw.neighbours = neighbours.astype(np.int64)
             else:
-                raw.problems.append(f"neighbors {neighbours.shape} {neighbours.dtype}: not one integer row per test vector; ignored")
+                raw.problems.append(f"neighbors {neighbours.shape} {neighbours.dtype} is not one integer row per test vector")
         return raw
     names = ", ".join(sorted(arrays)) or "none"
     raise UserError(
@@ -381,6 +381,7 @@ class Checked:
     groups: dict[str, np.ndarray]
     neighbours: np.ndarray | None  # the file's, still valid for the kept rows
     metric: str
+    relevance: str  # "labels" or "neighbours"
     faults: RowFaults | None
     keep: np.ndarray | None  # rows kept, when some were dropped
     origins: list[str]
@@ -673,14 +674,14 @@ class Features(HashingDataset):
         usable = keep is None and settings.ground_truth != "exact"
         neighbours = raw.neighbours if usable else None
         return Checked(
-            vectors, labels if keep is None else labels[keep], has_labels, groups, neighbours, metric, faults, keep, origins
+            vectors, labels if keep is None else labels[keep], has_labels, groups, neighbours, metric, relevance, faults, keep, origins
         )
 
     def _arrays(self, settings: FeatureSettings, raw: RawFile, checked: Checked, cache_dir: Path | None) -> FeatureArrays:
         vectors = checked.vectors
         if not (isinstance(vectors, np.ndarray) and vectors.dtype == np.float32):
             vectors = np.asarray(vectors, dtype=np.float32)  # a float32 memory map stays on disk
-        relevance = settings.relevance or ("labels" if checked.has_labels else "neighbours")
+        relevance = checked.relevance
         provenance: dict[str, Any] = {
             "source": settings.path,
             "format": settings.file_format,
@@ -729,8 +730,8 @@ class Features(HashingDataset):
     def inspect(self, root: Path, *, decode: bool = True) -> Inspection:
         """Every check of `hashbench data check`, and the arrays without the bad rows."""
         settings, raw = self._read()
-        findings = [Finding("error", "label_width", problem) for problem in raw.problems]
-        raw.problems = []
+        findings = [Finding("error", "file", problem) for problem in raw.problems]
+        raw.problems = []  # reported: check the rest
         checked = self._check(settings, raw, drop_bad_rows=True)
         arrays = self._arrays(settings, raw, checked, cache_dir=None)
         counts = {"vectors": len(raw.vectors), "dimension": int(raw.vectors.shape[1])}

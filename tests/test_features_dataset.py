@@ -255,7 +255,7 @@ def test_cosine_zero_vectors_and_label_faults(tmp_path):
     with pytest.raises(UserError, match=r"differ in width"):
         dataset(tmp_path / "wide.npz").load(tmp_path)
     report = check_dataset(dataset(tmp_path / "wide.npz"), tmp_path)
-    assert [finding.kind for finding in report.errors] == ["label_width"]
+    assert [finding.kind for finding in report.errors] == ["file"]
     np.savez(tmp_path / "short.npz", features=vectors, labels=ids[:50])
     with pytest.raises(UserError, match="50 label rows for 200 vectors"):
         dataset(tmp_path / "short.npz").load(tmp_path)
