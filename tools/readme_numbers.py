@@ -39,11 +39,17 @@ def _machine(records: list[RunRecord]) -> str:
     return ", ".join(parts)
 
 
+def _execution(execution: dict) -> str:
+    if execution.get("executor") == "local":
+        return f"{execution.get('jobs', '?')} worker processes, {execution.get('threads_per_job', '?')} thread(s) each"
+    return str(execution.get("executor", "unknown"))
+
+
 def grid_block(records: list[RunRecord]) -> str:
     starts = [datetime.fromisoformat(r.started) for r in records if r.started]
     ends = [datetime.fromisoformat(r.finished) for r in records if r.finished]
     minutes = (max(ends) - min(starts)).total_seconds() / 60 if starts and ends else float("nan")
-    executions = sorted({str((r.execution or {}).get("executor", "worker processes")) for r in records})
+    executions = sorted({_execution(r.execution or {}) for r in records})
     return (
         f"{len(records)} runs, {minutes:.1f} minutes from the first start to the last finish "
         f"({', '.join(executions)}) on {_machine(records)}."
