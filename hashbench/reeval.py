@@ -23,6 +23,7 @@ from hashbench import registry
 from hashbench.data import DatasetArrays, load_dataset
 from hashbench.errors import UserError
 from hashbench.metric_table import METRICS_VERSION
+from hashbench.neighbours import relevance_for
 from hashbench.records import RunRecord
 from hashbench.runner import evaluate_codes
 from hashbench.splits import SplitManifest
@@ -58,15 +59,17 @@ class _Datasets:
         self.data_root, self.cache_dir = Path(data_root), cache_dir
         self.loaded: dict[tuple[str, bool], DatasetArrays] = {}
 
-    def labels(self, record: RunRecord) -> np.ndarray:
+    def arrays(self, record: RunRecord) -> DatasetArrays:
         dropped = bool(record.data and "dropped_by_reason" in record.data)
         if (record.dataset, dropped) not in self.loaded:
             from hashbench.cache import default_cache_dir
 
             plugin = registry.get_dataset(record.dataset)()
             cache = self.cache_dir if self.cache_dir is not None else default_cache_dir(self.data_root)
-            self.loaded[record.dataset, dropped] = load_dataset(plugin, self.data_root, cache_dir=cache, drop_bad_rows=dropped)
-        return np.asarray(self.loaded[record.dataset, dropped].labels)
+            arrays = load_dataset(plugin, self.data_root, cache_dir=cache, drop_bad_rows=dropped)
+            arrays.dataset = record.dataset
+            self.loaded[record.dataset, dropped] = arrays
+        return self.loaded[record.dataset, dropped]
 
 
 def _checked_inputs(store: ResultsStore, record: RunRecord) -> tuple[SplitManifest, np.ndarray, np.ndarray]:
@@ -100,11 +103,15 @@ def _checked_inputs(store: ResultsStore, record: RunRecord) -> tuple[SplitManife
 
 def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Datasets, now: Callable[[], str]) -> ReevalOutcome:
     manifest, query_codes, database_codes = _checked_inputs(store, record)
-    labels = datasets.labels(record)
+    arrays = datasets.arrays(record)
+    labels = np.asarray(arrays.labels)
     if manifest.num_items != len(labels):
         raise Refused(f"{record.dataset} now has {len(labels)} items, the split manifest {manifest.num_items}: the data changed")
     query, database = manifest.splits["query"], manifest.splits["database"]
-    result = evaluate_codes(manifest, query_codes, database_codes, labels[query], labels[database], record.bits)
+    # Relevance as the run had it: shared labels, or a dataset's exact nearest neighbours.
+    result = evaluate_codes(
+        manifest, query_codes, database_codes, labels[query], labels[database], record.bits, relevance_for(arrays, manifest)
+    )
     metrics = json.loads(json.dumps(result.to_dict()))  # as stored: string keys, plain floats
     changed = _changed_metrics(record.metrics or {}, metrics)
     codes_hash = record.codes_sha256 or file_sha256(store.run_dir(record.key) / CODES_NAME)
