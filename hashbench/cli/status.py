@@ -13,6 +13,8 @@ from hashbench.cli.run import build_settings, grid_options, plugin_specs, spec_f
 from hashbench.records import Status
 from hashbench.status import STATES, CellStatus, counts, directory_status, grid_status
 
+# Counted even at zero, so a glance says how much is done and what is left.
+_ALWAYS = (Status.OK, Status.FAILED, Status.RUNNING, Status.PENDING)
 _STYLE = {
     Status.OK: "green",
     Status.FAILED: "red",
@@ -84,7 +86,3 @@ def status_command(config_path: Path | None, only: tuple[str, ...], **options) -
     console.print(status_table(shown, title))
     total = counts(statuses)
     click.echo(" · ".join(f"{state} {total[state]}" for state in STATES if total[state] or state in _ALWAYS) + f"  (of {len(statuses)})")
-
-
-# Counted even at zero, so a glance says how much is done and what is left.
-_ALWAYS = (Status.OK, Status.FAILED, Status.RUNNING, Status.PENDING)
