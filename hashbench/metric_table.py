@@ -17,8 +17,8 @@ from hashbench.errors import UserError
 # Bump when what a metric computes changes: records say which version computed them, and
 # `hashbench reeval` recomputes older ones from their stored codes.
 # 1: records made before metrics were versioned. 2: Hamming distances held in a type wide
-# enough for any code length (above 255 bits version 1 could wrap).
-METRICS_VERSION = "2"
+# enough for any code length (above 255 bits version 1 could wrap). 3: map_hits added.
+METRICS_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class MetricInfo:
 _FIXED = {
     "map": ("mAP@{k}", True, ".4f", "mean average precision at the protocol's cut-off k, ties broken by database index"),
     "map_all": ("mAP@all", True, ".4f", "mean average precision over the whole database ranking"),
+    "map_hits": (
+        "mAP@{k} over queries with a hit", True, ".4f",
+        "mean AP@k over the queries with a relevant item in the top k (TBH's released evaluator)",
+    ),
     "map_tie_aware": ("tie-aware mAP@{k}", True, ".4f", "expected mAP@k over random orders inside equal-distance groups"),
     "map_optimistic": ("optimistic mAP@{k}", True, ".4f", "the best mAP@k over orders inside ties"),
     "map_pessimistic": ("pessimistic mAP@{k}", True, ".4f", "the worst mAP@k over orders inside ties"),

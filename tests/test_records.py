@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hashbench import registry
+from hashbench.metric_table import METRICS_VERSION
 from hashbench.records import SCHEMA_VERSION, CellIdentity, RecordError, RunRecord, Status
 from hashbench.runner import GridSpec, run_grid
 from hashbench.status import directory_status, grid_status
@@ -175,7 +176,7 @@ def test_schema_1_records_migrate_and_count_as_done(results, invoke):
     assert "2 updated" in again.output and "2 unchanged" in again.output
     for path in legacy:
         value = json.loads(path.read_text())
-        assert value["schema_version"] == SCHEMA_VERSION and value["codes_sha256"] and value["metrics_version"] == "2"
+        assert value["schema_version"] == SCHEMA_VERSION and value["codes_sha256"] and value["metrics_version"] == METRICS_VERSION
         assert value["metrics"] == before[path]
         with np.load(path.parent / "per_query.npz") as per_query:
             assert per_query["ap"].dtype == np.float32 and per_query["ap"].shape == (300,)
@@ -209,7 +210,7 @@ def test_reeval_recomputes_a_changed_metric_and_refuses_truncated_codes(results,
     assert len(refused) == 1 and lsh8.name in refused[0] and "SHA-256" in refused[0]
     assert (lsh8 / "run.json").read_bytes() == record_before  # left as it was
     repaired = json.loads(itq16.read_text())
-    assert repaired["metrics"]["map"] == truth and repaired["metrics_version"] == "2" and repaired["reevaluated"]
+    assert repaired["metrics"]["map"] == truth and repaired["metrics_version"] == METRICS_VERSION and repaired["reevaluated"]
     assert "changed: map" in result.output
 
 

@@ -32,6 +32,7 @@ class RetrievalResult:
     map: float
     map_k: int
     map_all: float
+    map_hits: float  # mean AP@k over the queries with a relevant item in the top k (NaN: none has)
     map_tie_aware: float
     map_optimistic: float
     map_pessimistic: float
@@ -59,6 +60,7 @@ class RetrievalResult:
             "map_k": int(self.map_k),
             "topk": None if self.topk is None else int(self.topk),
             "map_all": float(self.map_all),
+            "map_hits": float(self.map_hits),
             "map_tie_aware": float(self.map_tie_aware),
             "map_optimistic": float(self.map_optimistic),
             "map_pessimistic": float(self.map_pessimistic),
@@ -194,6 +196,8 @@ class Summary:
             map=float(ap.mean()),
             map_k=self.map_k,
             map_all=float(joined("ap_all").mean()),
+            # AP@k > 0 exactly when the top k holds a relevant item.
+            map_hits=float(ap[ap > 0].mean()) if np.any(ap > 0) else float("nan"),
             map_tie_aware=float(joined("tie").mean()),
             map_optimistic=float(joined("optimistic").mean()),
             map_pessimistic=float(joined("pessimistic").mean()),
