@@ -475,14 +475,6 @@ def html_report(
     return "\n".join(parts) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    """Write one report file atomically; a full or read-only disk is one clear line."""
-    try:
-        atomic.write_text(path, text)
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}; free some space or choose another --out") from None
-
-
 def write_report(
     results: Path,
     out: Path,
@@ -532,10 +524,10 @@ def write_report(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"report folder {out} cannot be created ({error.strerror}); choose another with --out") from error
-    _write(paths["markdown"], to_markdown(table))
-    _write(paths["latex"], to_latex(table))
-    _write(paths["html"], to_html(table))
-    _write(paths["csv"], to_csv(table))
+    atomic.write_text(paths["markdown"], to_markdown(table))
+    atomic.write_text(paths["latex"], to_latex(table))
+    atomic.write_text(paths["html"], to_html(table))
+    atomic.write_text(paths["csv"], to_csv(table))
     companion = None
     if metric in COMPANIONS and COMPANIONS[metric] in frame.columns:
         # mAP with ties broken by index is a convention; its expectation over tie orders is
@@ -544,16 +536,16 @@ def write_report(
         twin = COMPANIONS[metric]
         for kind, suffix, render in (("markdown", "md", to_markdown), ("latex", "tex", to_latex), ("html", "html", to_html), ("csv", "csv", to_csv)):
             paths[f"{kind}_{twin}"] = out / f"{twin}.{suffix}"
-            _write(paths[f"{kind}_{twin}"], render(companion))
-    _write(paths["runs"], frame.to_csv(index=False))
+            atomic.write_text(paths[f"{kind}_{twin}"], render(companion))
+    atomic.write_text(paths["runs"], frame.to_csv(index=False))
     timings = timing_table(frame)
-    _write(paths["timings_markdown"], timing_markdown(timings))
-    _write(paths["timings_csv"], timings.to_csv(index=False, float_format="%.6f"))
+    atomic.write_text(paths["timings_markdown"], timing_markdown(timings))
+    atomic.write_text(paths["timings_csv"], timings.to_csv(index=False, float_format="%.6f"))
     if comparison is not None:
         paths["published_markdown"] = out / f"published-{stem}.md"
         paths["published_csv"] = out / f"published-{stem}.csv"
-        _write(paths["published_markdown"], comparison_markdown(comparison, metric, published_source))
-        _write(paths["published_csv"], comparison.to_csv(index=False, float_format="%.6f"))
+        atomic.write_text(paths["published_markdown"], comparison_markdown(comparison, metric, published_source))
+        atomic.write_text(paths["published_csv"], comparison.to_csv(index=False, float_format="%.6f"))
     figures = []
     if plots:
         from hashbench.plots import write_plots
@@ -570,7 +562,7 @@ def write_report(
         warnings.append(f"{failed} run(s) did not finish ok and are left out of the table")
     paths["report"] = out / "report.html"
     notes = [f"{failed} run(s) did not finish ok and are left out."] if failed else []
-    _write(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes, companion))
+    atomic.write_text(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes, companion))
     return table, paths, warnings
 
 

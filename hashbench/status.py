@@ -40,14 +40,9 @@ class CellStatus:
         return (self.method or self.key, self.dataset or "", self.protocol or "", self.bits or 0, self.seed or 0, self.key)
 
 
-def _lock_path(store: ResultsStore, key: str) -> Path:
-    # The store keeps one lock file per run key in <results>/locks/.
-    return store.root / "locks" / f"{key}.lock"
-
-
 def is_running(store: ResultsStore, key: str) -> bool:
     """Whether some process (on any node sharing the directory) holds the run's lock."""
-    path = _lock_path(store, key)
+    path = store.locks_dir / f"{key}.lock"
     if not path.is_file():
         return False  # never locked, and probing must not create lock files
     lock = FileLock(str(path))
@@ -127,9 +122,8 @@ def directory_status(results: Path) -> tuple[list[CellStatus], list[str]]:
     entries = list(store.runs_dir.iterdir()) if store.runs_dir.is_dir() else []
     keys = {path.name for path in entries if path.is_dir()}
     warnings = [f"skipping {path}: a file where hashbench keeps run folders" for path in entries if not path.is_dir()]
-    locks = store.root / "locks"
-    if locks.is_dir():
-        keys |= {path.stem for path in locks.glob("*.lock")}
+    if store.locks_dir.is_dir():
+        keys |= {path.stem for path in store.locks_dir.glob("*.lock")}
     statuses = []
     for key in sorted(keys):
         if is_running(store, key):

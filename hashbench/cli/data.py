@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -11,14 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from hashbench import registry
+from hashbench.cli.options import DATA_ROOT_OPTION
+from hashbench.cli.options import data_root as resolve_data_root
 from hashbench.errors import UserError
 from hashbench.validate import FAULTS, MAX_EXAMPLES, CheckReport, check_dataset
-
-DATA_ROOT_HELP = "Where datasets live. Default: $HASHBENCH_DATA or ./data."
-
-
-def resolve_data_root(option: Path | None) -> Path:
-    return option if option is not None else Path(os.environ.get("HASHBENCH_DATA") or "data")
 
 
 @click.group("data")
@@ -69,7 +64,7 @@ def print_report(report: CheckReport, console: Console, *, show_all: bool = Fals
 
 @data_command.command("check")
 @click.argument("name")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), help=DATA_ROOT_HELP)
+@DATA_ROOT_OPTION
 @click.option("--protocol", help="Split protocol to check that the files support. Default: the dataset's default.")
 @click.option("--split-seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the trial split draw.")
 @click.option("--no-decode", is_flag=True, help="Only check that image files exist; do not decode them (faster).")
@@ -93,7 +88,7 @@ def check_command(
 
 @data_command.command("get")
 @click.argument("name")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path), help=DATA_ROOT_HELP)
+@DATA_ROOT_OPTION
 def get_command(name: str, data_root: Path | None) -> None:
     """Download dataset NAME into the data root (cifar10, mnist, fashion-mnist; needs internet)."""
     plugin = registry.get_dataset(name)()
