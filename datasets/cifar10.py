@@ -146,6 +146,56 @@ class TBHCodeProtocol(SplitProtocol):
         return {"query": test, "database": train, "train": train}
 
 
+LEGACY_SEEDS = 2**32  # numpy's legacy generator (np.random.seed) takes seeds below 2**32
+
+
+@dataclass(frozen=True)
+class BiHalfCodeProtocol(SplitProtocol):
+    """The split of Bi-half's released CIFAR-10 scripts (``ImageHashing/Cifar10_I.py`` and
+    ``Cifar10_II.py``), drawn exactly as they draw it.
+
+    The 60,000 images are pooled (training batches first, then the test batch); for each class
+    in turn, numpy's legacy generator is seeded again (``np.random.seed(0)`` in the scripts:
+    the split seed here, so split seed 0 is the released draw) and permutes that class's items
+    in index order; the first ``query_per_class`` become queries, the next
+    ``database_per_class`` the database. ``Cifar10_I`` trains on the whole database,
+    ``Cifar10_II`` on its first ``train_per_class`` of each class.
+    """
+
+    name: str
+    description: str
+    topk: int
+    query_per_class: int = 1000
+    database_per_class: int = 5000
+    train_per_class: int | None = None  # None: train = database (Cifar10_I)
+
+    def draw_from_seed(self, arrays: DatasetArrays, split_seed: int) -> dict[str, np.ndarray]:
+        if not 0 <= split_seed < LEGACY_SEEDS:
+            raise UserError(
+                f"protocol {self.name} draws with numpy's legacy generator, as the released script does, "
+                f"which takes seeds below 2**32; got split seed {split_seed} (the released draw is split seed 0)"
+            )
+        needed = self.query_per_class + self.database_per_class
+        query, database, train = [], [], []
+        for class_index in range(arrays.labels.shape[1]):
+            members = np.flatnonzero(arrays.labels[:, class_index])
+            if members.size < needed:
+                raise UserError(
+                    f"protocol {self.name}: class {class_index} has {members.size} items, the released draw "
+                    f"needs {needed} ({self.query_per_class} queries + {self.database_per_class} database)"
+                )
+            # reseeded for every class, as released: every class gets the same permutation
+            members = members[np.random.RandomState(split_seed).permutation(members.size)]
+            stop = self.query_per_class + (self.train_per_class or self.database_per_class)
+            query.append(members[: self.query_per_class])
+            database.append(members[self.query_per_class : needed])
+            train.append(members[self.query_per_class : stop])
+        return {"query": np.concatenate(query), "database": np.concatenate(database), "train": np.concatenate(train)}
+
+    def summary(self) -> str:
+        return f"{self.description}; the released draw is split seed 0; mAP@{self.topk}"
+
+
 class CIFAR10(OfficialSplitDataset):
     name = "cifar10"
     description = "CIFAR-10: 60,000 32x32 colour images, 10 classes (torchvision's cifar-10-batches-py)"
@@ -171,6 +221,23 @@ class CIFAR10(OfficialSplitDataset):
         ),
         "cibhash-code": CIBHashCodeProtocol(),
         "tbh-code": TBHCodeProtocol(),
+        "bihalf-code-i": BiHalfCodeProtocol(
+            name="bihalf-code-i",
+            description=(
+                "Bi-half's released Cifar10_I split: per class 1,000 queries and 5,000 database images from all 60,000 "
+                "(numpy's legacy permutation, reseeded per class); train = database (50,000)"
+            ),
+            topk=1000,
+        ),
+        "bihalf-code-ii": BiHalfCodeProtocol(
+            name="bihalf-code-ii",
+            description=(
+                "Bi-half's released Cifar10_II split: the queries and database of Cifar10_I, train = the first 500 "
+                "per class of the database (5,000); mAP over the whole ranking, as released"
+            ),
+            topk=50000,
+            train_per_class=500,
+        ),
     }
     default_protocol = "standard"
     image_profile = "natural"

@@ -20,6 +20,9 @@ jobs = 1                     # worker processes of the local executor
 [protocols]                  # optional: dataset → protocol, wins over `protocol`
 cifar10 = "standard"
 
+[method_protocols.cibhash]   # optional: this method's own protocol on a dataset, wins over both
+cifar10 = "cibhash-code"
+
 [params.itq]                 # per-method hyperparameters
 iterations = 50
 
@@ -183,10 +186,17 @@ def load_config(path: Path) -> dict[str, Any]:
             config["params"] = value
         elif key == "protocols":
             config["protocols"] = _string_table(value, where, "dataset = \"protocol name\"")
+        elif key == "method_protocols":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise UserError(f"{where}: expected tables [method_protocols.METHOD] of dataset = \"protocol name\"")
+            config["method_protocols"] = {
+                method: _string_table(table, f"{where}.{method}", "dataset = \"protocol name\"")
+                for method, table in value.items()
+            }
         elif key == "slurm":
             config["slurm"] = _slurm_table(value, where)
         else:
-            known = ", ".join([*_LIST_KEYS, *_SCALAR_KEYS, "params", "protocols", "slurm"])
+            known = ", ".join([*_LIST_KEYS, *_SCALAR_KEYS, "params", "protocols", "method_protocols", "slurm"])
             raise UserError(f"{where}: unknown setting; known settings: {known}")
     if "executor" in config and config["executor"] not in EXECUTORS:
         raise UserError(f"{path}: executor: expected one of {', '.join(EXECUTORS)}, got {config['executor']!r}")

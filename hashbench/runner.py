@@ -53,6 +53,8 @@ class GridSpec:
     split_seed: int = 0
     protocol: str | None = None  # None: each dataset's default protocol
     protocols: dict[str, str] = field(default_factory=dict)  # dataset → protocol, wins over `protocol`
+    # method → {dataset → protocol}: a method's own protocol on a dataset, wins over both
+    method_protocols: dict[str, dict[str, str]] = field(default_factory=dict)
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # method → overrides
     data_root: Path = Path("data")
     results: Path = Path("results")
@@ -156,6 +158,17 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
                 f"a protocol is given for dataset {dataset_name!r}, which is not among the datasets being run "
                 f"({', '.join(datasets)})"
             )
+    for owner, table in spec.method_protocols.items():
+        if owner not in spec.methods:
+            raise UserError(
+                f"[method_protocols.{owner}]: {owner!r} is not among the methods being run ({', '.join(spec.methods)})"
+            )
+        for dataset_name in table:
+            if dataset_name not in datasets:
+                raise UserError(
+                    f"[method_protocols.{owner}]: dataset {dataset_name!r} is not among the datasets being run "
+                    f"({', '.join(datasets)})"
+                )
     method_classes = {name: registry.get_method(name) for name in spec.methods}
     resolved = {
         name: resolve_params(cls.Params, spec.params.get(name, {}), owner=name) for name, cls in method_classes.items()
@@ -163,8 +176,9 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
     cells = []
     for dataset_name in datasets:
         dataset = registry.get_dataset(dataset_name)()
-        protocol = dataset.protocol(spec.protocols.get(dataset_name, spec.protocol))
+        shared = spec.protocols.get(dataset_name, spec.protocol)
         for method in spec.methods:
+            protocol = dataset.protocol(spec.method_protocols.get(method, {}).get(dataset_name, shared))
             for bits in spec.bits:
                 for seed in spec.seeds:
                     cells.append(

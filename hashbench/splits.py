@@ -34,6 +34,12 @@ class SplitProtocol:
     def draw(self, arrays: DatasetArrays, rng: np.random.Generator) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def draw_from_seed(self, arrays: DatasetArrays, split_seed: int) -> dict[str, np.ndarray]:
+        """The split of a split seed: :meth:`draw` with numpy's PCG64 generator seeded with it.
+
+        A protocol that reproduces a released script's own random draw overrides this."""
+        return self.draw(arrays, np.random.default_rng(split_seed))
+
     def summary(self) -> str:
         """One line for the run record: the description and the cut-off."""
         return f"{self.description}; mAP@{self.topk}"
@@ -230,10 +236,10 @@ def check_disjoint(splits: dict[str, np.ndarray], num_items: int, where: str) ->
 
 def draw_split(dataset_name: str, protocol: SplitProtocol, arrays: DatasetArrays, split_seed: int) -> SplitManifest:
     """Draw the split deterministically from the split seed."""
-    # The generator depends only on the split seed: the same seed gives the same split for
-    # every method and every machine (numpy's PCG64 stream is platform independent).
-    rng = np.random.default_rng(split_seed)
-    splits = {name: np.sort(np.asarray(indices, dtype=np.int64)) for name, indices in protocol.draw(arrays, rng).items()}
+    # The draw depends only on the split seed: the same seed gives the same split for every
+    # method and every machine (numpy's generators are platform independent).
+    drawn = protocol.draw_from_seed(arrays, split_seed)
+    splits = {name: np.sort(np.asarray(indices, dtype=np.int64)) for name, indices in drawn.items()}
     check_disjoint(splits, len(arrays), f"{dataset_name}/{protocol.name}")
     return SplitManifest(
         dataset=dataset_name,

@@ -165,3 +165,46 @@ def test_lists_protocol_returns_the_files_split_for_every_seed(dataset):
     assert first.topk == 5000
     with pytest.raises(UserError, match="needs the list files"):
         draw_split(dataset.name, dataset.protocols["lists"], DatasetArrays(labels=labels), split_seed=0)
+
+
+def released_bihalf_cifar_split(class_ids: np.ndarray, train_stop: int) -> dict[str, np.ndarray]:
+    """Transcription of the split loop of Bi-half's ImageHashing/Cifar10_I.py (train_stop 6000)
+    and Cifar10_II.py (train_stop 1500), keeping indices instead of the images they select."""
+    test, database, train = [], [], []
+    for label in range(10):
+        index = np.where(class_ids == label)[0]
+        N = index.shape[0]
+        np.random.seed(0)
+        perm = np.random.permutation(N)
+        index = index[perm]
+        test.append(index[0:1000])
+        database.append(index[1000:6000])
+        train.append(index[1000:train_stop])
+    return {"query": np.concatenate(test), "database": np.concatenate(database), "train": np.concatenate(train)}
+
+
+@pytest.mark.parametrize(("protocol", "train_stop", "sizes"), [
+    ("bihalf-code-i", 6000, {"query": 10000, "database": 50000, "train": 50000}),
+    ("bihalf-code-ii", 1500, {"query": 10000, "database": 50000, "train": 5000}),
+])  # fmt: skip
+def test_cifar_bihalf_code_protocols_draw_the_released_split(cifar_arrays, protocol, train_stop, sizes):
+    class_ids = cifar_arrays.labels.argmax(axis=1)
+    state = np.random.get_state()
+    manifest = draw_split("cifar10", CIFAR10.protocols[protocol], cifar_arrays, split_seed=0)
+    assert np.array_equal(np.random.get_state()[1], state[1])  # numpy's global generator untouched
+    released = released_bihalf_cifar_split(class_ids, train_stop)
+    for name, indices in released.items():
+        assert np.array_equal(manifest.splits[name], np.sort(indices)), name
+    assert {name: indices.size for name, indices in manifest.splits.items()} == sizes
+    assert manifest.topk == (1000 if protocol == "bihalf-code-i" else 50000)
+    # another split seed is another draw
+    other = draw_split("cifar10", CIFAR10.protocols[protocol], cifar_arrays, split_seed=1)
+    assert not np.array_equal(other.splits["query"], manifest.splits["query"])
+
+
+def test_cifar_bihalf_code_refuses_what_the_released_draw_cannot_do(cifar_arrays):
+    with pytest.raises(UserError, match="below 2\\*\\*32.*split seed 0"):
+        draw_split("cifar10", CIFAR10.protocols["bihalf-code-i"], cifar_arrays, split_seed=2**32)
+    small = single_label_arrays(500, 100)
+    with pytest.raises(UserError, match="class 0 has 600 items.*needs 6000"):
+        draw_split("cifar10", CIFAR10.protocols["bihalf-code-i"], small, split_seed=0)

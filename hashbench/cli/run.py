@@ -74,21 +74,35 @@ def build_settings(options: dict, config_path: Path | None, plugins: tuple[str, 
     settings["results"] = os.environ.get("HASHBENCH_RESULTS") or "results"
     settings["data_root"] = os.environ.get("HASHBENCH_DATA") or "data"
     settings["protocols"] = {}
+    settings["method_protocols"] = {}
     settings["slurm"] = {}
     if config_path is not None:
         settings.update(load_config(config_path))
     settings["plugins"] = [*plugins, *settings.get("plugins", [])]
     load_plugins(settings["plugins"])
     params = {owner: dict(values) for owner, values in settings.pop("params", {}).items()}
+    if options.get("methods") and config_path is not None:
+        # --methods picks some of the file's methods: its tables for the others do not apply
+        chosen = set(options["methods"])
+        params = {owner: values for owner, values in params.items() if owner in chosen}
+        settings["method_protocols"] = {
+            owner: table for owner, table in settings["method_protocols"].items() if owner in chosen
+        }
     for owner, values in parse_assignments(options.pop("assignments", ())).items():
         params.setdefault(owner, {}).update(values)
     settings["params"] = params
     protocol_option = options.pop("protocol", None)
     if protocol_option:
         default, per_dataset = parse_protocol_option(protocol_option)
-        if default is not None:  # one protocol for all: the file's per-dataset choices give way
-            settings["protocol"], settings["protocols"] = default, {}
+        # The command line wins: one protocol for all clears the file's per-dataset and
+        # per-method choices; DATASET=NAME replaces them for that dataset.
+        if default is not None:
+            settings["protocol"], settings["protocols"], settings["method_protocols"] = default, {}, {}
         settings["protocols"] = {**settings["protocols"], **per_dataset}
+        settings["method_protocols"] = {
+            method: {dataset: name for dataset, name in table.items() if dataset not in per_dataset}
+            for method, table in settings["method_protocols"].items()
+        }
     slurm_given = [name for name in SLURM_OPTIONS if options.get(name) is not None]
     if options.get("no_wait"):
         slurm_given.append("no_wait")
@@ -124,6 +138,7 @@ def spec_from_settings(settings: dict[str, Any]) -> GridSpec:
         split_seed=settings["split_seed"],
         protocol=settings["protocol"],
         protocols=dict(settings["protocols"]),
+        method_protocols={method: dict(table) for method, table in settings["method_protocols"].items()},
         params=settings["params"],
         data_root=Path(settings["data_root"]),
         results=Path(settings["results"]),
