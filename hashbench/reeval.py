@@ -3,7 +3,9 @@
 As ann-benchmarks recomputes its metrics from stored neighbours: after a metric changes (or
 to fill in one that older records lack) the codes and the split manifest of each ok run are
 evaluated again with the current engine. A run is refused, and left as it is, when its
-``codes.npz`` or its manifest no longer match the hashes in its record. A record is
+``codes.npz`` or its manifest no longer match the hashes in its record, or when its dataset's
+protocol is now another version (the data changed). A dataset made from an embedding file is
+registered again from the settings its records carry (``data.configured``). A record is
 rewritten only when something changed: a metric's value, the metrics version, or a codes
 hash or per-query values that an older record lacked.
 """
@@ -25,7 +27,7 @@ from hashbench.errors import UserError
 from hashbench.metric_table import METRICS_VERSION
 from hashbench.neighbours import relevance_for
 from hashbench.records import RunRecord
-from hashbench.runner import evaluate_codes
+from hashbench.runner import evaluate_codes, protocol_version
 from hashbench.splits import SplitManifest
 from hashbench.store import CODES_NAME, ResultsStore, file_sha256
 
@@ -58,13 +60,18 @@ class _Datasets:
     def __init__(self, data_root: Path, cache_dir: Path | None) -> None:
         self.data_root, self.cache_dir = Path(data_root), cache_dir
         self.loaded: dict[tuple[str, bool], DatasetArrays] = {}
+        self.plugins: dict[str, Any] = {}
 
     def arrays(self, record: RunRecord) -> DatasetArrays:
         dropped = bool(record.data and "dropped_by_reason" in record.data)
         if (record.dataset, dropped) not in self.loaded:
             from hashbench.cache import default_cache_dir
 
+            configured = (record.data or {}).get("configured")
+            if configured is not None and record.dataset not in registry.datasets.names():
+                registry.register_configured(record.dataset, configured)  # an embedding file's dataset
             plugin = registry.get_dataset(record.dataset)()
+            self.plugins[record.dataset] = plugin
             cache = self.cache_dir if self.cache_dir is not None else default_cache_dir(self.data_root)
             arrays = load_dataset(plugin, self.data_root, cache_dir=cache, drop_bad_rows=dropped)
             arrays.dataset = record.dataset
@@ -104,6 +111,14 @@ def _checked_inputs(store: ResultsStore, record: RunRecord) -> tuple[SplitManife
 def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Datasets, now: Callable[[], str]) -> ReevalOutcome:
     manifest, query_codes, database_codes = _checked_inputs(store, record)
     arrays = datasets.arrays(record)
+    # The protocol's version covers what defines the data where it can change (an embedding
+    # file's hash and settings): another version means other labels or neighbours.
+    version = protocol_version(datasets.plugins[record.dataset].protocol(record.protocol))
+    if version != record.protocol_version:
+        raise Refused(
+            f"{record.dataset}/{record.protocol} is version {version} now, {record.protocol_version} when the run was made "
+            "(the data or the protocol changed); rerun the cell"
+        )
     labels = np.asarray(arrays.labels)
     if manifest.num_items != len(labels):
         raise Refused(f"{record.dataset} now has {len(labels)} items, the split manifest {manifest.num_items}: the data changed")

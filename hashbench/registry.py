@@ -16,6 +16,7 @@ a subclass carrying the checked ``settings``.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.util
@@ -205,6 +206,23 @@ def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, A
         if name not in names:
             names.append(name)
     return names
+
+
+def configuration(name: str) -> dict[str, Any] | None:
+    """How the configured dataset ``name`` was made (its plugin kind and settings, as a table
+    :func:`resolve_datasets` takes again), for the run record; None for a registered one."""
+    if name not in _configured:
+        return None
+    kind, settings = _configured[name]
+    values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings or {})
+    return {"kind": kind, **{key: value for key, value in values.items() if value is not None}}
+
+
+def register_configured(name: str, table: Mapping[str, Any]) -> None:
+    """Register ``name`` again from a table written by :func:`configuration` (a run record's)."""
+    if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
+        raise UserError(f"dataset {name}: its run record holds no usable dataset configuration")
+    resolve_datasets([name], {name: dict(table)})
 
 
 def load_plugin(spec: str) -> None:

@@ -217,6 +217,13 @@ def prepare_dataset(
     return PreparedDataset(name, plugin, protocol, arrays, manifest, relevance=relevance)
 
 
+def _provenance(name: str, arrays: DatasetArrays) -> dict[str, Any]:
+    """The record's ``data``: where the data came from, and for a configured dataset (an
+    embedding file) its settings, so that `reeval` can load it again in another process."""
+    configured = registry.configuration(name)
+    return arrays.provenance if configured is None else {**arrays.provenance, "configured": configured}
+
+
 def _feature_dimension(arrays: DatasetArrays) -> int | None:
     features = arrays.features
     return int(features.shape[1]) if isinstance(features, np.ndarray) and features.ndim == 2 else None
@@ -338,7 +345,7 @@ def run_cell(
                 data.manifest.hash,
                 {name: int(indices.size) for name, indices in data.manifest.splits.items()},
             ),
-            data=data.arrays.provenance,
+            data=_provenance(cell.dataset, data.arrays),
             timings=timings,
             peak_memory_mb=_peak_memory_mb(),
             training=context.record or None,

@@ -436,3 +436,37 @@ def test_config_table_and_worker_processes(invoke, results, tmp_path, monkeypatc
     assert {r["split"]["sizes"]["train"] for r in records} == {300}
     assert {r["execution"]["executor"] for r in records} != {"in process"}
     assert "the file's neighbors" in records[0]["data"]["ground_truth"]
+
+
+def test_reeval_loads_an_embedding_files_dataset_from_the_record(invoke, results, tmp_path, monkeypatch):
+    """A fresh process knows no `emb`: reeval registers it from the record's settings, and
+    refuses (one line per run) when the file changed since the run or is gone."""
+    monkeypatch.chdir(tmp_path)
+    vectors, ids = clustered(np.random.default_rng(13), 1500, dimension=16)
+    np.savez("emb.npz", features=vectors, labels=ids)
+    result = invoke("run", "--methods", "lsh", "--datasets", "features:emb.npz", "--bits", "16", "--results", results)
+    assert result.exit_code == 0, result.output
+    (record,) = _records(results)
+    assert record["data"]["configured"] == {
+        "kind": "features", "path": str(tmp_path / "emb.npz"), "neighbours": 100, "topk": 1000, "query_size": 1000,
+        "val_size": 1000,
+    }  # fmt: skip
+    registry.datasets._entries.pop("emb")
+    registry._configured.pop("emb")
+    monkeypatch.chdir(tmp_path.parent)  # the recorded path is absolute
+    reeval = invoke("reeval", "--results", results)
+    assert reeval.exit_code == 0, reeval.output
+    assert "1 unchanged, 0 updated, 0 refused" in reeval.output
+    # same size, other labels: another protocol version, so other relevance, refused
+    np.savez(tmp_path / "emb.npz", features=vectors, labels=(ids + 1) % 8)
+    registry.datasets._entries.pop("emb")
+    registry._configured.pop("emb")
+    reeval = invoke("reeval", "--results", results)
+    assert "0 unchanged, 0 updated, 1 refused" in reeval.output
+    assert "the data or the protocol changed); rerun the cell" in reeval.output
+    (tmp_path / "emb.npz").unlink()
+    registry.datasets._entries.pop("emb")
+    registry._configured.pop("emb")
+    reeval = invoke("reeval", "--results", results)
+    assert "1 refused" in reeval.output and "emb.npz not found" in reeval.output
+    assert _records(results)[0]["metrics"] == record["metrics"]  # nothing rewritten
