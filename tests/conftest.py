@@ -82,3 +82,13 @@ def invoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         return runner.invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def cpu_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with each CPU ranking kernel: the compiled counting kernels (numba, at
+    every problem size) and the numpy sorts (see hashbench.metrics.compiled)."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("HASHBENCH_KERNELS", request.param)
+    return request.param

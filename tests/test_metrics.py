@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hashbench.codes import pack
@@ -118,10 +119,27 @@ def multi_hot(labels, classes):
     return out
 
 
+# The reference of a problem, computed once for both CPU kernels (cpu_kernels runs a test
+# twice on the same problem): keyed by the problem's bytes and the options.
+_REFERENCES: dict[str, dict] = {}
+
+
+def cached_reference(query_bits, database_bits, query_labels, database_labels, **options):
+    digest = hashlib.sha256(repr(sorted(options.items())).encode())
+    for array in (query_bits, database_bits, query_labels, database_labels):
+        array = np.ascontiguousarray(array)
+        digest.update(repr((array.shape, array.dtype.str)).encode())
+        digest.update(array.tobytes())
+    key = digest.hexdigest()
+    if key not in _REFERENCES:
+        _REFERENCES[key] = reference(query_bits, database_bits, query_labels, database_labels, **options)
+    return _REFERENCES[key]
+
+
 def assert_matches_reference(problem, classes=5, **options):
     query_bits, database_bits, query_labels, database_labels = problem
     result = evaluate(query_bits, database_bits, query_labels, database_labels, **options)
-    expected = reference(
+    expected = cached_reference(
         query_bits,
         database_bits,
         multi_hot(query_labels, classes),
@@ -151,19 +169,19 @@ def assert_matches_reference(problem, classes=5, **options):
 @pytest.mark.parametrize("bits", [4, 8, 12, 64])
 @pytest.mark.parametrize("multi_label", [False, True])
 @pytest.mark.parametrize("topk", [None, 1, 17, 150, 200, 1000])
-def test_matches_reference(bits, multi_label, topk):
+def test_matches_reference(bits, multi_label, topk, cpu_kernels):
     rng = np.random.default_rng(bits * 1000 + (topk or 0) + multi_label)
     problem = random_problem(rng, 23, 200, bits, multi_label=multi_label, empty_rows=0.1)
     assert_matches_reference(problem, topk=topk, ks=(1, 5, 50, 200, 500))
 
 
-def test_database_of_one_item_and_single_query():
+def test_database_of_one_item_and_single_query(cpu_kernels):
     rng = np.random.default_rng(1)
     assert_matches_reference(random_problem(rng, 1, 1, 8), topk=10)
     assert_matches_reference(random_problem(rng, 1, 40, 8), topk=10)
 
 
-def test_queries_without_relevant_items_count_as_zero():
+def test_queries_without_relevant_items_count_as_zero(cpu_kernels):
     rng = np.random.default_rng(2)
     query_bits, database_bits, _, _ = random_problem(rng, 6, 50, 8)
     query_labels = np.array([0, 0, 0, 1, 1, 1])
@@ -181,7 +199,7 @@ def test_queries_without_relevant_items_count_as_zero():
     )
 
 
-def test_all_zero_label_rows_are_never_relevant():
+def test_all_zero_label_rows_are_never_relevant(cpu_kernels):
     rng = np.random.default_rng(3)
     problem = random_problem(rng, 15, 120, 8, multi_label=True, empty_rows=0.5)
     assert_matches_reference(problem, topk=30)
@@ -243,14 +261,14 @@ def test_packed_padding_bits_are_ignored():
     )
 
 
-def test_chunk_size_does_not_change_results():
+def test_chunk_size_does_not_change_results(cpu_kernels):
     rng = np.random.default_rng(7)
     problem = random_problem(rng, 31, 150, 8, multi_label=True)
     results = [evaluate(*problem, topk=25, chunk_size=size).to_dict() for size in (1, 4, 31, 1000)]
     assert all(result == results[0] for result in results)
 
 
-def test_mean_average_precision_equals_evaluate_map():
+def test_mean_average_precision_equals_evaluate_map(cpu_kernels):
     rng = np.random.default_rng(8)
     for multi_label in (False, True):
         problem = random_problem(rng, 25, 300, 8, multi_label=multi_label)
@@ -265,6 +283,7 @@ def test_mean_average_precision_equals_evaluate_map():
 def test_map_only_does_not_depend_on_the_cutoff_guess(monkeypatch):
     from hashbench.metrics import kernels
 
+    monkeypatch.setenv("HASHBENCH_KERNELS", "numpy")  # the guess of the numpy kernels
     rng = np.random.default_rng(13)
     problem = random_problem(rng, 20, 400, 10, multi_label=True)
     expected = evaluate(*problem, topk=40).map
@@ -341,7 +360,7 @@ LONG_CODE_BITS = [255, 256, 65535, 65536, 65537]
 
 
 @pytest.mark.parametrize("bits", LONG_CODE_BITS)
-def test_long_codes_match_reference(bits):
+def test_long_codes_match_reference(bits, cpu_kernels):
     rng = np.random.default_rng(bits)
     problem = tie_heavy_problem(rng, bits, 5, 60, multi_label=bits % 2 == 0)
     query_bits, database_bits = problem[:2]
@@ -356,7 +375,7 @@ def test_long_codes_match_reference(bits):
 
 
 @pytest.mark.parametrize("bits", LONG_CODE_BITS)
-def test_long_codes_tie_aware_exact_over_all_tie_orders(bits):
+def test_long_codes_tie_aware_exact_over_all_tie_orders(bits, cpu_kernels):
     rng = np.random.default_rng(bits + 1)
     problem = tie_heavy_problem(rng, bits, 3, 7, multi_label=True)
     query_bits, database_bits, query_labels, database_labels = problem
@@ -458,7 +477,7 @@ def test_tie_aware_matches_monte_carlo(bits, topk, multi_label):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_tie_aware_and_bounds_exact_over_all_tie_orders(seed):
+def test_tie_aware_and_bounds_exact_over_all_tie_orders(seed, cpu_kernels):
     rng = np.random.default_rng(200 + seed)
     database = int(rng.integers(1, 8))
     bits = int(rng.integers(1, 4))
@@ -483,7 +502,7 @@ def test_tie_aware_and_bounds_exact_over_all_tie_orders(seed):
     assert result.map_pessimistic == pytest.approx(np.mean(worst), abs=1e-12)
 
 
-def test_tie_aware_exact_on_a_tiny_case():
+def test_tie_aware_exact_on_a_tiny_case(cpu_kernels):
     # one relevant item at distance 0, then a tie group of 4 items (1 relevant) cut at k = 3:
     # the group's relevant item lands at position 2, 3 or outside, each w.p. 1/4, 1/4, 1/2
     query = np.array([[0, 0]])
@@ -498,7 +517,7 @@ def test_tie_aware_exact_on_a_tiny_case():
     assert result.map_pessimistic == pytest.approx((1 + 2 / 3) / 2)
 
 
-def test_bounds_choose_how_many_relevant_items_enter_a_cut_group():
+def test_bounds_choose_how_many_relevant_items_enter_a_cut_group(cpu_kernels):
     # distance 0: relevant; distance 1: not relevant; distance 2: ten items, one relevant,
     # and k = 3 cuts that group after its first item. Letting the relevant one in gives
     # AP = (1 + 2/3) / 2; keeping it out gives AP = 1: relevant-first is the worst order here.
@@ -600,7 +619,10 @@ def test_one_column_labels_are_refused_as_ambiguous():
 # properties
 
 
-@settings(max_examples=60, deadline=None)
+# cpu_kernels only sets an environment variable, the same for every example
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     seed=st.integers(0, 2**32 - 1),
     bits=st.integers(1, 10),
@@ -610,7 +632,9 @@ def test_one_column_labels_are_refused_as_ambiguous():
     multi_label=st.booleans(),
     bias=st.sampled_from([0.1, 0.5, 0.9]),
 )
-def test_property_matches_reference(seed, bits, queries, database, topk, multi_label, bias):
+def test_property_matches_reference(
+    seed, bits, queries, database, topk, multi_label, bias, cpu_kernels
+):
     rng = np.random.default_rng(seed)
     problem = random_problem(
         rng, queries, database, bits, classes=3, multi_label=multi_label, empty_rows=0.2, bias=bias

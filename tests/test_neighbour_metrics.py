@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from test_metrics import reference, reference_ap
+from test_metrics import cached_reference, reference_ap
 
 from hashbench.codes import pack
 from hashbench.errors import UserError
@@ -57,13 +57,13 @@ def tie_heavy(rng, queries, database, bits, k):
 
 @pytest.mark.parametrize("bits", [2, 4, 8, 64])
 @pytest.mark.parametrize("topk", [None, 1, 7, 50, 500])
-def test_neighbour_relevance_matches_the_reference(bits, topk):
+def test_neighbour_relevance_matches_the_reference(bits, topk, cpu_kernels):
     rng = np.random.default_rng(bits * 100 + (topk or 0))
     query_bits, database_bits, neighbours = tie_heavy(rng, 19, 150, bits, k=10)
     ks = (1, 5, 10, 50, 100, 1000)
     result = evaluate(query_bits, database_bits, relevance=neighbours, topk=topk, ks=ks)
     query_labels, database_labels = relevance_as_labels(neighbours, 150)
-    expected = reference(query_bits, database_bits, query_labels, database_labels, topk=topk, ks=ks)
+    expected = cached_reference(query_bits, database_bits, query_labels, database_labels, topk=topk, ks=ks)
     assert result.map == pytest.approx(expected["map"], abs=1e-12)
     assert result.map_all == pytest.approx(expected["map_all"], abs=1e-12)
     for k in ks:
@@ -77,7 +77,7 @@ def test_neighbour_relevance_matches_the_reference(bits, topk):
     assert result.to_dict() == through_labels.to_dict()
 
 
-def test_recall_at_r_from_1_to_1000_against_a_plain_reference():
+def test_recall_at_r_from_1_to_1000_against_a_plain_reference(cpu_kernels):
     rng = np.random.default_rng(5)
     query_bits, database_bits, neighbours = tie_heavy(rng, 12, 1200, 6, k=25)
     ks = tuple(range(1, 1001, 37)) + (1000,)
@@ -86,7 +86,7 @@ def test_recall_at_r_from_1_to_1000_against_a_plain_reference():
         assert result.recall_at_k[r] == pytest.approx(plain_recall_at(query_bits, database_bits, neighbours, r), abs=1e-12)
 
 
-def test_tie_aware_map_against_neighbours_is_exact_over_all_tie_orders():
+def test_tie_aware_map_against_neighbours_is_exact_over_all_tie_orders(cpu_kernels):
     rng = np.random.default_rng(11)
     for _ in range(8):
         database = int(rng.integers(2, 8))
@@ -113,7 +113,7 @@ def test_tie_aware_map_against_neighbours_is_exact_over_all_tie_orders():
         assert result.map_pessimistic == pytest.approx(np.mean(worst), abs=1e-12)
 
 
-def test_ragged_lists_padding_packed_codes_chunks_and_map_only_agree():
+def test_ragged_lists_padding_packed_codes_chunks_and_map_only_agree(cpu_kernels):
     rng = np.random.default_rng(3)
     query_bits, database_bits, neighbours = tie_heavy(rng, 30, 333, 12, k=9)
     padded = neighbours.copy()

@@ -8,18 +8,22 @@ nearest neighbours, say: see :mod:`hashbench.neighbours`).
 
 Everything is computed per chunk of queries on bit-packed codes (XOR + popcount), so memory is
 bounded by the chunk size and never holds a queries x database float matrix. Relevance rows
-are ORs of per-class bitmaps of the database, or set bit by bit from per-query lists. Distances are small integers, so one sort of
-packed integer keys (distance, database index, relevant bit) per query gives the exact
-stable ranking; from it:
+are ORs of per-class bitmaps of the database, or set bit by bit from per-query lists.
+Distances are small integers, so the exact stable ranking needs no comparison sort: the
+compiled kernels (numba) count, per query, the items and relevant items at each distance,
+and each relevant item's rank follows from its distance group's start and its place inside
+the group in index order (O(database) per query); without numba, one sort of packed integer
+keys (distance, database index, relevant bit) per query gives the same ranking. Both give
+the same values, bit for bit. From the ranking:
 
-* the group boundaries give, per distance, the number of items and of relevant items: N+,
-  the Hamming-radius precision/recall for every radius (the PR curve) and the tie-aware mAP
-  with its bounds in closed form (He et al., CVPR 2018, plus an exact hypergeometric
-  treatment of the group that the cut-off k splits);
-* the positions of the relevant items give mAP@k, mAP over the whole ranking and R_k.
+* per distance, the number of items and of relevant items give N+, the Hamming-radius
+  precision/recall for every radius (the PR curve) and the tie-aware mAP with its bounds in
+  closed form (He et al., CVPR 2018, plus an exact hypergeometric treatment of the group
+  that the cut-off k splits);
+* the ranks of the relevant items give mAP@k, mAP over the whole ranking and R_k.
 
-:func:`mean_average_precision` (mAP@k alone, for per-epoch monitoring) sorts only the items
-within the distance of the k-th item, found from a 1/8 sample of the distances.
+:func:`mean_average_precision` (mAP@k alone, for per-epoch monitoring) ranks only the items
+within the distance of the k-th item, found from a 1/8 sample of the distances (and checked).
 
 Conventions: AP@k = (1/R_k) sum_{i<=k} rel_i P@i, and a query with R_k = 0 counts as 0 in
 the mean over all queries; a cut-off k larger than the database is clipped to the database
@@ -35,9 +39,11 @@ therefore also choose how many relevant items of the cut group enter the top k; 
 optimistic >= tie-aware >= pessimistic, which the plain relevant-first/last orders violate.
 
 Modules: ``inputs`` (checks of options, codes and labels shared by every entry point;
-relevance bitmaps; the chunk size), ``kernels`` (CPU: Hamming distances, rankings),
-``tie_aware`` (the closed forms), ``cuda`` (the rankings with torch on a CUDA device),
-``result`` (:class:`RetrievalResult` and the sums over chunks), ``engine`` (the entry points).
+relevance bitmaps; the chunk size), ``counting`` (CPU: the compiled rankings, numba),
+``compiled`` (which CPU kernels rank; HASHBENCH_KERNELS), ``kernels`` (CPU: the numpy
+Hamming distances and rankings), ``tie_aware`` (the closed forms), ``cuda`` (the rankings
+with torch on a CUDA device), ``result`` (:class:`RetrievalResult` and the sums over
+chunks), ``engine`` (the entry points).
 """
 
 from hashbench.metrics.engine import DEFAULT_KS, evaluate, mean_average_precision

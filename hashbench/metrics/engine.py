@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from hashbench.errors import UserError
-from hashbench.metrics import cuda, kernels
+from hashbench.metrics import compiled, cuda, kernels
 from hashbench.metrics.inputs import Inputs, Options, check_options, prepare
 from hashbench.metrics.result import ChunkResult, RetrievalResult, Summary
 
@@ -23,8 +23,9 @@ T = TypeVar("T")
 def thread_count() -> int:
     """Threads for query chunks: HASHBENCH_THREADS if set, else the usable cores, at most 4.
 
-    numpy releases the GIL inside its loops and sorts, so threads use several cores; each
-    holds one chunk (about 30 MB at the default size), so memory stays bounded.
+    The compiled kernels run without the GIL, as numpy does inside its loops and sorts, so
+    threads use several cores; each holds one chunk (about 30 MB at the default size), so
+    memory stays bounded.
     """
     setting = os.environ.get("HASHBENCH_THREADS", "").strip()
     if setting:
@@ -102,13 +103,21 @@ def evaluate_on(
     radius: int = 2,
     chunk_size: int | None = None,
 ) -> RetrievalResult:
-    """:func:`evaluate` with the rankings computed by torch on ``device``, or by the numpy
-    kernels when ``device`` is None."""
+    """:func:`evaluate` with the rankings computed by torch on ``device``, or by the CPU
+    kernels (compiled or numpy, see :mod:`hashbench.metrics.compiled`) when ``device`` is
+    None."""
     options = check_options(topk, ks, radius, chunk_size)
     inputs = prepare(query_codes, database_codes, query_labels, database_labels, bits, relevance)
     map_k = inputs.map_k(options.topk)
+    use_compiled = device is None and compiled.enabled(inputs.num_queries * inputs.num_database)
     summary = Summary(
-        inputs.bits, inputs.num_database, map_k, options.topk, options.ks, options.radius
+        inputs.bits,
+        inputs.num_database,
+        map_k,
+        options.topk,
+        options.ks,
+        options.radius,
+        compiled.boundary_terms if use_compiled else None,
     )
     chunks = inputs.chunks(options.chunk_size)
     if device is not None:
@@ -117,23 +126,29 @@ def evaluate_on(
             for ranking in cuda.rankings(inputs, map_k, options.ks, chunks, device)
         )
     else:
-        parts = map_in_order(_cpu_chunk(inputs, options, summary), chunks)
+        parts = map_in_order(_cpu_chunk(inputs, options, summary, use_compiled), chunks)
     for part in parts:
         summary.add(part)
     return summary.result()
 
 
 def _cpu_chunk(
-    inputs: Inputs, options: Options, summary: Summary
+    inputs: Inputs, options: Options, summary: Summary, use_compiled: bool
 ) -> Callable[[slice], ChunkResult]:
     map_k = inputs.map_k(options.topk)
     ks_clipped = tuple(min(k, inputs.num_database) for k in options.ks)
 
     def run(rows: slice) -> ChunkResult:
-        distances = kernels.hamming(inputs.query_words[rows], inputs.database_words, inputs.bits)
-        ranking = kernels.whole_ranking(
-            distances, inputs.relevance.bit_rows(rows), inputs.groups, map_k, ks_clipped
-        )
+        query_words = inputs.query_words[rows]
+        bit_rows = inputs.relevance.bit_rows(rows)
+        ranking = None
+        if use_compiled:
+            ranking = compiled.whole_ranking(
+                query_words, inputs.database_words, bit_rows, inputs.bits, map_k, ks_clipped
+            )
+        if ranking is None:
+            distances = kernels.hamming(query_words, inputs.database_words, inputs.bits)
+            ranking = kernels.whole_ranking(distances, bit_rows, inputs.groups, map_k, ks_clipped)
         return summary.chunk_result(ranking)
 
     return run
@@ -175,10 +190,18 @@ def mean_average_precision(
     size = inputs.num_database
     map_k = inputs.map_k(options.topk)
     groups = inputs.groups
+    use_compiled = compiled.enabled(inputs.num_queries * size)
 
     def run(rows: slice) -> np.ndarray:
-        distances = kernels.hamming(inputs.query_words[rows], inputs.database_words, inputs.bits)
+        query_words = inputs.query_words[rows]
         bit_rows = inputs.relevance.bit_rows(rows)
+        if use_compiled:
+            ap = compiled.head_average_precision(
+                query_words, inputs.database_words, bit_rows, inputs.bits, map_k
+            )
+            if ap is not None:
+                return ap
+        distances = kernels.hamming(query_words, inputs.database_words, inputs.bits)
         if map_k == size:
             return kernels.whole_ranking(distances, bit_rows, groups, map_k, ()).ap
         thresholds = kernels.guess_thresholds(distances, map_k, groups)

@@ -17,9 +17,9 @@ from hashbench.errors import UserError
 from hashbench.labels import check_label_shape, to_multi_hot
 
 # Query x database pairs per chunk when no chunk size is given. On the CPU a chunk holds its
-# distances (1 byte per pair up to 255 bits) and relevance bits (1/8 byte), about 28 MB,
-# while per-query buffers are O(database); large enough that numpy's per-call overhead is
-# negligible.
+# relevance bits (1/8 byte per pair) and, with the numpy kernels, its distances (1 byte per
+# pair up to 255 bits), about 28 MB in all, while per-query buffers are O(database); large
+# enough that the per-call overhead is negligible.
 CHUNK_PAIRS = 24 * 2**20
 # Per-distance tables (items, relevant items, the tie-aware terms) cost about this many pairs'
 # worth of memory per query and distance; it matters only for long codes.
@@ -177,7 +177,8 @@ class Relevance:
         ]
 
     def bit_rows(self, rows: slice) -> np.ndarray:
-        """Relevance of every database item to the queries ``rows``: packed bits (c, N/8)."""
+        """Relevance of every database item to the queries ``rows``: packed bits, C-contiguous
+        (c, at least N/8 bytes; the bits past item N - 1 are zero)."""
         classes = self.query_classes[rows]
         label_count = self.label_count[rows]
         out = np.zeros((classes.shape[0], self.bitmaps.shape[1]), dtype=np.uint64)
@@ -187,7 +188,7 @@ class Relevance:
                 out |= self.bitmaps[classes[:, slot]]
             else:
                 out[members] |= self.bitmaps[classes[members, slot]]
-        return out.view(np.uint8)[:, : self.row_bytes]
+        return out.view(np.uint8)  # whole words: no copy to make the rows contiguous
 
 
 def neighbour_lists(neighbours: Any, num_queries: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +246,8 @@ class NeighbourRelevance:
         self.row_bytes = -(-size // 8)
 
     def bit_rows(self, rows: slice) -> np.ndarray:
-        """Relevance of every database item to the queries ``rows``: packed bits (c, N/8)."""
+        """Relevance of every database item to the queries ``rows``: packed bits, C-contiguous
+        (c, ceil(N/8))."""
         start, stop, _ = rows.indices(self.indptr.size - 1)
         count = max(0, stop - start)
         ids = self.indices[self.indptr[start] : self.indptr[stop]] if count else self.indices[:0]

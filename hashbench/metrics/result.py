@@ -9,7 +9,7 @@ sums do not depend on the chunk size.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,9 +114,11 @@ class ChunkResult:
     recall_radius: np.ndarray  # (c, groups)
 
 
-def chunk_result(ranking: Ranking, map_k: int, tables: Tables) -> ChunkResult:
+def chunk_result(
+    ranking: Ranking, map_k: int, tables: Tables, boundary_terms: Callable | None = None
+) -> ChunkResult:
     tie, optimistic, pessimistic = tie_aware(
-        ranking.counts, ranking.relevant_counts, map_k, tables
+        ranking.counts, ranking.relevant_counts, map_k, tables, boundary_terms
     )
     positives = ranking.relevant_counts.sum(1)
     within = np.cumsum(ranking.counts, axis=1).astype(np.float64)
@@ -155,9 +157,18 @@ class Summary:
     """Means over all queries of the per-query values of every chunk, added in query order."""
 
     def __init__(
-        self, bits: int, size: int, map_k: int, topk: int | None, ks: Sequence[int], radius: int
+        self,
+        bits: int,
+        size: int,
+        map_k: int,
+        topk: int | None,
+        ks: Sequence[int],
+        radius: int,
+        boundary_terms: Callable | None = None,
     ) -> None:
+        """``boundary_terms``: the compiled tie-aware terms (see :func:`tie_aware`), or None."""
         self.bits = bits
+        self.boundary_terms = boundary_terms
         self.size = size
         self.map_k = map_k
         self.topk = topk
@@ -170,7 +181,7 @@ class Summary:
         self.recall_total = np.zeros(bits + 1)
 
     def chunk_result(self, ranking: Ranking) -> ChunkResult:
-        return chunk_result(ranking, self.map_k, self.tables)
+        return chunk_result(ranking, self.map_k, self.tables, self.boundary_terms)
 
     def add(self, part: ChunkResult) -> None:
         """Add the next chunk (chunks must come in query order)."""

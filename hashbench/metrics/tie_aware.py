@@ -6,7 +6,12 @@ the same code serves the CPU and the CUDA paths.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+
+# expected (tie-aware), best and worst AP@k per query
+Terms = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class Tables:
@@ -26,8 +31,12 @@ class Tables:
 
 
 def tie_aware(
-    counts: np.ndarray, relevant_counts: np.ndarray, depth: int, tables: Tables
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    counts: np.ndarray,
+    relevant_counts: np.ndarray,
+    depth: int,
+    tables: Tables,
+    boundary_terms: Callable[..., Terms | None] | None = None,
+) -> Terms:
     """Expected, best and worst AP@depth per query over random orders inside distance ties.
 
     counts / relevant_counts: (c, groups) items and relevant items at each distance.
@@ -35,6 +44,10 @@ def tie_aware(
     2018); for the group cut by the boundary, the number X of its relevant items entering the
     top ``depth`` is hypergeometric, and since AP@k divides by R_k = R_before + X the
     expectation is taken exactly by conditioning on every value of X.
+
+    ``boundary_terms`` (:func:`hashbench.metrics.compiled.boundary_terms`) computes the
+    terms of every value of X with the compiled kernels, the same values bit for bit; when
+    it is None or returns None, numpy does.
     """
     count, groups = counts.shape
     n = counts.astype(np.int64)
@@ -72,6 +85,31 @@ def tie_aware(
     taken = depth - before_b  # positions of the boundary group inside the top depth (>= 1)
     low = np.maximum(0, taken - (size_b - relevant_b))
     high = np.minimum(taken, relevant_b)
+    per_query = (low, high, size_b, relevant_b, taken, before_b, relevant_before_b)
+    if boundary_terms is not None:
+        values = boundary_terms(*per_query, expected_full, first, last, tables)
+        if values is not None:
+            return values
+    return _boundary_terms(*per_query, expected_full, first, last, tables)
+
+
+def _boundary_terms(
+    low: np.ndarray,
+    high: np.ndarray,
+    size_b: np.ndarray,
+    relevant_b: np.ndarray,
+    taken: np.ndarray,
+    before_b: np.ndarray,
+    relevant_before_b: np.ndarray,
+    expected_full: np.ndarray,
+    first: np.ndarray,
+    last: np.ndarray,
+    tables: Tables,
+) -> Terms:
+    """Expected, best and worst AP per query from every number X in low..high of the boundary
+    group's relevant items that enter the top k, given the full groups' sums."""
+    count = low.size
+    index = np.arange(count)
     spans = high - low + 1
     query = np.repeat(index, spans)
     offsets = np.concatenate(([0], np.cumsum(spans)[:-1]))
