@@ -3,11 +3,16 @@
 Run ``python benchmarks/bench_metrics.py`` for the table of the issue (MS-COCO and NUS-WIDE
 scales at 16/32/64 bits), or ``pytest benchmarks/bench_metrics.py --benchmark-enable`` for
 pytest-benchmark timings of the COCO-scale 64-bit case.
+
+The main columns use the kernels HASHBENCH_KERNELS chooses (at these scales: the compiled
+counting kernels); the ``numpy kernels`` columns time the same calls with
+HASHBENCH_KERNELS=numpy (``--no-numpy-kernels`` skips them).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 import tracemalloc
@@ -15,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashbench.metrics import DEFAULT_KS, evaluate, mean_average_precision
+from hashbench.errors import UserError
+from hashbench.metrics import DEFAULT_KS, compiled, evaluate, mean_average_precision
 from hashbench.metrics.engine import thread_count
 
 
@@ -219,8 +225,56 @@ def peak_bytes(function) -> int:
     return peak
 
 
+class kernels_set_to:
+    """HASHBENCH_KERNELS set to ``value`` inside the block."""
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __enter__(self) -> None:
+        self.saved = os.environ.get("HASHBENCH_KERNELS")
+        os.environ["HASHBENCH_KERNELS"] = self.value
+
+    def __exit__(self, *exc) -> None:
+        if self.saved is None:
+            del os.environ["HASHBENCH_KERNELS"]
+        else:
+            os.environ["HASHBENCH_KERNELS"] = self.saved
+
+
+def kernel_start() -> str:
+    """Which kernels the main columns use, and what their first use in this process cost
+    (importing numba and loading the cached kernels, or compiling them)."""
+    size = 1_000
+    rng = np.random.default_rng(0)
+    codes = rng.random((size, 64)) < 0.5
+    labels = rng.integers(0, 10, size)
+    start = time.perf_counter()
+    use = compiled.enabled(compiled.MIN_PAIRS)
+    if not use:
+        return "CPU kernels: numpy (" + (compiled._module.get("reason") or "HASHBENCH_KERNELS") + ")"
+    import numba
+
+    try:
+        with kernels_set_to("numba"):
+            evaluate(codes[:10], codes, labels[:10], labels)
+    except UserError as error:  # a kernel did not compile: the numpy kernels rank
+        return f"CPU kernels: numpy ({error})"
+    seconds = time.perf_counter() - start
+    return (
+        f"CPU kernels: compiled (numba {numba.__version__}); importing numba and loading or "
+        f"compiling the kernels took {seconds:.2f} s before the timings"
+    )
+
+
 def run_case(
-    scale: Scale, bits: int, repeat: int, reference_queries: int, use_faiss: bool, gpu: bool
+    scale: Scale,
+    bits: int,
+    repeat: int,
+    reference_queries: int,
+    use_faiss: bool,
+    gpu: bool,
+    numpy_kernels: bool,
 ) -> dict:
     query, database, query_labels, database_labels = synthetic(scale, bits)
     args = (query, database, query_labels, database_labels)
@@ -228,6 +282,18 @@ def run_case(
         lambda: mean_average_precision(*args, bits=bits, topk=scale.topk), repeat
     )
     seconds_full, result = timed(lambda: evaluate(*args, bits=bits, topk=scale.topk), repeat)
+    same = {"mAP-only path": abs(value_map - result.map) < 1e-12}
+    numpy_times = {}
+    if numpy_kernels:
+        with kernels_set_to("numpy"):
+            numpy_times["numpy_map"], numpy_map = timed(
+                lambda: mean_average_precision(*args, bits=bits, topk=scale.topk), repeat
+            )
+            numpy_times["numpy_full"], numpy_result = timed(
+                lambda: evaluate(*args, bits=bits, topk=scale.topk), repeat
+            )
+        # the two kernels agree bit for bit
+        same["numpy kernels"] = numpy_map == value_map and numpy_result.to_dict() == result.to_dict()
     peak = max(
         peak_bytes(lambda: mean_average_precision(*args, bits=bits, topk=scale.topk)),
         peak_bytes(lambda: evaluate(*args, bits=bits, topk=scale.topk)),
@@ -241,7 +307,8 @@ def run_case(
         "seconds_map": seconds_map,
         "seconds_full": seconds_full,
         "peak_mib": peak / 2**20,
-        "same": {"mAP-only path": abs(value_map - result.map) < 1e-12},
+        "same": same,
+        **numpy_times,
     }
     if reference_queries:
         count = min(reference_queries, scale.queries)
@@ -296,14 +363,18 @@ def _seconds(row: dict, key: str) -> str:
     return f"{row[key]:.2f}" if key in row else "-"
 
 
-def format_row(row: dict, references: bool, gpu: bool) -> str:
+def format_row(row: dict, references: bool, gpu: bool, numpy_kernels: bool) -> str:
     text = (
         f"| {row['scale']} | {row['bits']} | {row['map']:.4f} | {row['map_tie_aware']:.4f} | "
         f"{row['span']:.4f} | {row['seconds_map']:.2f} |"
     )
+    if numpy_kernels:
+        text += f" {_seconds(row, 'numpy_map')} |"
     if references:
         text += f" {_seconds(row, 'argsort_map')} | {_seconds(row, 'faiss_map')} |"
     text += f" {row['seconds_full']:.2f} |"
+    if numpy_kernels:
+        text += f" {_seconds(row, 'numpy_full')} |"
     if references:
         text += f" {_seconds(row, 'argsort_full')} | {_seconds(row, 'faiss_full')} |"
     if gpu:
@@ -326,17 +397,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-faiss", action="store_true", help="skip faiss even when importable")
     parser.add_argument("--gpu", action="store_true", help="also time CUDA tensors")
+    parser.add_argument(
+        "--no-numpy-kernels",
+        action="store_true",
+        help="skip the columns timed with HASHBENCH_KERNELS=numpy",
+    )
     options = parser.parse_args(argv)
     references = options.reference_queries > 0
+    numpy_kernels = not options.no_numpy_kernels
     use_faiss = references and not options.no_faiss and faiss_available()
     if use_faiss:
         import faiss
 
         faiss.omp_set_num_threads(thread_count())  # the threads hashbench uses
+    print(
+        f"{os.cpu_count()} cores, {thread_count()} threads; load average "
+        + " ".join(f"{load:.2f}" for load in os.getloadavg())
+    )
+    print(kernel_start())
     header = "| scale | bits | mAP@k | tie-aware | opt-pess span | s mAP only |"
+    if numpy_kernels:
+        header += " numpy kernels |"
     if references:
         header += " argsort | faiss |"
     header += " s full |"
+    if numpy_kernels:
+        header += " numpy kernels |"
     if references:
         header += " argsort | faiss |"
     if options.gpu:
@@ -359,10 +445,12 @@ def main(argv: list[str] | None = None) -> None:
                 options.reference_queries,
                 use_faiss,
                 options.gpu,
+                numpy_kernels,
             )
-            print(format_row(row, references, options.gpu), flush=True)
+            print(format_row(row, references, options.gpu, numpy_kernels), flush=True)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     print(f"process peak RSS {usage.ru_maxrss / 2**10:.0f} MiB")
+    print("load average " + " ".join(f"{load:.2f}" for load in os.getloadavg()))
 
 
 # pytest-benchmark: pytest benchmarks/bench_metrics.py --benchmark-enable
