@@ -279,8 +279,11 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
     ``order`` ``(n, 4)`` is a permutation of 0..3 per image, as torchvision draws one per call.
     """
     images = images.clone()
+    grey = images.shape[1] == 1
     for slot in range(4):
         for operation, adjust in enumerate(_ADJUSTMENTS):
+            if grey and adjust in (adjust_saturation, adjust_hue):
+                continue  # the identity on grey images: no need to gather and scatter them
             chosen = torch.nonzero(order[:, slot] == operation).flatten()
             if chosen.numel():
                 images[chosen] = adjust(images[chosen], factors[chosen, operation])

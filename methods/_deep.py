@@ -12,7 +12,12 @@
   :class:`ReleasedBudget`);
 * the deviations from the released code that remain (``deviations``), recorded as a list
   of short strings;
-* the run's device, seeds and CPU thread budget (1 thread for the tiny profile on the CPU);
+* the tiny profile's budget (:class:`TinyBudget`): its epochs on small training sets, capped
+  at a number of optimiser steps on larger ones (``settings.max_steps``);
+* the run's device, seeds and CPU thread budget (:func:`thread_count`: for the tiny profile
+  on the CPU, 2 threads for images of at least 256 values, such as 28×28, which also train
+  and encode in channels-last memory format, ``settings.memory_format``; 1 thread for
+  smaller images, such as 8×8 digits, and for feature methods);
 * the :class:`~hashbench.training.Trainer` with its checkpoint fingerprint and the
   validation score (mAP of the validation split against the training split, over the full
   ranking or at a cut-off);
@@ -52,6 +57,11 @@ if TYPE_CHECKING:
 
 FEATURE_ENCODE_BATCH = 1024
 IMAGE_ENCODE_BATCH = 256
+# The tiny profile on the CPU: images of at least PARALLEL_ITEM_VALUES values (pixels ×
+# channels) train and encode with up to PARALLEL_THREADS intra-op threads, in channels-last
+# memory format (see thread_count).
+PARALLEL_ITEM_VALUES = 256
+PARALLEL_THREADS = 2
 # Feature-input methods train for thousands of sub-second epochs (TBH's released budget is
 # 100,000 steps): checkpoint at most once a minute rather than after every epoch.
 CHECKPOINT_SECONDS = 60.0
@@ -83,6 +93,9 @@ class DeepSettings:
     # resolve_settings) and of the released code's run (paper profiles; None otherwise).
     steps: int = field(default=0, kw_only=True)
     released_steps: int | None = field(default=None, kw_only=True)
+    # The tiny profile's cap on the optimiser steps of its default epochs (TinyBudget); None
+    # for the paper profile and where the epochs were asked for.
+    max_steps: int | None = field(default=None, kw_only=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +138,34 @@ class ReleasedBudget:
         return max(1, round(steps / steps_per_epoch(items, batch_size)))
 
 
+@dataclass(frozen=True)
+class TinyBudget:
+    """The tiny profile's budget: ``epochs`` passes over a small training set, at most
+    ``max_steps`` optimiser steps on a larger one.
+
+    The epochs were chosen for digits' 500 training images; a training set ten times larger
+    would get ten times the steps. ``max_steps`` is at least the steps the epochs make on
+    digits, so that digits' budget is unchanged, and larger sets train for as many whole
+    epochs as fit in it (at least one). Validation every ``eval_every`` epochs; where the
+    epochs are capped the interval shrinks with them, so a run validates as often.
+    """
+
+    epochs: int
+    eval_every: int
+    max_steps: int
+
+    def schedule(self, items: int, batch_size: int) -> dict[str, int]:
+        """``epochs`` and ``eval_every`` for ``items`` training items in batches of ``batch_size``."""
+        epochs = min(self.epochs, max(1, self.max_steps // steps_per_epoch(items, batch_size)))
+        if epochs == self.epochs or self.eval_every == 0:
+            return {"epochs": epochs, "eval_every": self.eval_every}
+        return {"epochs": epochs, "eval_every": max(1, round(self.eval_every * epochs / self.epochs))}
+
+    def describe(self) -> str:
+        """For a deviation: "100 epochs, at most 800 steps"."""
+        return f"{self.epochs:,} epochs, at most {self.max_steps:,} steps"
+
+
 def training_set_deviation(items: int, released_items: int, released: str) -> list[str]:
     """The deviation of training on the protocol's split instead of the released images."""
     if items == released_items:
@@ -152,15 +193,45 @@ def declared_profile(dataset: str) -> str | None:
     return {"natural": "paper", "tiny": "tiny"}.get(declared) if isinstance(declared, str) else None
 
 
-def thread_count(requested: int | None, profile: str, device: torch.device) -> int | None:
-    """Intra-op CPU threads of a run: as asked, else 1 for the tiny profile on the CPU.
+def large_images(image_values: int) -> bool:
+    """Whether images of ``image_values`` values (pixels × channels) are large enough for
+    parallel kernels and channels-last batches (the tiny profile on the CPU)."""
+    return image_values >= PARALLEL_ITEM_VALUES
 
-    The tiny networks gain nothing from parallel kernels and lose a lot to waiting threads on
-    a busy machine; one thread also makes CPU results independent of the core count.
+
+def thread_count(requested: int | None, profile: str, device: torch.device, image_values: int = 0) -> int | None:
+    """Intra-op CPU threads of a run: as asked; for the tiny profile on the CPU, by input;
+    otherwise None (torch's setting as it is).
+
+    ``image_values``: pixels × channels of the images an image method trains on (0 for a
+    feature method). Tiny profile: up to ``PARALLEL_THREADS`` (2) threads for images of at
+    least ``PARALLEL_ITEM_VALUES`` (256) values, such as 28×28, never more than the process's
+    own thread budget (a worker's share under ``--jobs``, Slurm's CPUs); 1 thread otherwise.
+    Measured on two idle cores (benchmarks/README.md): two threads make a 28×28 step of
+    CIBHash's small backbone 1.5 times faster, BGAN's 1.5 times, encoding 1.7 times; an 8×8
+    digits step several times slower (its kernels are too small to share); the feature
+    methods' dense layers on 784 pixel values gain little (TBH 1.1 times, GreedyHash
+    nothing). On a machine where another process keeps a core busy, two threads wait for
+    each other at every kernel and a 28×28 step becomes several times slower than on one
+    thread: ask ``cpu_threads=1`` there (or run with ``--jobs``, whose workers share the cores).
+
+    The count is recorded (``settings.cpu_threads``). torch's CPU kernels may split a reduction
+    (a weight gradient, batch-norm statistics) by thread, so the last bits of a result, and
+    after many steps the codes, can depend on the thread count: one thread makes digits'
+    results independent of the machine; on larger images, the fixed count of two makes them
+    the same on every machine with at least two cores (and the same instruction set), not
+    only on the one that ran them. Ask ``cpu_threads`` for more threads, or to repeat a run
+    exactly where fewer cores are free.
     """
     if requested is not None:
         return requested
-    return 1 if profile == "tiny" and device.type == "cpu" else None
+    if profile != "tiny" or device.type != "cpu":
+        return None
+    if not large_images(image_values):
+        return 1
+    import torch
+
+    return max(1, min(PARALLEL_THREADS, torch.get_num_threads()))
 
 
 def backbone_features(split: DataSplit) -> Any | None:
@@ -303,14 +374,37 @@ class DeepHashingMethod(HashingMethod):
 
         self.device = setup(self.context)
         self.settings = self.resolve_settings(train)
-        self.threads = thread_count(self.params.cpu_threads, self.settings.profile, self.device)
+        self.input_shape = self._input_shape(train)
+        image_values = math.prod(self.input_shape) if self.input == "images" else 0
+        self.threads = thread_count(self.params.cpu_threads, self.settings.profile, self.device, image_values)
+        # Channels-last images on the CPU: oneDNN's convolutions, batch norm and pooling run
+        # faster on them (a 28×28 step of the small backbone about 1.3 times on one thread).
+        self.channels_last = self.device.type == "cpu" and self.settings.profile == "tiny" and large_images(image_values)
         with cpu_threads(self.threads):
-            self.input_shape = self._input_shape(train)
             threads = torch.get_num_threads()
-            self.context.record.update(settings={**asdict(self.settings), "cpu_threads": threads}, cpu_threads=threads)
+            self.context.record.update(
+                settings={**asdict(self.settings), "cpu_threads": threads, "memory_format": self.memory_format_name},
+                cpu_threads=threads,
+            )
             self.train_model(train, val)
         self.context.record["deviations"] = self.deviations(train)
         self.model.eval()
+
+    @property
+    def memory_format_name(self) -> str:
+        """How image batches are laid out on the CPU: ``channels_last`` or ``contiguous``."""
+        return "channels_last" if getattr(self, "channels_last", False) else "contiguous"
+
+    def to_memory_format(self, tensor: torch.Tensor) -> torch.Tensor:
+        """An image batch (or a module) in the run's CPU memory format (unchanged unless
+        channels-last; CUDA layouts are the methods' own)."""
+        if not getattr(self, "channels_last", False):
+            return tensor
+        import torch
+
+        if isinstance(tensor, torch.Tensor):
+            return tensor.contiguous(memory_format=torch.channels_last)
+        return tensor.to(memory_format=torch.channels_last)
 
     def run_trainer(
         self,
@@ -352,6 +446,9 @@ class DeepHashingMethod(HashingMethod):
                 "dataset": train.dataset,
                 "train": [len(train), *self.input_shape],
                 "val": len(val) if val is not None else 0,
+                # The thread count and the memory format change the last bits of a step.
+                "cpu_threads": self.context.record.get("cpu_threads"),
+                "memory_format": self.memory_format_name,
                 **dict(fingerprint or {}),
             },
             schedulers=schedulers,

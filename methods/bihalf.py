@@ -19,7 +19,7 @@ Input, ``feature_dropout`` and profiles as GreedyHash (:mod:`hashbench.methods.g
 ``paper`` the above, fc7 run live on cached fc6 features with both dropouts, its epochs,
 validation and decay intervals scaled so that the released steps are kept (2,987 epochs for
 5,000 training images, the decay every 1,195); ``tiny`` centred pixels, Adam (lr 1e-3),
-batch 100, 100 epochs.
+batch 100, 100 epochs, at most 5,000 steps.
 
 Deviations (``training.deviations``): the best validated epoch is kept (the released code
 prints the test mAP every 10 epochs and keeps the last); the hash layer is initialised from
@@ -28,7 +28,8 @@ training split instead of the 50,000 images (the step count is kept).
 
 Versions: 1, the first (one dropout on cached fc7); 2, fc7 live on cached fc6 with both
 dropouts, and the paper profile's epochs, validation and decay intervals from the released
-step counts.
+step counts; 3, the tiny profile's 5,000-step cap (training sets of more than 5,000 items;
+digits' runs unchanged).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ RELEASED_LR_STEP = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BA
 
 class BiHalf(SimilarityPreservingHash):
     name = "bihalf"
-    version = "2"
+    version = "3"
     description = "Bi-half (Li & van Gemert 2021): per-bit half/half split of the batch, cosine-similarity loss"
     Params = BiHalfParams
     # epochs, eval_every, lr_step: from the released budget.

@@ -22,7 +22,8 @@ Profiles: ``paper`` (the above; its epochs are the released steps on this traini
 ``training.settings`` has ``steps``, ``epochs``, ``released_steps``; 598 epochs for 5,000
 training images, 60 for 50,000); ``tiny`` for the pixels of tiny images on a CPU: centred
 features (the cosine similarity of raw non-negative pixels is high for every pair), no
-dropout, Adam (lr 1e-3), batch 100, 100 epochs; ``auto``: ``paper`` on backbone features,
+dropout, Adam (lr 1e-3), batch 100, 100 epochs, at most 5,000 steps (100 epochs of 5,000
+items; ``training.settings``: ``max_steps``), one CPU thread; ``auto``: ``paper`` on backbone features,
 ``tiny`` on a dataset's own vectors.
 
 Deviations (``training.deviations``): model selection on the validation split when there is
@@ -30,7 +31,8 @@ one, else the last epoch (the released code scored the test queries); the protoc
 training split instead of the 50,000 CIFAR-10 training images (the step count is kept).
 
 Versions: 1, the first (one dropout on cached fc7); 2, fc7 live on cached fc6 with both
-dropouts, and the paper profile's epochs from the released step count.
+dropouts, and the paper profile's epochs from the released step count; 3, the tiny
+profile's 5,000-step cap (training sets of more than 5,000 items; digits' runs unchanged).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ RELEASED_BUDGET_16 = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_
 
 class GreedyHash(SimilarityPreservingHash):
     name = "greedyhash"
-    version = "2"
+    version = "3"
     description = "GreedyHash (Su et al. 2018), unsupervised: sign layer with straight-through gradient, cosine-similarity loss + cubic |h|=1 penalty"
     Params = GreedyHashParams
     # epochs, eval_every, lr_step: from the released budget.

@@ -73,5 +73,5 @@ def test_describing_every_method_imports_no_heavy_library():
     *output, heavy = _run(DESCRIBE)
     described = json.loads(output[-1])
     assert {"cibhash", "clhash", "tbh", "bgan", "greedyhash", "bihalf", "lsh"} <= set(described)
-    assert described["cibhash"][0] == "2" and described["cibhash"][3]["beta"] == "0.001"
+    assert described["cibhash"][0] == "3" and described["cibhash"][3]["beta"] == "0.001"
     assert json.loads(heavy) == []
