@@ -278,7 +278,6 @@ def print_table(rows: list[dict[str, Any]], reference: dict[str, float]) -> None
 
 
 def profile_method(name: str, steps: int, bits: int, train: Any, everything: Any, overrides: dict[str, str]) -> None:
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from hashbench.data import DataSplit
@@ -306,7 +305,6 @@ def profile_method(name: str, steps: int, bits: int, train: Any, everything: Any
     profiler_py.disable()
     print(f"\n{name}: the same fit under cProfile (cumulative time, top 25)")
     pstats.Stats(profiler_py).sort_stats("cumulative").print_stats(25)
-    del torch
 
 
 def _print_ops(profiler: Any, rows: int = 15) -> None:
