@@ -1,4 +1,4 @@
-"""The deep methods' tiny profiles on a CPU, on data of MNIST's shape (issue #14).
+"""The deep methods' tiny profiles on a CPU, on data of MNIST's shape.
 
 Timing (the default): synthetic 28×28 grey images of 10 classes, 70,000 in all (each class a
 random stroke prototype, each image that prototype shifted, thickened and noised); every

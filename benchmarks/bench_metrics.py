@@ -1,6 +1,6 @@
 """Speed of hashbench.metrics against the per-query argsort evaluation of research code.
 
-Run ``python benchmarks/bench_metrics.py`` for the table of the issue (MS-COCO and NUS-WIDE
+Run ``python benchmarks/bench_metrics.py`` for the table at the datasets' scales (MS-COCO and NUS-WIDE
 scales at 16/32/64 bits), or ``pytest benchmarks/bench_metrics.py --benchmark-enable`` for
 pytest-benchmark timings of the COCO-scale 64-bit case.
 

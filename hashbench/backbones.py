@@ -373,7 +373,7 @@ class SmallConvNet(nn.Module):
     channels), no stem. 28×28: the stem to 14×14 (16 channels), then stages of 32 and 64
     channels (14 → 7 → 3). 32×32: the stem to 16×16, then 32 and 64 channels (16 → 8 → 4).
 
-    Why (issue #14): without the stem, 28×28 images went through three two-convolution
+    Why: without the stem, 28×28 images went through three two-convolution
     stages (32, 64 and 128 channels) from the full resolution, 29 M multiply-adds per image,
     and a 28×28×32 map moved through memory three times per layer; on two CPU cores a
     5,000-image training set took about half a second a step and encoding 70,000 images a

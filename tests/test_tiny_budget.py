@@ -1,5 +1,5 @@
 """The tiny profiles on larger training sets: step caps, the thread rule, channels-last images,
-the small backbone's stem, and the grey colour jitter's shortcut (issue #14)."""
+the small backbone's stem, and the grey colour jitter's shortcut."""
 
 from __future__ import annotations
 
