@@ -53,6 +53,24 @@ TINY_MAX_STEPS = 5_000  # the tiny profile's cap on optimiser steps
 
 
 @dataclass(frozen=True)
+class ReleasedScript:
+    """The released training script a paper profile follows on one dataset.
+
+    ``budget``: its optimiser steps and scoring interval; ``lr_step``: steps between its ×0.1
+    learning-rate decays (0: none); ``train_images``: its training-set size, described by
+    ``trained_on``; ``settings``: what it sets differently from the method's ``PAPER``
+    defaults; ``deviations``: what hashbench still does differently there.
+    """
+
+    budget: ReleasedBudget
+    lr_step: int = 0
+    train_images: int = RELEASED_TRAIN_IMAGES
+    trained_on: str = "50,000 CIFAR-10 images"
+    settings: dict[str, Any] = field(default_factory=dict)
+    deviations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SimilarityHashParams(DeepParams):
     """Hyperparameters shared by GreedyHash and Bi-half; None: the profile's value."""
 
@@ -120,6 +138,11 @@ class SimilarityPreservingHash(DeepHashingMethod):
         """Steps between the released ×0.1 learning-rate decays; 0: none."""
         return 0
 
+    def released_script(self, train: DataSplit) -> ReleasedScript:
+        """The released script the paper profile follows on ``train``'s dataset (the CIFAR-10
+        one unless a method has one for that dataset)."""
+        return ReleasedScript(self.released_budget(), self.released_lr_step())
+
     def extra_record(self) -> dict[str, Any]:
         return {}
 
@@ -130,13 +153,15 @@ class SimilarityPreservingHash(DeepHashingMethod):
             base.update(self.TINY_BUDGET.schedule(len(train), self.params.batch_size or base["batch_size"]))
             max_steps = self.TINY_BUDGET.max_steps if self.params.epochs is None else None
         if profile == "paper":
-            budget = self.released_budget()
+            script = self.released_script(train)
+            base.update(script.settings)
+            budget = script.budget
             released = budget.steps
             # The batch size the run will use decides how many epochs make the released steps.
             batch = self.params.batch_size or base["batch_size"]
             base["epochs"] = budget.epochs(len(train), batch)
             base["eval_every"] = budget.every(budget.validate_steps, len(train), batch)
-            step = self.released_lr_step()
+            step = script.lr_step
             base["lr_step"] = budget.every(step, len(train), batch) if step else 0
         values = self.profile_values(base)
         # fc7 runs live only where there is something to run it for: dropout on VGG-16 features.
@@ -244,7 +269,9 @@ class SimilarityPreservingHash(DeepHashingMethod):
                 "(released: VGG-16 fc7 with dropout, SGD 1e-4, batch 32)"
             )
         else:
-            found += training_set_deviation(len(train), RELEASED_TRAIN_IMAGES, "50,000 CIFAR-10 images")
+            script = self.released_script(train)
+            found += training_set_deviation(len(train), script.train_images, script.trained_on)
+            found += script.deviations
             if not settings.live_fc7:
                 found.append(
                     "not on VGG-16 features: one dropout on the given vectors (released: dropout after fc6 and fc7)"

@@ -295,3 +295,32 @@ def test_feature_dropout_zero_reads_the_cached_fc7_features():
     method.fit(split)
     assert not method.settings.live_fc7 and "tail" not in method.model
     assert "fc7" in method.context.record["features"]["source"]
+
+
+# Bi-half, ImageHashing/Mscoco.py: num_epochs = 150, batch_size = 32, epoch_lr_decrease = 60,
+# learning_rate = 0.001 (lines 16-19), the 10,000 images of data/Mscoco/train_coco.txt,
+# mAP@5000 printed every 10 epochs (lines 239-244): ceil(10,000 / 32) = 313 steps per epoch.
+COCO_STEPS = 150 * 313  # 46,950
+COCO_LR_STEP = 60 * 313  # 18,780
+
+
+def test_bihalf_on_coco_follows_its_released_mscoco_script():
+    coco = _split(10_000)
+    coco._arrays.dataset = "coco"
+    method = BiHalf(32, BiHalfParams(profile="paper"))
+    settings = method.resolve_settings(coco)
+    assert (settings.lr, settings.epochs, settings.lr_step, settings.eval_every) == (1e-3, 150, 60, 10)
+    assert (settings.steps, settings.released_steps) == (COCO_STEPS, COCO_STEPS)
+    assert bihalf_module.COCO_SCRIPT.lr_step == COCO_LR_STEP
+    method.settings = settings
+    deviations = method.deviations(coco)
+    assert any("random 224 crop of the live image" in text for text in deviations)
+    assert not any("trains on the protocol's" in text for text in deviations)  # the released 10,000 images
+    # asked settings still win; other datasets keep the CIFAR-10 script
+    assert BiHalf(32, BiHalfParams(profile="paper", lr=0.05)).resolve_settings(coco).lr == 0.05
+    cifar = _split(10_000)
+    cifar._arrays.dataset = "cifar10"
+    other = BiHalf(32, BiHalfParams(profile="paper")).resolve_settings(cifar)
+    assert (other.lr, other.released_steps) == (1e-4, BIHALF_STEPS)
+    # GreedyHash has no MS-COCO script: the CIFAR-10 one everywhere
+    assert GreedyHash(32, GreedyHashParams(profile="paper")).resolve_settings(coco).released_steps == GREEDY_STEPS
