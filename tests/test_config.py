@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+from grid_options import grid_options
 
 from hashbench import registry
 from hashbench.cli.run import build_settings, build_spec, parse_protocol_option
@@ -41,15 +42,6 @@ mem_gb = 4.5
 """
 
 
-def _options(**given):
-    """The options dict the CLI passes: every option present, None when not given."""
-    names = ["methods", "datasets", "bits", "seeds", "split_seed", "protocol", "results", "data_root", "device", "force"]
-    options = {name: None for name in names}
-    options["assignments"] = ()
-    options.update(given)
-    return options
-
-
 @pytest.fixture
 def grid_file(tmp_path, monkeypatch):
     monkeypatch.delenv("HASHBENCH_RESULTS", raising=False)
@@ -59,7 +51,7 @@ def grid_file(tmp_path, monkeypatch):
 
 
 def test_grid_expands_as_written(grid_file):
-    spec = build_spec(_options(), grid_file)
+    spec = build_spec(grid_options(), grid_file)
     cells = plan_grid(spec)
     expected = list(itertools.product(["digits"], ["lsh", "itq"], [8, 12], [0, 3]))
     assert [(c.dataset, c.method, c.bits, c.seed) for c in cells] == expected
@@ -71,7 +63,7 @@ def test_grid_expands_as_written(grid_file):
 
 
 def test_options_override_the_file(grid_file):
-    options = _options(bits=[16], seeds=[5], results=Path("elsewhere"), assignments=("itq.iterations=3",))
+    options = grid_options(bits=[16], seeds=[5], results=Path("elsewhere"), assignments=("itq.iterations=3",))
     settings = build_settings(options, grid_file)
     spec = build_spec(options, grid_file)
     assert spec.bits == [16] and spec.seeds == [5] and spec.results == Path("elsewhere")
@@ -79,9 +71,9 @@ def test_options_override_the_file(grid_file):
     assert spec.methods == ["lsh", "itq"]  # not given: the file's
     assert settings["slurm"] == {"partition": "gpu", "gpus_per_run": 1, "time_limit": 30, "mem_gb": 4.5}
     # A bare --protocol applies to every dataset and replaces the file's per-dataset table.
-    spec = build_spec(_options(protocol="standard"), grid_file)
+    spec = build_spec(grid_options(protocol="standard"), grid_file)
     assert spec.protocol == "standard" and spec.protocols == {}
-    spec = build_spec(_options(protocol="digits=standard"), grid_file)
+    spec = build_spec(grid_options(protocol="digits=standard"), grid_file)
     assert spec.protocol is None and spec.protocols == {"digits": "standard"}
 
 
@@ -142,14 +134,14 @@ def test_plugins_named_in_the_file_are_loaded(tmp_path):
     plugin = Path(__file__).resolve().parent / "counting_plugin.py"
     path = tmp_path / "grid.toml"
     path.write_text(f'methods = ["counting"]\nbits = [8]\nplugins = ["{plugin}"]\n')
-    spec = build_spec(_options(), path)
+    spec = build_spec(grid_options(), path)
     assert spec.plugins == [str(plugin)]
     assert [c.method for c in plan_grid(spec)] == ["counting"]
 
 
 def test_digits_quick_experiment_expands_to_its_grid(monkeypatch):
     monkeypatch.delenv("HASHBENCH_RESULTS", raising=False)
-    spec = build_spec(_options(), EXPERIMENTS / "digits-quick.toml")
+    spec = build_spec(grid_options(), EXPERIMENTS / "digits-quick.toml")
     cells = plan_grid(spec)
     assert len(cells) == 4 * 3 * 3
     assert {c.method for c in cells} == {"lsh", "pcah", "itq", "sh"}
@@ -188,7 +180,7 @@ def test_cibhash_paper_experiment_expands_to_the_papers_table(monkeypatch):
         monkeypatch.setitem(registry.methods._entries, name, registry._Entry(_stub_method(name), "test stand-in"))
     for name in set(config["datasets"]) - registered_datasets:
         monkeypatch.setitem(registry.datasets._entries, name, registry._Entry(_stub_dataset(name), "test stand-in"))
-    cells = plan_grid(build_spec(_options(), EXPERIMENTS / "cibhash-paper.toml"))
+    cells = plan_grid(build_spec(grid_options(), EXPERIMENTS / "cibhash-paper.toml"))
     assert len(cells) == 7 * 3 * 3 * 3 == 189
     assert len({c.key for c in cells}) == 189
     assert {c.protocol for c in cells} == {"standard"}

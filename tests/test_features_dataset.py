@@ -17,18 +17,7 @@ from hashbench.errors import UserError
 from hashbench.splits import draw_split
 from hashbench.validate import check_dataset
 
-
-@pytest.fixture(autouse=True)
-def features_plugin():
-    """`features` registered (as its entry point will), and the registry as it was afterwards."""
-    registry.datasets.names()  # entry points first, so that they are in the snapshot
-    entries, configured = dict(registry.datasets._entries), dict(registry._configured)
-    registry.datasets._entries.setdefault("features", registry._Entry(Features, "tests"))
-    yield
-    registry.datasets._entries.clear()
-    registry.datasets._entries.update(entries)
-    registry._configured.clear()
-    registry._configured.update(configured)
+pytestmark = pytest.mark.usefixtures("features_plugin")
 
 
 def clustered(rng, rows, dimension=12, clusters=8):

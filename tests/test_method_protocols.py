@@ -13,36 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from grid_options import grid_options
 
-from hashbench import registry
 from hashbench.cli.run import build_spec
 from hashbench.config import load_config
-from hashbench.datasets.features import Features
 from hashbench.errors import UserError
 from hashbench.runner import plan_grid
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 
-@pytest.fixture(autouse=True)
-def features_plugin():
-    """`features` registered (as its entry point does), and the registry as it was afterwards."""
-    registry.datasets.names()
-    entries, configured = dict(registry.datasets._entries), dict(registry._configured)
-    registry.datasets._entries.setdefault("features", registry._Entry(Features, "tests"))
-    yield
-    registry.datasets._entries.clear()
-    registry.datasets._entries.update(entries)
-    registry._configured.clear()
-    registry._configured.update(configured)
-
-
-def _options(**given):
-    names = ["methods", "datasets", "bits", "seeds", "split_seed", "protocol", "results", "data_root", "device", "force"]
-    options = {name: None for name in names}
-    options["assignments"] = ()
-    options.update(given)
-    return options
+pytestmark = pytest.mark.usefixtures("features_plugin")
 
 
 GRID = """
@@ -82,16 +63,16 @@ def grid(tmp_path, monkeypatch):
 
 def test_each_method_gets_its_protocol_and_the_command_line_wins(grid):
     assert load_config(grid)["method_protocols"] == {"itq": {"emb": "standard-val"}}
-    cells = plan_grid(build_spec(_options(), grid))
+    cells = plan_grid(build_spec(grid_options(), grid))
     assert {(cell.method, cell.protocol) for cell in cells} == {("lsh", "standard"), ("itq", "standard-val")}
     # one protocol for all on the command line replaces the file's tables
-    cells = plan_grid(build_spec(_options(protocol="standard"), grid))
+    cells = plan_grid(build_spec(grid_options(protocol="standard"), grid))
     assert {cell.protocol for cell in cells} == {"standard"}
     # DATASET=NAME replaces them for that dataset
-    cells = plan_grid(build_spec(_options(protocol="emb=standard-val"), grid))
+    cells = plan_grid(build_spec(grid_options(protocol="emb=standard-val"), grid))
     assert {cell.protocol for cell in cells} == {"standard-val"}
     # --methods picks some of the file's methods: the others' tables do not apply
-    cells = plan_grid(build_spec(_options(methods=["lsh"]), grid))
+    cells = plan_grid(build_spec(grid_options(methods=["lsh"]), grid))
     assert {(cell.method, cell.protocol) for cell in cells} == {("lsh", "standard")}
 
 
@@ -151,7 +132,7 @@ def test_the_as_released_file_gives_each_method_its_released_split():
         "bihalf": {"cifar10": "bihalf-code-i"},
         "bgan": {"cifar10": "standard"},
     }
-    cells = plan_grid(build_spec(_options(), EXPERIMENTS / "as-released.toml"))
+    cells = plan_grid(build_spec(grid_options(), EXPERIMENTS / "as-released.toml"))
     assert len(cells) == 5 * 3 * 3
     assert {(cell.method, cell.protocol) for cell in cells} == {
         (method, table["cifar10"]) for method, table in config["method_protocols"].items()
