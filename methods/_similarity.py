@@ -107,7 +107,7 @@ class SimilarityPreservingHash(DeepHashingMethod):
 
     Subclasses give the training-time binarisation (``binarize``), any extra loss terms
     (``penalties``), their paper profile (``PAPER``, with ``None`` for what the released
-    budget sets) and its budget (``released_budget``, ``released_lr_step``).
+    budget sets) and the released script it follows on a dataset (``released_script``).
     """
 
     input = "features"
@@ -130,18 +130,10 @@ class SimilarityPreservingHash(DeepHashingMethod):
     def penalties(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
-    def released_budget(self) -> ReleasedBudget:
-        """The released optimiser steps and validation interval (at this code length)."""
-        raise NotImplementedError
-
-    def released_lr_step(self) -> int:
-        """Steps between the released ×0.1 learning-rate decays; 0: none."""
-        return 0
-
     def released_script(self, train: DataSplit) -> ReleasedScript:
-        """The released script the paper profile follows on ``train``'s dataset (the CIFAR-10
-        one unless a method has one for that dataset)."""
-        return ReleasedScript(self.released_budget(), self.released_lr_step())
+        """The released script the paper profile follows on ``train``'s dataset, at this code
+        length: its budget, decay interval and settings."""
+        raise NotImplementedError
 
     def extra_record(self) -> dict[str, Any]:
         return {}

@@ -66,6 +66,7 @@ class BiHalfParams(SimilarityHashParams):
 # Cifar10_I.py: num_epochs = 300, epoch_lr_decrease = 120, scored every 10 epochs.
 RELEASED_BUDGET = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=300, validate_epochs=10)
 RELEASED_LR_STEP = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_BATCH, epochs=120, validate_epochs=0).steps
+CIFAR_SCRIPT = ReleasedScript(RELEASED_BUDGET, RELEASED_LR_STEP)
 
 # Mscoco.py: learning_rate = 0.001, num_epochs = 150, epoch_lr_decrease = 60, scored (mAP@5000)
 # every 10 epochs, on the 10,000 images of its train list (data/Mscoco/train_coco.txt).
@@ -94,17 +95,9 @@ class BiHalf(SimilarityPreservingHash):
         "eval_every": None, "lr_step": None, "feature_dropout": 0.5, "centre": False,
     }
 
-    def released_budget(self) -> ReleasedBudget:
-        return RELEASED_BUDGET
-
-    def released_lr_step(self) -> int:
-        return RELEASED_LR_STEP
-
     def released_script(self, train) -> ReleasedScript:
         """``Mscoco.py`` on MS-COCO, ``Cifar10_I.py`` everywhere else."""
-        if train.dataset == "coco":
-            return COCO_SCRIPT
-        return super().released_script(train)
+        return COCO_SCRIPT if train.dataset == "coco" else CIFAR_SCRIPT
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         from hashbench.methods._similarity_model import bihalf_layer

@@ -44,6 +44,7 @@ from hashbench.methods._deep import ReleasedBudget
 from hashbench.methods._similarity import (
     RELEASED_BATCH,
     RELEASED_TRAIN_IMAGES,
+    ReleasedScript,
     SimilarityHashParams,
     SimilarityPreservingHash,
 )
@@ -74,8 +75,9 @@ class GreedyHash(SimilarityPreservingHash):
         "eval_every": None, "lr_step": None, "feature_dropout": 0.5, "centre": False,
     }
 
-    def released_budget(self) -> ReleasedBudget:
-        return RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET
+    def released_script(self, train) -> ReleasedScript:
+        """``unsupervised_vgg.py`` (CIFAR-10) on every dataset."""
+        return ReleasedScript(RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET)
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
         from hashbench.methods._torch_layers import straight_through_sign
