@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hashbench.errors import UserError
+from hashbench.reproducibility import numeric_environment
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -117,6 +118,8 @@ def describe_environment(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "argv": sys.argv[1:],
+        # SIMD level and BLAS kernels: what makes floats differ in the last bits between CPUs
+        "numeric": numeric_environment(),
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(torch.device(device))

@@ -51,6 +51,10 @@ class RecordError(ValueError):
     """A run record that cannot be used: the message names the field and what is wrong."""
 
 
+class NewerRecordError(RecordError):
+    """A record of a newer schema than this hashbench reads: not its to replace."""
+
+
 # --------------------------------------------------------------------------------------------
 # identity and run key
 
@@ -326,7 +330,7 @@ class RunRecord:
         schema = value.get("schema_version", 1)
         schema = _integer(schema, "schema_version", 1)
         if schema > SCHEMA_VERSION:
-            raise RecordError(
+            raise NewerRecordError(
                 f"schema_version {schema} is newer than this hashbench reads ({SCHEMA_VERSION}); upgrade hashbench"
             )
         if schema == 1:

@@ -27,8 +27,9 @@ from hashbench.errors import UserError
 from hashbench.metric_table import METRICS_VERSION
 from hashbench.neighbours import relevance_for
 from hashbench.records import RunRecord
+from hashbench.reproducibility import TOLERANCE_TEXT, bit_differences, differing
 from hashbench.runner import evaluate_codes, protocol_version
-from hashbench.splits import SplitManifest
+from hashbench.splits import SplitManifest, check_manifest, labels_digest
 from hashbench.store import CODES_NAME, ResultsStore, file_sha256
 
 
@@ -46,12 +47,6 @@ def _now() -> str:
 
 class Refused(Exception):
     """A run whose stored files cannot be trusted; the message says which and why."""
-
-
-def _changed_metrics(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Names of the metrics that differ (compared as their JSON text: exact, NaN included)."""
-    names = sorted(set(old) | set(new))
-    return [name for name in names if json.dumps(old.get(name), sort_keys=True) != json.dumps(new.get(name), sort_keys=True)]
 
 
 class _Datasets:
@@ -113,7 +108,8 @@ def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Dataset
     arrays = datasets.arrays(record)
     # The protocol's version covers what defines the data where it can change (an embedding
     # file's hash and settings): another version means other labels or neighbours.
-    version = protocol_version(datasets.plugins[record.dataset].protocol(record.protocol))
+    protocol = datasets.plugins[record.dataset].protocol(record.protocol)
+    version = protocol_version(protocol)
     if version != record.protocol_version:
         raise Refused(
             f"{record.dataset}/{record.protocol} is version {version} now, {record.protocol_version} when the run was made "
@@ -122,17 +118,30 @@ def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Dataset
     labels = np.asarray(arrays.labels)
     if manifest.num_items != len(labels):
         raise Refused(f"{record.dataset} now has {len(labels)} items, the split manifest {manifest.num_items}: the data changed")
+    try:
+        check_manifest(manifest, record.dataset, protocol, record.split_seed, len(labels))
+    except UserError as error:
+        raise Refused(str(error)) from None
+    recorded_labels = (record.data or {}).get("labels_sha256")
+    if recorded_labels is not None and recorded_labels != labels_digest(labels):
+        raise Refused(f"{record.dataset}'s labels changed since the run (their digest differs from the recorded one); rerun the cell")
     query, database = manifest.splits["query"], manifest.splits["database"]
     # Relevance as the run had it: shared labels, or a dataset's exact nearest neighbours.
     result = evaluate_codes(
         manifest, query_codes, database_codes, labels[query], labels[database], record.bits, relevance_for(arrays, manifest)
     )
     metrics = json.loads(json.dumps(result.to_dict()))  # as stored: string keys, plain floats
-    changed = _changed_metrics(record.metrics or {}, metrics)
+    # Reproduced means integers equal and floats equal within the tolerance: SIMD kernels of
+    # another CPU change the last bits, which is not a change of the run's result.
+    changed = differing(record.metrics or {}, metrics)
     codes_hash = record.codes_sha256 or file_sha256(store.run_dir(record.key) / CODES_NAME)
     per_query_whole = store.read_per_query(record) is not None
     if not changed and record.metrics_version == METRICS_VERSION and record.codes_sha256 is not None and per_query_whole:
-        return ReevalOutcome(record.key, "unchanged", f"metrics version {METRICS_VERSION}")
+        detail = f"metrics version {METRICS_VERSION}"
+        last_bits = bit_differences(record.metrics or {}, metrics)
+        if last_bits:
+            detail += f"; within {TOLERANCE_TEXT}: {', '.join(last_bits)} differ in the last bits only"
+        return ReevalOutcome(record.key, "unchanged", detail)
     per_query_hash = record.per_query_sha256 if per_query_whole and not changed else store.write_per_query(record.key, result)
     store.write_record(
         record.with_updates(

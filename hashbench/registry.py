@@ -218,6 +218,17 @@ def configuration(name: str) -> dict[str, Any] | None:
     return {"kind": kind, **{key: value for key, value in values.items() if value is not None}}
 
 
+def configured_dataset(name: str, table: Mapping[str, Any]) -> Any:
+    """The dataset class a run record's configuration (:func:`configuration`) describes, built
+    without registering it: what the record's data is now, beside whatever this process
+    calls ``name``."""
+    if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
+        raise UserError(f"dataset {name}: its run record holds no usable dataset configuration")
+    settings = dict(table)
+    kind = settings.pop("kind")
+    return _configured_class(kind, name, settings, f"the recorded configuration of dataset {name}")
+
+
 def register_configured(name: str, table: Mapping[str, Any]) -> None:
     """Register ``name`` again from a table written by :func:`configuration` (a run record's)."""
     if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):

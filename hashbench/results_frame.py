@@ -73,6 +73,7 @@ def frame_from_records(records: list[RunRecord]) -> pd.DataFrame:
         row["profile"] = record.profile
         row["map_k"] = record.map_k
         row["split_hash"] = record.split.hash if record.split is not None else None
+        row["data_id"] = (record.data or {}).get("labels_sha256")
         row.update(record.scalar_metrics())
         rows.append(row)
     return pd.DataFrame(rows, columns=None if rows else ID_COLUMNS)
@@ -152,9 +153,27 @@ def column_captions(frame: pd.DataFrame) -> dict[str, str]:
 
 
 def dataset_columns(frame: pd.DataFrame) -> list[str]:
-    """One column per dataset (and protocol, when a dataset was run under several)."""
+    """One column per dataset (and protocol, when a dataset was run under several).
+
+    A cell pools only runs of the same data and protocol definition: runs of one protocol
+    under another protocol version (a changed draw or cut-off, another embedding file) or on
+    labels with another digest get a column of their own, named by what tells them apart."""
+    if not len(frame):
+        return []
+    data_ids = frame["data_id"] if "data_id" in frame else pd.Series("", index=frame.index)
     protocols_per_dataset = frame.groupby("dataset")["protocol"].nunique()
-    return [
-        f"{dataset}/{protocol}" if protocols_per_dataset[dataset] > 1 else dataset
-        for dataset, protocol in zip(frame["dataset"], frame["protocol"], strict=True)
-    ]
+    identities = pd.DataFrame(
+        {"dataset": frame["dataset"], "protocol": frame["protocol"], "version": frame["protocol_version"].astype(str), "data": data_ids.fillna("")}
+    )
+    versions = identities.groupby(["dataset", "protocol"])["version"].nunique()
+    # runs that recorded no labels digest (made before it was recorded) pool with those that did
+    digests = identities[identities["data"] != ""].groupby(["dataset", "protocol", "version"])["data"].nunique()
+    columns = []
+    for dataset, protocol, version, data in identities.itertuples(index=False):
+        column = f"{dataset}/{protocol}" if protocols_per_dataset[dataset] > 1 else str(dataset)
+        if versions[dataset, protocol] > 1:
+            column += f" (protocol v{version})"
+        if digests.get((dataset, protocol, version), 0) > 1:
+            column += f" (labels {data[:8] or 'unrecorded'})"
+        columns.append(column)
+    return columns

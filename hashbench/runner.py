@@ -31,7 +31,7 @@ from hashbench.metric_table import METRICS_VERSION
 from hashbench.neighbours import relevance_for
 from hashbench.params import params_to_dict, resolve_params
 from hashbench.records import CellIdentity, RunRecord, SplitInfo, Status
-from hashbench.splits import SplitManifest, draw_split
+from hashbench.splits import SplitManifest, check_manifest, draw_split, labels_digest
 from hashbench.store import CODES_NAME, LOG_NAME, ResultsStore, file_sha256
 
 # Candidate cut-offs of P@k / R@k; those above the database size are dropped per dataset.
@@ -119,6 +119,10 @@ class PreparedDataset:
     manifest_path: Path | None = None  # set once the manifest is saved in the results store
     relevance: Any = None  # per-query relevant database positions (true neighbours); None: labels
 
+    @property
+    def labels_sha256(self) -> str | None:
+        return self.arrays.provenance.get("labels_sha256")
+
     def split(self, name: str) -> DataSplit | None:
         indices = self.manifest.splits.get(name)
         return None if indices is None else DataSplit(name, indices, self.arrays, self.protocol.name)
@@ -201,14 +205,12 @@ def prepare_dataset(
     cache_dir = spec.cache_dir if spec.cache_dir is not None else default_cache_dir(Path(spec.data_root))
     arrays = load_dataset(plugin, Path(spec.data_root), cache_dir=cache_dir, drop_bad_rows=spec.drop_bad_rows)
     arrays.dataset = name
+    # What decides relevance, for the record: runs on other labels are never the same data.
+    arrays.provenance["labels_sha256"] = labels_digest(arrays.labels)
     if manifest is None:
         manifest = draw_split(name, protocol, arrays, spec.split_seed)
-    elif manifest.num_items != len(arrays) or (manifest.dataset, manifest.protocol) != (name, protocol.name):
-        raise UserError(
-            f"split manifest {manifest.file_name} is for {manifest.dataset}/{manifest.protocol} with "
-            f"{manifest.num_items} items, but {name}/{protocol.name} loaded {len(arrays)}; the data changed "
-            "since the split was drawn"
-        )
+    else:
+        check_manifest(manifest, name, protocol, spec.split_seed, len(arrays))
     # Natural-image datasets carry no feature vectors: feature-input methods get cached
     # backbone features of the manifest's items, computed only when first asked for.
     attach_backbone_features(arrays, manifest, cache_dir, device)
@@ -277,6 +279,9 @@ def run_cell(
     ``execution`` says how the cell was executed (worker, cluster job) for the record.
     """
     key = cell.key
+    run_dir = store.run_dir(key)
+    if run_dir.exists() and not run_dir.is_dir():
+        return CellOutcome(cell, Status.FAILED, None, f"{run_dir} is a file where the run's folder belongs; move it away")
     lock = store.try_lock(key)
     if lock is None:
         # `hashbench status` holds a lock for an instant to probe it: look again before
@@ -286,16 +291,14 @@ def run_cell(
     if lock is None:
         return CellOutcome(cell, Status.RUNNING)
     try:
-        if not force:
-            stored = store.stored_state(cell.identity, cell.method_version, cell.protocol_version)
-            if stored.status is Status.OK:
-                return CellOutcome(cell, Status.OK, stored.record, reused=True)
+        stored = store.stored_state(cell.identity, cell.method_version, cell.protocol_version, data.labels_sha256)
+        if stored.protected:  # not this hashbench's to overwrite, not even with --force
+            return CellOutcome(cell, Status.FAILED, None, stored.reason)
+        if not force and stored.status is Status.OK:
+            return CellOutcome(cell, Status.OK, stored.record, reused=True)
         # The saved manifest is what the record will point at: check it is still the split
         # in use (an edited or truncated file is rewritten from the draw in memory).
         data.manifest.save(store.splits_dir)
-        run_dir = store.run_dir(key)
-        if run_dir.exists() and not run_dir.is_dir():
-            return CellOutcome(cell, Status.FAILED, None, f"{run_dir} is a file where the run's folder belongs; move it away")
         run_dir.mkdir(parents=True, exist_ok=True)
         started = _now()
         timings: dict[str, float] = {}
@@ -625,9 +628,13 @@ def run_grid(
     results: dict[int, CellOutcome] = {}
     to_run: list[int] = []
     for index, cell in enumerate(cells):
-        stored = None if spec.force else store.stored_state(cell.identity, cell.method_version, cell.protocol_version)
-        if stored is not None and stored.status is Status.OK:
-            results[index] = CellOutcome(cell, Status.OK, stored.record, reused=True)
+        data = prepared[cell.dataset, cell.protocol]
+        stored = store.stored_state(cell.identity, cell.method_version, cell.protocol_version, data.labels_sha256)
+        if stored.protected or (not spec.force and stored.status is Status.OK):
+            if stored.protected:
+                results[index] = CellOutcome(cell, Status.FAILED, None, stored.reason)
+            else:
+                results[index] = CellOutcome(cell, Status.OK, stored.record, reused=True)
             if on_done is not None:
                 on_done(results[index])
         else:

@@ -151,6 +151,15 @@ def content_hash(splits: dict[str, np.ndarray]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def labels_digest(labels: np.ndarray) -> str:
+    """SHA-256 of a multi-hot label matrix (its shape and bits): relevance is decided by it, so
+    runs whose labels differ are never taken for runs of the same data."""
+    matrix = np.ascontiguousarray(np.asarray(labels, dtype=bool))
+    digest = hashlib.sha256(json.dumps(list(matrix.shape)).encode())
+    digest.update(np.packbits(matrix, axis=None).tobytes())
+    return digest.hexdigest()
+
+
 @dataclass
 class SplitManifest:
     dataset: str
@@ -182,11 +191,12 @@ class SplitManifest:
 
     def save(self, folder: Path) -> Path:
         """Write the manifest, unless an identical one is there; a damaged or edited file of
-        this name (the name holds this split's hash) is rewritten."""
+        this name (the name holds this split's hash) is rewritten, an edit of a field outside
+        the hashed lists (the cut-off ``topk``) included."""
         path = Path(folder) / self.file_name
         if path.is_file():
             try:
-                if SplitManifest.load(path).hash == self.hash:
+                if SplitManifest.load(path).to_json() == self.to_json():
                     return path
             except UserError:
                 pass  # unreadable or not matching its own hash: rewrite it below
@@ -215,6 +225,21 @@ class SplitManifest:
         if not matches:
             raise UserError(f"split manifest {path} does not match its content hash; delete it to redraw")
         return manifest
+
+
+def check_manifest(manifest: SplitManifest, dataset: str, protocol: SplitProtocol, split_seed: int, num_items: int) -> None:
+    """Refuse a saved manifest that is not this split's: another dataset, protocol, split seed
+    or size, or a cut-off other than the protocol's (the cut-off is the protocol's, whose
+    version covers it; the manifest only repeats it)."""
+    expected = (dataset, protocol.name, split_seed, num_items, protocol.topk)
+    found = (manifest.dataset, manifest.protocol, manifest.split_seed, manifest.num_items, manifest.topk)
+    if found != expected:
+        raise UserError(
+            f"split manifest {manifest.file_name} is for {manifest.dataset}/{manifest.protocol} split seed "
+            f"{manifest.split_seed} with {manifest.num_items} items and mAP@{manifest.topk}, but "
+            f"{dataset}/{protocol.name} split seed {split_seed} has {num_items} items and mAP@{protocol.topk}: "
+            "the data or the manifest changed since the split was drawn"
+        )
 
 
 def check_disjoint(splits: dict[str, np.ndarray], num_items: int, where: str) -> None:

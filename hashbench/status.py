@@ -8,9 +8,12 @@ looks twice before calling a cell busy, so a probe never makes it skip one.
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -42,7 +45,7 @@ class CellStatus:
 
 def is_running(store: ResultsStore, key: str) -> bool:
     """Whether some process (on any node sharing the directory) holds the run's lock."""
-    path = store.locks_dir / f"{key}.lock"
+    path = store.lock_path(key)
     if not path.is_file():
         return False  # never locked, and probing must not create lock files
     lock = FileLock(str(path))
@@ -88,25 +91,66 @@ def grid_status(spec) -> list[CellStatus]:
 
 
 def current_versions(record: RunRecord) -> tuple[str, str] | None:
-    """The versions the installed method and protocol of ``record`` declare (None: not installed)."""
+    """The versions the installed method and protocol of ``record`` declare (None: not installed).
+
+    A dataset made from an embedding file is rebuilt from the configuration its record holds,
+    so its protocol version says what that file is now (its hash is part of the version)."""
     try:
         method_version = str(registry.get_method(record.method).version)
-        protocol = registry.get_dataset(record.dataset)().protocol(record.protocol)
     except UserError:
         return None
-    return method_version, str(getattr(protocol, "version", "1"))
+    return method_version, current_protocol_version(record)
+
+
+_CONFIGURED_VERSIONS: dict[str, str] = {}  # a recorded configuration → its protocol version now
+
+
+def current_protocol_version(record: RunRecord) -> str:
+    """The version of the record's protocol on its data as it is now; ``"unreadable"`` when the
+    data a configured dataset names cannot be read any more (the run then counts as stale)."""
+    configured = (record.data or {}).get("configured")
+    if configured is None:
+        try:
+            return str(getattr(registry.get_dataset(record.dataset)().protocol(record.protocol), "version", "1"))
+        except UserError:
+            return record.protocol_version  # not installed here: nothing to compare with
+    # Remembered per configuration and file state (the file's hash is remembered the same way).
+    memo = json.dumps([record.dataset, record.protocol, configured, _file_state(configured)], sort_keys=True, default=str)
+    if memo not in _CONFIGURED_VERSIONS:
+        try:
+            dataset = registry.configured_dataset(record.dataset, configured)
+            _CONFIGURED_VERSIONS[memo] = str(getattr(dataset().protocol(record.protocol), "version", "1"))
+        except UserError:
+            return UNREADABLE_DATA
+    return _CONFIGURED_VERSIONS[memo]
+
+
+UNREADABLE_DATA = "unreadable"
+
+
+def _file_state(configured: Any) -> list[int] | None:
+    path = configured.get("path") if isinstance(configured, dict) else None
+    try:
+        status = os.stat(path) if isinstance(path, str) else None
+    except OSError:
+        return None
+    return None if status is None else [status.st_size, status.st_mtime_ns]
 
 
 def recorded_state(store: ResultsStore, record: RunRecord) -> StoredState:
     """The state of one record on its own: stale against the installed versions, damaged
     when ok but its codes are not whole."""
     versions = current_versions(record)
+    if versions is not None and versions[1] == UNREADABLE_DATA:
+        path = ((record.data or {}).get("configured") or {}).get("path")
+        return StoredState(Status.STALE, record, f"its data file {path} cannot be read now: the data it was run on cannot be checked")
     if versions is not None and not record.is_current(*versions):
         return StoredState(
             Status.STALE,
             record,
             f"recorded under {record.method} version {record.method_version}, protocol version "
-            f"{record.protocol_version}; installed: {versions[0]} / {versions[1]}",
+            f"{record.protocol_version}; installed: {versions[0]} / {versions[1]}"
+            + ("" if versions[1] == record.protocol_version or "configured" not in (record.data or {}) else " (the data file changed since)"),
         )
     if not record.ok:
         return StoredState(Status.FAILED, record, record.error or "no reason recorded; see log.txt in the run folder")
@@ -122,8 +166,6 @@ def directory_status(results: Path) -> tuple[list[CellStatus], list[str]]:
     entries = list(store.runs_dir.iterdir()) if store.runs_dir.is_dir() else []
     keys = {path.name for path in entries if path.is_dir()}
     warnings = [f"skipping {path}: a file where hashbench keeps run folders" for path in entries if not path.is_dir()]
-    if store.locks_dir.is_dir():
-        keys |= {path.stem for path in store.locks_dir.glob("*.lock")}
     statuses = []
     for key in sorted(keys):
         if is_running(store, key):
@@ -131,9 +173,9 @@ def directory_status(results: Path) -> tuple[list[CellStatus], list[str]]:
             continue
         path = store.run_dir(key) / RECORD_NAME
         if not path.exists():
-            if store.run_dir(key).is_dir():
+            if store.started(key):
                 statuses.append(_status(key, StoredState(Status.INTERRUPTED, None, "a run folder without a record")))
-            continue  # else a lock file left by a finished or killed run
+            continue  # else only the lock file of a runner killed before it began
         item = read_record_file(path)
         if item.record is None:
             warnings.append(f"skipping {path}: {item.error}")

@@ -7,11 +7,18 @@ Layout (a public format, documented in the README)::
       runs/<run key>/run.json                                 the run record
       runs/<run key>/codes.npz                                packed query/database codes
       runs/<run key>/log.txt                                  the failure's traceback, if any
+      runs/<run key>/.lock                                    the run's lock file
 
 Writes are atomic; ``run.json`` is written last and holds the SHA-256 of ``codes.npz``, so a
 cell counts as done only when its record is ok, made under the current method and protocol
-versions, and its codes are whole. A per-run file lock keeps two runners sharing a
-directory from doing the same run at once.
+versions, and its codes are whole.
+
+The lock. Whoever works on a run (a runner training and writing it, ``reeval`` rewriting it)
+holds an ``flock`` on ``.lock`` inside the run's folder for as long as it works there, so two
+runners sharing a directory never do the same run at once, and ``status`` sees the run as
+running. The lock lives with what it protects: the file stays after the run (deleting a lock
+file that others may wait on would let two of them in), and clearing it away while a run
+goes on cannot let a second runner in without deleting the run's folder itself.
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ from filelock import FileLock, Timeout
 
 from hashbench import atomic
 from hashbench.errors import UserError
-from hashbench.records import CellIdentity, RecordError, RunRecord, Status
+from hashbench.records import CellIdentity, NewerRecordError, RecordError, RunRecord, Status
 
 RECORD_NAME = "run.json"
 CODES_NAME = "codes.npz"
 PER_QUERY_NAME = "per_query.npz"
 LOG_NAME = "log.txt"
+LOCK_NAME = ".lock"
 _HASH_BLOCK = 1 << 20
 
 
@@ -51,6 +59,7 @@ class RecordFile:
     path: Path
     record: RunRecord | None
     error: str | None = None
+    newer: bool = False  # written by a newer hashbench: not this one's to replace
 
 
 @dataclass
@@ -60,6 +69,8 @@ class StoredState:
     status: Status  # OK, FAILED, STALE, DAMAGED, INTERRUPTED or PENDING
     record: RunRecord | None = None  # the record behind the state, if any
     reason: str | None = None  # why it failed, is stale or damaged
+    # A record this hashbench cannot read because a newer one wrote it: never overwritten.
+    protected: bool = False
 
 
 def read_record_file(path: Path) -> RecordFile:
@@ -74,6 +85,8 @@ def read_record_file(path: Path) -> RecordFile:
         return RecordFile(path, None, f"not valid JSON ({error})")
     try:
         return RecordFile(path, RunRecord.from_json(value))
+    except NewerRecordError as error:
+        return RecordFile(path, None, str(error), newer=True)
     except RecordError as error:
         return RecordFile(path, None, str(error))
 
@@ -90,26 +103,22 @@ class ResultsStore:
     def splits_dir(self) -> Path:
         return self.root / "splits"
 
-    @property
-    def locks_dir(self) -> Path:
-        return self.root / "locks"
-
     def ensure_writable(self) -> None:
         """Fail early, before any work, when the results directory cannot be written."""
-        for folder in (self.root, self.runs_dir, self.splits_dir, self.locks_dir):
+        for folder in (self.root, self.runs_dir, self.splits_dir):
             if folder.exists() and not folder.is_dir():
                 raise UserError(
                     f"{folder} is a file where hashbench keeps a folder; move it away or choose another --results"
                 )
         try:
-            for folder in (self.runs_dir, self.splits_dir, self.locks_dir):
+            for folder in (self.runs_dir, self.splits_dir):
                 folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(
                 f"results directory {self.root} cannot be created ({error.strerror}); "
                 "choose another with --results"
             ) from error
-        if not all(os.access(folder, os.W_OK | os.X_OK) for folder in (self.runs_dir, self.splits_dir, self.locks_dir)):
+        if not all(os.access(folder, os.W_OK | os.X_OK) for folder in (self.runs_dir, self.splits_dir)):
             raise UserError(f"results directory {self.root} is not writable; choose another with --results")
 
     def run_dir(self, key: str) -> Path:
@@ -173,10 +182,22 @@ class ResultsStore:
                 found.append(item)
         return found
 
-    def stored_state(self, identity: CellIdentity, method_version: str, protocol_version: str) -> StoredState:
-        """The cell's state from its files: ok only when current and whole."""
+    def stored_state(
+        self, identity: CellIdentity, method_version: str, protocol_version: str, labels_sha256: str | None = None
+    ) -> StoredState:
+        """The cell's state from its files: ok only when current and whole, and, given the
+        digest of the dataset's labels now, only when the run recorded the same one."""
         key = identity.key(method_version, protocol_version)
-        record = self.read_record(key)
+        path = self.run_dir(key) / RECORD_NAME
+        item = read_record_file(path) if path.is_file() else None
+        if item is not None and item.newer:
+            return StoredState(
+                Status.FAILED, None,
+                f"{path} was written by a newer hashbench ({item.error}); it is left as it is: upgrade hashbench, "
+                "or move the run folder away to redo the cell",
+                protected=True,
+            )
+        record = None if item is None else item.record
         if record is None:
             # A record of the current versions under another key (made before versions were
             # part of the key), else one of an older version.
@@ -192,19 +213,33 @@ class ResultsStore:
                         f"recorded under {older.method} version {older.method_version}, protocol version "
                         f"{older.protocol_version}; now {method_version} / {protocol_version}",
                     )
-                if self.run_dir(key).is_dir():
+                if self.started(key):
                     return StoredState(Status.INTERRUPTED, None, "a run folder without a record: killed before it finished")
                 return StoredState(Status.PENDING)
         if record.status is Status.FAILED:
             return StoredState(Status.FAILED, record, record.error or "no reason recorded; see log.txt in the run folder")
         if not self.codes_whole(record):
             return StoredState(Status.DAMAGED, record, f"{CODES_NAME} is missing or differs from the one recorded")
+        recorded_labels = (record.data or {}).get("labels_sha256")
+        if labels_sha256 is not None and recorded_labels is not None and recorded_labels != labels_sha256:
+            return StoredState(
+                Status.STALE, record,
+                f"the dataset's labels changed since the run (digest {str(recorded_labels)[:12]}, now {labels_sha256[:12]})",
+            )
         return StoredState(Status.OK, record)
 
+    def started(self, key: str) -> bool:
+        """Whether run ``key`` has a folder with anything in it besides its lock file."""
+        folder = self.run_dir(key)
+        return folder.is_dir() and any(path.name != LOCK_NAME for path in folder.iterdir())
+
+    def lock_path(self, key: str) -> Path:
+        return self.run_dir(key) / LOCK_NAME
+
     def lock(self, key: str) -> FileLock:
-        """A lock file per run key (beside the run folders, so a run folder holds only results)."""
-        self.locks_dir.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.locks_dir / f"{key}.lock"))
+        """The run's lock, in its folder (made here when the run has none yet)."""
+        self.run_dir(key).mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.lock_path(key)))
 
     def try_lock(self, key: str) -> FileLock | None:
         lock = self.lock(key)

@@ -48,7 +48,7 @@ def _digest(folder: Path, skip: Path | None = None) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path != skip and "locks" not in path.parts
+        if path.is_file() and path != skip and path.name != ".lock"
     }
 
 

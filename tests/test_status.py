@@ -52,7 +52,7 @@ def test_a_held_lock_shows_as_running_and_status_writes_nothing(invoke, results,
     assert {state: n for state, n in counts(grid_status(spec)).items() if n} == {"pending": 2}
     assert not results.exists()  # probing created nothing
     (cell,) = [s for s in grid_status(spec) if s.method == "itq"]
-    lock_path = results / "locks" / f"{cell.key}.lock"
+    lock_path = results / "runs" / cell.key / ".lock"
     lock_path.parent.mkdir(parents=True)
     held = tmp_path / "held"
     holder = subprocess.Popen(

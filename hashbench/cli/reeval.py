@@ -19,6 +19,7 @@ def reeval_command(results: Path | None, data_root: Path | None, cache: Path | N
     """Recompute every ok run's metrics from its codes.npz and split manifest, without
     training; refuse runs whose files no longer match their recorded hashes (exit 1)."""
     from hashbench.reeval import reevaluate
+    from hashbench.reproducibility import TOLERANCE_TEXT
 
     results = results_dir(results)
     data_root = resolve_data_root(data_root)
@@ -33,6 +34,9 @@ def reeval_command(results: Path | None, data_root: Path | None, cache: Path | N
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
     tally = {state: sum(o.state == state for o in outcomes) for state in ("unchanged", "updated", "refused", "busy")}
-    click.echo(", ".join(f"{count} {state}" for state, count in tally.items()) + f" (of {len(outcomes)} ok runs)")
+    click.echo(
+        ", ".join(f"{count} {state}" for state, count in tally.items())
+        + f" (of {len(outcomes)} ok runs; unchanged: integers equal, floats within {TOLERANCE_TEXT})"
+    )
     if tally["refused"]:
         sys.exit(1)
