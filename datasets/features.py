@@ -22,6 +22,9 @@ each query in the database, Euclidean or cosine (``metric``), exact, ties to the
 database position (:mod:`hashbench.neighbours`), cached by content hash; under the declared
 split of an HDF5 / npz file that holds ``neighbors`` with at least K columns, its first K
 (``ground_truth = "exact"`` computes them instead; `hashbench data check` compares a sample).
+Those K columns are checked on every test row before anything runs: a row of ids outside
+``train`` (ann-benchmarks' padding -1 included, an all -1 row most of all) or naming one train
+row twice is not a ground truth, and loading refuses the file (`data check` lists the rows).
 
 Protocols (``split = ...`` picks the default; ``--protocol`` wins):
 
@@ -337,12 +340,45 @@ def _list_column(column: Any, what: str) -> np.ndarray:
 
 
 def _non_finite_rows(vectors: Any) -> np.ndarray:
+    """Rows with NaN or an infinite value as methods see them: in float32, so a float64 value
+    beyond float32's range (about 3.4e38) counts as infinite."""
     bad = np.zeros(len(vectors), dtype=bool)
     if np.asarray(vectors[:0]).dtype.kind != "f":
         return bad
     for start in range(0, len(vectors), _BLOCK):
-        bad[start : start + _BLOCK] = ~np.isfinite(np.asarray(vectors[start : start + _BLOCK])).all(axis=1)
+        with np.errstate(over="ignore"):
+            block = np.asarray(vectors[start : start + _BLOCK]).astype(np.float32, copy=False)
+        bad[start : start + _BLOCK] = ~np.isfinite(block).all(axis=1)
     return bad
+
+
+def neighbour_list_faults(neighbours: np.ndarray, train_rows: int) -> list[Finding]:
+    """What is wrong with a file's ``neighbors`` (the columns a run uses), one error per kind,
+    listing the test rows: all -1 (no ground truth at all), ids outside ``train`` (0 ..
+    ``train_rows`` − 1; -1 padding included), and one train row named twice."""
+    ids = np.asarray(neighbours, dtype=np.int64)
+    if ids.size == 0:
+        return []
+    outside = (ids < 0) | (ids >= train_rows)
+    empty = (ids == -1).all(axis=1)
+    out_of_range = outside.any(axis=1) & ~empty
+    # repeats among the ids inside train: each outside entry gets a distinct negative stand-in
+    stand_in = -1 - np.arange(ids.shape[1], dtype=np.int64)
+    ordered = np.sort(np.where(outside, stand_in[None, :], ids), axis=1)
+    twice = ordered[:, 1:] == ordered[:, :-1]
+    repeated = twice.any(axis=1)
+    where = f"outside train (0..{train_rows - 1})"
+    found = []
+    for mask, what, detail in (
+        (empty, "test rows whose neighbors are all -1 (no ground truth)", None),
+        (out_of_range, f"test rows whose neighbors name ids {where}", lambda row: ids[row][outside[row]][0]),
+        (repeated, "test rows whose neighbors name one train row twice", lambda row: ordered[row, 1:][twice[row]][0]),
+    ):
+        rows = np.flatnonzero(mask)
+        if rows.size:
+            examples = [f"test row {row}" + (f": id {int(detail(row))}" if detail else "") for row in rows]
+            found.append(Finding("error", "neighbours", f"{rows.size} {what}", int(rows.size), examples))
+    return found
 
 
 def _zero_rows(vectors: Any) -> np.ndarray:
@@ -480,9 +516,12 @@ class FeatureArrays(DatasetArrays):
         def fill(out: np.ndarray) -> None:
             what = f"exact {self.metric} {shape[1]}-NN of {query.size} queries in {database.size} items"
             print(f"computing the {what} (cached for later runs)", file=sys.stderr)
-            exact_neighbours(
-                self.features[query], self.features[database], k, metric=self.metric, out=out, progress=ProgressLine(what)
-            )
+            try:
+                exact_neighbours(
+                    self.features[query], self.features[database], k, metric=self.metric, out=out, progress=ProgressLine(what)
+                )
+            except UserError as error:  # raised inside a cache build: nothing is written
+                raise UserError(f"features file {self.settings.path}: {error}") from None
 
         if self.cache_dir is None:
             out = np.empty(shape, dtype=np.int64)
@@ -587,9 +626,11 @@ class Features(HashingDataset):
         digest = file_sha256(settings.path)
         # everything that changes a run's numbers: not the path (moving the file keeps its runs)
         # nor the default protocol
-        identity = {**asdict(settings), "path": None, "split": None, "sha256": digest}
-        version = "1+" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+        identity: dict[str, Any] = {**asdict(settings), "path": None, "split": None, "sha256": digest}
         labelled = (settings.relevance or ("labels" if has_labels else "neighbours")) == "labels"
+        if not labelled:  # how the ground truth is computed: a fix to it makes the runs stale
+            identity["neighbours_version"] = NEIGHBOURS_VERSION
+        version = "1+" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
         if labelled:
             relevance = "relevant = shares a label"
         else:
@@ -719,9 +760,27 @@ class Features(HashingDataset):
             cache_dir=cache_dir,
         )
 
+    def _file_ground_truth_faults(self, settings: FeatureSettings, raw: RawFile, relevance: str) -> list[Finding]:
+        """Faults of the file's neighbours when the declared split's runs would use them as the
+        ground truth (neighbour relevance, ground_truth not "exact", enough columns)."""
+        if raw.neighbours is None or raw.train_rows is None or relevance != "neighbours" or settings.ground_truth == "exact":
+            return []
+        k = settings.neighbours
+        if raw.neighbours.shape[1] < min(k, raw.train_rows):
+            return []  # too few columns: computed instead
+        return neighbour_list_faults(raw.neighbours[:, :k], raw.train_rows)
+
     def load(self, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False) -> FeatureArrays:
         settings, raw = self._read()
         checked = self._check(settings, raw, drop_bad_rows)
+        if checked.neighbours is not None:
+            faults = self._file_ground_truth_faults(settings, raw, checked.relevance)
+            if faults:
+                raise UserError(
+                    f"features file {settings.path}: its neighbors (the ground truth of the declared split, first "
+                    f"{settings.neighbours} columns) are wrong: {'; '.join(f.message for f in faults)}; fix the file, or set "
+                    f"ground_truth = \"exact\" in a [datasets.NAME] table to compute them (`hashbench data check` lists the rows)"
+                )
         arrays = self._arrays(settings, raw, checked, cache_dir)
         if drop_bad_rows and checked.faults is not None:
             arrays.provenance["dropped_by_reason"] = checked.faults.counts()
@@ -763,7 +822,8 @@ class Features(HashingDataset):
                         "at distance 0)", int(leaked.size), [origins[raw.train_rows + row] for row in leaked],
                     )
                 )
-        findings += _neighbour_findings(arrays, settings)
+        ground_truth_faults = self._file_ground_truth_faults(settings, raw, checked.relevance)
+        findings += ground_truth_faults or _neighbour_findings(arrays, settings)
         return Inspection(counts=counts, findings=findings, arrays=arrays)
 
 
@@ -805,8 +865,13 @@ def _neighbour_findings(arrays: FeatureArrays, settings: FeatureSettings, sample
     database = arrays.features[train]
     exact = exact_neighbours(arrays.features[test[chosen]], database, k, metric=arrays.metric)
     stored = arrays.file_neighbours[chosen, :k]
-    if stored.min() < 0 or stored.max() >= train.size:
-        return [Finding("error", "neighbours", f"the file's neighbors name rows outside train (0..{train.size - 1})")]
+    if stored.min() < 0 or stored.max() >= train.size:  # only where runs compute them instead (too few columns)
+        return [
+            Finding(
+                "warning", "neighbours", f"the file's neighbors name rows outside train (0..{train.size - 1}); "
+                f"unused: they have fewer than {settings.neighbours} columns, so runs compute the neighbours",
+            )
+        ]
 
     def distances(ids: np.ndarray, queries: np.ndarray) -> np.ndarray:
         vectors = np.asarray(database, dtype=np.float64)[ids]

@@ -14,6 +14,14 @@ computed again in float64 from the original vectors (exact for integer-valued da
 SIFT's; otherwise up to float64's rounding of a sum of d squares). Memory: a float32 copy of the database
 plus two (chunk × database) float32 blocks, the chunk sized to ``memory_mb``.
 
+The float32 pass never overflows or underflows silently: Euclidean data are centred and then
+scaled by a power of two (exact: it changes no order) so that every coordinate lies in
+[−1, 1], and cosine data are unit vectors, so the scores stay within a few times the dimension
+whatever the magnitude of the vectors (1e20 is finite in float32, its square is not); the bound
+holds an absolute term for the values that the scaling leaves below float32's normal range.
+Vectors with NaN or infinite values, or whose float64 distances would overflow, are refused
+(UserError), never ranked.
+
 :func:`relevance_for` is what the runner asks of a loaded dataset: per-query neighbour lists
 for a split manifest, or None when relevance is shared labels.
 """
@@ -31,8 +39,11 @@ from hashbench.errors import UserError
 
 METRICS = ("euclidean", "cosine")
 # Bump when the ground truth computed for the same data changes: cached lists become stale.
-NEIGHBOURS_VERSION = 1
+# 2: Euclidean data scaled by a power of two before the float32 pass (version 1 overflowed on
+# vectors beyond about 1e19, and ranked them wrongly without an error).
+NEIGHBOURS_VERSION = 2
 _UNIT = 2.0**-24  # float32's unit roundoff
+_TINY = 2.0**-149  # float32's smallest subnormal: the absolute error of values below the normal range
 _ROWS = 65536  # rows per block when copying or measuring the database
 
 
@@ -45,8 +56,8 @@ def _squared_norms(array: Any) -> np.ndarray:
     return out
 
 
-def _scaled_copy(array: Any, shift: np.ndarray | None, scale: np.ndarray | None) -> np.ndarray:
-    """float32 copy of (array − shift) / scale, computed in float64 block by block."""
+def _scaled_copy(array: Any, shift: np.ndarray | None, scale: np.ndarray | None, factor: float = 1.0) -> np.ndarray:
+    """float32 copy of (array − shift) / scale · factor, computed in float64 block by block."""
     out = np.empty(array.shape, dtype=np.float32)
     for start in range(0, array.shape[0], _ROWS):
         block = np.array(array[start : start + _ROWS], dtype=np.float64)  # a copy: changed below
@@ -54,8 +65,30 @@ def _scaled_copy(array: Any, shift: np.ndarray | None, scale: np.ndarray | None)
             block -= shift
         if scale is not None:
             block /= scale[start : start + block.shape[0], None]
+        if factor != 1.0:
+            block *= factor
         out[start : start + block.shape[0]] = block
     return out
+
+
+def _largest_deviation(array: Any, shift: np.ndarray) -> float:
+    """max |array − shift| over every coordinate, in float64."""
+    largest = 0.0
+    for start in range(0, array.shape[0], _ROWS):
+        block = np.asarray(array[start : start + _ROWS], dtype=np.float64)
+        if block.size:
+            largest = max(largest, float(np.abs(block - shift).max()))
+    return largest
+
+
+def _refuse_non_finite(squares: np.ndarray, what: str) -> None:
+    """Squared norms that are NaN or infinite: a NaN or infinite value, or one whose square overflows float64."""
+    bad = np.flatnonzero(~np.isfinite(squares))
+    if bad.size:
+        raise UserError(
+            f"exact neighbours cannot be computed: {bad.size} {what} vectors hold NaN or infinite values, or values "
+            f"too large to square in float64 (the first is row {int(bad[0])}); drop or rescale them"
+        )
 
 
 def _refuse_zero_rows(norms: np.ndarray, what: str) -> None:
@@ -95,8 +128,11 @@ def exact_neighbours(
     k = min(int(k), size)
     result = np.empty((count, k), dtype=np.int64) if out is None else out
     database_squares = _squared_norms(database)
+    query_squares = _squared_norms(queries)
+    _refuse_non_finite(query_squares, "query")
+    _refuse_non_finite(database_squares, "database")
     if metric == "cosine":
-        query_norms = np.sqrt(_squared_norms(queries))
+        query_norms = np.sqrt(query_squares)
         _refuse_zero_rows(query_norms, "query")
         _refuse_zero_rows(database_squares, "database")
         query32 = _scaled_copy(queries, None, query_norms)
@@ -107,17 +143,23 @@ def exact_neighbours(
         for start in range(0, size, _ROWS):
             centre += np.asarray(database[start : start + _ROWS], dtype=np.float64).sum(0)
         centre /= size
-        query32 = _scaled_copy(queries, centre, None)
-        database32 = _scaled_copy(database, centre, None)
+        # A power of two (exact) that brings every centred coordinate into [-1, 1]: the float32
+        # products below can then neither overflow nor lose the data to underflow.
+        largest_value = max(_largest_deviation(database, centre), _largest_deviation(queries, centre))
+        factor = float(np.ldexp(1.0, -np.clip(np.frexp(largest_value)[1], -1000, 1000))) if largest_value > 0 else 1.0
+        query32 = _scaled_copy(queries, centre, None, factor)
+        database32 = _scaled_copy(database, centre, None, factor)
     squared = _squared_norms(database32)
     squares32 = squared.astype(np.float32)
     largest = float(np.sqrt(squared.max()))
     # Bound on |computed − exact| of a score |y|² − 2x·y: the dot product's rounding
     # (gamma_d |x||y|), the copies' and the additions' (a few units of roundoff times |x||y|
-    # and |y|²), doubled to cover the second-order terms.
+    # and |y|²), doubled to cover the second-order terms; plus, for values below float32's
+    # normal range (absolute rounding errors up to _TINY), a few _TINY per coordinate (the
+    # coordinates are at most 1 after the scaling).
     gamma = dimension * _UNIT / (1 - dimension * _UNIT)
     query_lengths = np.sqrt(_squared_norms(query32))
-    bounds = 2 * ((2 * gamma + 8 * _UNIT) * query_lengths * largest + 4 * _UNIT * largest**2)
+    bounds = 2 * ((2 * gamma + 8 * _UNIT) * query_lengths * largest + 4 * _UNIT * largest**2 + 8 * dimension * _TINY)
     chunk = int(max(1, min(count, memory_mb * 2**20 // (8 * size))))
     for start in range(0, count, chunk):
         stop = min(start + chunk, count)
@@ -138,6 +180,11 @@ def exact_neighbours(
             else:
                 vectors -= query
                 exact = np.einsum("ij,ij->i", vectors, vectors)
+            if not np.isfinite(exact).all():
+                raise UserError(
+                    f"exact neighbours cannot be computed: the {metric} distances of query {start + row} overflow "
+                    "float64 (its values or the database's are too large); rescale the vectors"
+                )
             # candidates are in database order, so a stable sort breaks ties by position
             result[start + row] = candidates[np.argsort(exact, kind="stable")[:k]]
         if progress is not None:

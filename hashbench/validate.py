@@ -40,7 +40,7 @@ FAULTS: dict[str, str] = {
     "leak": "rows of database.txt or train.txt whose image is also a query (in test.txt)",
     "conflict": "rows listing an image with other labels than its first listing",
     # embedding files (datasets/features.py)
-    "non_finite": "rows whose vector holds NaN or an infinite value, or is missing",
+    "non_finite": "rows whose vector holds NaN or an infinite value, or is missing (values beyond float32, which methods read, count as infinite)",
     "zero_vector": "rows whose vector is all zeros (cosine distance is undefined)",
     "class_id": "rows with a negative class id",
 }
@@ -289,7 +289,8 @@ def check_dataset(
             split_protocol = plugin.protocol(protocol)
             manifest = draw_split(plugin.name, split_protocol, arrays, split_seed)
             sizes = ", ".join(f"{name} {indices.size}" for name, indices in manifest.splits.items())
-            suffix = " (after dropping the bad rows)" if any(f.severity == "error" for f in findings) else ""
+            dropped = any(f.severity == "error" and f.kind in FAULTS for f in findings)  # row faults, not e.g. a file's neighbors
+            suffix = " (after dropping the bad rows)" if dropped else ""
             empty = [name for name in (*REQUIRED_SPLITS, "val") if name in manifest.splits and manifest.splits[name].size == 0]
             empty += [name for name in REQUIRED_SPLITS if name not in manifest.splits]
             if empty:
