@@ -6,14 +6,22 @@ a user may pass their own with ``hashbench report --published FILE``. Lines star
 ``#`` are comments.
 
 Columns: ``method, dataset, protocol, metric, bits, value, source`` and, optionally,
-``checked`` (how the number was verified against its source). Values are fractions, on the
+``checked`` (how the number was verified against its source) and ``kind``: ``primary`` (read
+in the paper itself; the default, also for files without the column) or ``secondary`` (read
+in another source that quotes the paper: a later paper's table, an author's comment, a
+repository's notes; ``source`` then names that source). Values are fractions, on the
 scale of the run records (0.590, not 59.0). ``metric`` names a record metric (``map`` is
 mAP at the protocol's k, ``map_all``, ``precision_radius2``, ``precision_at_k.1000``, ...).
 ``protocol`` is the hashbench protocol matching the paper's stated setting (which one is which:
 ``docs/PROTOCOLS.md``, section "Published numbers").
 
-The shipped file holds only numbers checked against the paper itself, each with its
-citation and how it was checked; numbers seen only in secondary sources stay out.
+Every output that shows a secondary number marks it with ``‡`` (the report's † means "not
+distinguishable from the best") and says "secondary: cited in <source>, not checked against
+the paper". The CSV written beside the report neutralises spreadsheet formulas: a text cell
+starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``.
+
+The shipped file holds each number with its citation and how it was checked, primary or
+secondary as it was read.
 """
 
 from __future__ import annotations
@@ -28,8 +36,23 @@ from hashbench.metric_table import metric_info
 from hashbench.results_frame import row_labels
 
 COLUMNS = ["method", "dataset", "protocol", "metric", "bits", "value", "source"]
-OPTIONAL_COLUMNS = ["checked"]
+OPTIONAL_COLUMNS = ["checked", "kind"]
 IDENTITY = ["method", "dataset", "protocol", "metric", "bits"]
+PRIMARY, SECONDARY = "primary", "secondary"
+KINDS = (PRIMARY, SECONDARY)
+# The summary table's † means "not distinguishable from the column's best"; secondary
+# numbers get a mark of their own.
+SECONDARY_MARK = "‡"
+SECONDARY_LEGEND = f"{SECONDARY_MARK} secondary: read in the source named, not checked against the paper itself"
+# Cells a spreadsheet would run as a formula (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def citation(source: str, kind: str) -> str:
+    """The source as every output shows it: a secondary number says where it was read."""
+    if kind == SECONDARY:
+        return f"{SECONDARY_MARK} secondary: cited in {source}, not checked against the paper"
+    return source
 
 
 def builtin_path() -> Path:
@@ -51,11 +74,13 @@ def load_published(path: Path | None = None) -> pd.DataFrame:
     if missing:
         raise UserError(
             f"--published {path}: missing column(s) {', '.join(missing)}; the header must be "
-            f"{','.join(COLUMNS)}[,checked]"
+            f"{','.join(COLUMNS)}[,checked][,kind]"
         )
     frame = frame[[*COLUMNS, *[c for c in OPTIONAL_COLUMNS if c in frame.columns]]].copy()
     for column in frame.columns:
         frame[column] = frame[column].str.strip()
+    # Files without the column (the older format) hold primary numbers only.
+    frame["kind"] = frame["kind"].str.lower().replace("", PRIMARY) if "kind" in frame.columns else PRIMARY
     # Rows are numbered after the header, not counting comment lines.
     for position, row in frame.iterrows():
         where = f"--published {path}: data row {position + 1} ({row['method']}, {row['dataset']}, {row['bits']} bits)"
@@ -74,6 +99,11 @@ def load_published(path: Path | None = None) -> pd.DataFrame:
             raise UserError(f"{where}: value {row['value']!r} is not a number") from None
         if not 0.0 <= value <= 1.0:
             raise UserError(f"{where}: value {value} is outside [0, 1]; give fractions (0.590), not percent (59.0)")
+        if row["kind"] not in KINDS:
+            raise UserError(
+                f"{where}: kind must be {PRIMARY} (read in the paper itself) or {SECONDARY} (read in a source "
+                f"that quotes it), got {row['kind']!r}"
+            )
     frame["bits"] = frame["bits"].astype(int)
     frame["value"] = frame["value"].astype(float)
     duplicated = frame.duplicated(IDENTITY, keep=False)
@@ -91,9 +121,12 @@ def compare(runs: pd.DataFrame, published: pd.DataFrame, metric: str) -> pd.Data
 
     ``runs`` is :func:`hashbench.report.load_runs`' frame. Only datasets present in the runs
     are compared; a method run with several parameter sets gets one line per set. The
-    difference is reproduced − published.
+    difference is reproduced − published. ``kind`` is primary or secondary; ``source`` is the
+    citation as shown (:func:`citation`).
     """
-    columns = ["method", "dataset", "protocol", "bits", "metric", "published", "reproduced", "std", "runs", "difference", "source"]
+    columns = [
+        "method", "dataset", "protocol", "bits", "metric", "published", "reproduced", "std", "runs", "difference", "kind", "source",
+    ]
     ok = runs[runs["status"] == "ok"].copy() if len(runs) else runs
     wanted = published[(published["metric"] == metric) & published["dataset"].isin(set(ok["dataset"] if "dataset" in ok else []))]
     if wanted.empty:
@@ -113,7 +146,8 @@ def compare(runs: pd.DataFrame, published: pd.DataFrame, metric: str) -> pd.Data
             "bits": int(number["bits"]),
             "metric": metric,
             "published": float(number["value"]),
-            "source": number["source"],
+            "kind": number["kind"],
+            "source": citation(number["source"], number["kind"]),
         }
         if matching.empty or metric not in matching.columns or matching[metric].isna().all():
             rows.append({**base, "method": number["method"], "reproduced": None, "std": None, "runs": 0, "difference": None})
@@ -149,8 +183,38 @@ def comparison_markdown(comparison: pd.DataFrame, metric: str, source_file: Path
             if row["runs"] > 1 and row["std"] is not None and not pd.isna(row["std"]):
                 reproduced += f" ± {row['std']:.4f} (n={row['runs']})"
             difference = f"{row['difference']:+.4f}"
+        source = str(row["source"]).replace("|", "\\|")  # a bar would end the cell
         lines.append(
-            f"| {row['method']} | {row['dataset']} | {row['protocol']} | {row['bits']} | {row['published']:.4f} | "
-            f"{reproduced} | {difference} | {row['source']} |"
+            f"| {row['method']} | {row['dataset']} | {row['protocol']} | {row['bits']} | {published_text(row)} | "
+            f"{reproduced} | {difference} | {source} |"
         )
+    if has_secondary(comparison):
+        lines += ["", SECONDARY_LEGEND]
     return "\n".join(lines) + "\n"
+
+
+def published_text(row: pd.Series) -> str:
+    """The published value as the Markdown and HTML tables show it, marked when secondary."""
+    text = f"{row['published']:.4f}"
+    return f"{text} {SECONDARY_MARK}" if row.get("kind") == SECONDARY else text
+
+
+def has_secondary(comparison: pd.DataFrame) -> bool:
+    return "kind" in comparison.columns and bool((comparison["kind"] == SECONDARY).any())
+
+
+def comparison_csv(comparison: pd.DataFrame) -> str:
+    """``published-<metric>.csv``: the comparison with every text cell safe to open in a spreadsheet."""
+    safe = comparison.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(_defuse)
+    return safe.to_csv(index=False, float_format="%.6f")
+
+
+def _defuse(value):
+    """A text cell a spreadsheet would run as a formula gets a leading quote, as spreadsheet-safe
+    exporters do; everything else is unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value

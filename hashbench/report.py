@@ -170,7 +170,7 @@ def summarise(frame: pd.DataFrame, metric: str = "map", per_query: dict[str, dic
     if ok.empty:
         raise UserError("no successful runs in the results directory; run `hashbench run` first")
     if metric not in ok.columns:
-        numeric = sorted(c for c in ok.columns if c not in (*ID_COLUMNS, "error", "device", "profile", "map_k", "split_hash"))
+        numeric = sorted(c for c in ok.columns if c not in (*ID_COLUMNS, "error", "device", "profile", "map_k", "split_hash", "data_id"))
         raise UserError(f"no run recorded the metric {metric!r}; recorded: {', '.join(numeric)}")
     ok["row"] = row_labels(ok)
     ok["column_dataset"] = dataset_columns(ok)
@@ -439,15 +439,21 @@ def html_report(
             parts.append(f"<p>No published {html.escape(table.metric)} numbers for the datasets that were run "
                          f"({html.escape(str(published_source))}).</p>")
         else:
-            shown = comparison.drop(columns=["metric"])
+            from hashbench.published import SECONDARY_LEGEND, has_secondary, published_text
+
+            shown = comparison.drop(columns=["metric", "kind"], errors="ignore")
+            # The published value as text, so that a secondary number carries its mark.
+            shown["published"] = [published_text(row) for _, row in comparison.iterrows()]
             parts.append(
                 _frame_html(
                     shown,
                     f"published {table.metric} beside the reproduced mean; difference = reproduced − published "
                     f"({published_source})",
-                    {"published": ".4f", "reproduced": ".4f", "std": ".4f", "difference": "+.4f"},
+                    {"reproduced": ".4f", "std": ".4f", "difference": "+.4f"},
                 )
             )
+            if has_secondary(comparison):
+                parts.append(f"<p class=\"note\">{html.escape(SECONDARY_LEGEND)}</p>")
     parts.append("<h2>Timings</h2>")
     parts.append(
         _frame_html(
@@ -489,7 +495,13 @@ def write_report(
     ``published``: True for the package's published numbers, a path for a user's CSV.
     Returns the summary table, the paths written (by kind) and warnings.
     """
-    from hashbench.published import builtin_path, compare, comparison_markdown, load_published
+    from hashbench.published import (
+        builtin_path,
+        compare,
+        comparison_csv,
+        comparison_markdown,
+        load_published,
+    )
 
     metric_info(metric)  # refuse a non-metric before reading anything
     records, warnings = read_records(results, include_stale=include_stale)
@@ -507,7 +519,7 @@ def write_report(
         # Name the shipped list by what it is, not by where the package happens to be installed.
         published_source = "hashbench's published.csv" if published is True else str(path)
         if numbers.empty:
-            warnings.append(f"{published_source} holds no published numbers (only numbers checked against their source go in it)")
+            warnings.append(f"{published_source} holds no published numbers")
         comparison = compare(frame, numbers, metric)
     stem = metric.replace(".", "_")
     out = Path(out)
@@ -545,7 +557,7 @@ def write_report(
         paths["published_markdown"] = out / f"published-{stem}.md"
         paths["published_csv"] = out / f"published-{stem}.csv"
         atomic.write_text(paths["published_markdown"], comparison_markdown(comparison, metric, published_source))
-        atomic.write_text(paths["published_csv"], comparison.to_csv(index=False, float_format="%.6f"))
+        atomic.write_text(paths["published_csv"], comparison_csv(comparison))
     figures = []
     if plots:
         from hashbench.plots import write_plots

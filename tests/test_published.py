@@ -50,9 +50,10 @@ def _maps(results, method):
 
 def test_shipped_list_loads_and_every_row_is_cited_and_checked():
     frame = load_published()
-    assert list(frame.columns) == [*COLUMNS, "checked"]
+    assert list(frame.columns) == [*COLUMNS, "checked", "kind"]
     for _, row in frame.iterrows():
         assert row["source"] and row["checked"], "a shipped number needs its citation and how it was checked"
+        assert row["kind"] in ("primary", "secondary")
     text = builtin_path().read_text()
     assert text.startswith("#") and "checked" in text
 

@@ -29,7 +29,8 @@ BUILTIN = "builtin"
     default=None,
     metavar="[FILE]",
     help="Show published numbers beside the reproduced means: the package's list, or a CSV FILE "
-    "(method,dataset,protocol,metric,bits,value,source).",
+    "(method,dataset,protocol,metric,bits,value,source[,checked][,kind]; kind secondary marks a number "
+    "read in a source that quotes the paper).",
 )
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Draw precision-recall, precision@k and metric-vs-bits plots.")
 @click.option(
