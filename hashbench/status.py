@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from hashbench import registry
 from hashbench.errors import UserError
 from hashbench.records import RunRecord, Status
@@ -45,18 +43,7 @@ class CellStatus:
 
 def is_running(store: ResultsStore, key: str) -> bool:
     """Whether some process (on any node sharing the directory) holds the run's lock."""
-    path = store.lock_path(key)
-    if not path.is_file():
-        return False  # never locked, and probing must not create lock files
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    except OSError:
-        return False  # a read-only results directory: nobody can be running in it either
-    lock.release()
-    return False
+    return store.is_locked(key)
 
 
 def _status(key: str, stored: StoredState, cell=None) -> CellStatus:

@@ -23,6 +23,7 @@ goes on cannot let a second runner in without deleting the run's folder itself.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -236,18 +237,26 @@ class ResultsStore:
     def lock_path(self, key: str) -> Path:
         return self.run_dir(key) / LOCK_NAME
 
-    def lock(self, key: str) -> FileLock:
-        """The run's lock, in its folder (made here when the run has none yet)."""
+    def try_lock(self, key: str) -> RunLock | None:
+        """Take run ``key``'s lock (its folder is made when the run has none yet); None when
+        another process holds it."""
         self.run_dir(key).mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.lock_path(key)))
+        lock = RunLock(self.run_dir(key))
+        return lock if lock.acquire() else None
 
-    def try_lock(self, key: str) -> FileLock | None:
-        lock = self.lock(key)
+    def is_locked(self, key: str) -> bool:
+        """Whether some process holds run ``key``'s lock; probing creates nothing."""
+        folder = self.run_dir(key)
+        if not folder.is_dir():
+            return False
+        lock = RunLock(folder)
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            return None
-        return lock
+            if not lock.acquire(create=self.lock_path(key).is_file()):
+                return True
+        except OSError:
+            return False  # a read-only results directory: nobody can be running in it either
+        lock.release()
+        return False
 
     def iter_records(self) -> Iterator[RecordFile]:
         """Every run record under the results directory; unusable ones carry an error."""
@@ -255,6 +264,50 @@ class ResultsStore:
             return
         for path in sorted(self.runs_dir.glob(f"*/{RECORD_NAME}")):
             yield read_record_file(path)
+
+
+class RunLock:
+    """The lock of one run: an ``flock`` on the ``.lock`` file in its folder and, where the file
+    system allows one on a folder (local disks; not NFS), on the folder itself, so that
+    even a deleted lock file leaves the run locked."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.file_lock = FileLock(str(self.folder / LOCK_NAME))
+        self._folder_fd: int | None = None
+
+    def acquire(self, create: bool = True) -> bool:
+        """Take both locks without waiting; False (holding neither) when another holds one.
+        ``create=False`` leaves a missing lock file missing (a probe writes nothing)."""
+        if create:
+            try:
+                self.file_lock.acquire(timeout=0)
+            except Timeout:
+                return False
+        try:
+            descriptor = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return True
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            if create:
+                self.file_lock.release()
+            return False
+        except OSError:  # no flock on folders here: the lock file alone
+            os.close(descriptor)
+            return True
+        self._folder_fd = descriptor
+        return True
+
+    def release(self) -> None:
+        if self._folder_fd is not None:
+            fcntl.flock(self._folder_fd, fcntl.LOCK_UN)
+            os.close(self._folder_fd)
+            self._folder_fd = None
+        if self.file_lock.is_locked:
+            self.file_lock.release()
 
 
 def _glob_escape(text: str) -> str:
