@@ -48,12 +48,42 @@ class DatasetArrays:
         return int(self.labels.shape[0])
 
 
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only view of ``array`` (``array`` itself stays as it was)."""
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+def freeze(arrays: DatasetArrays) -> DatasetArrays:
+    """Make the loaded dataset's arrays read-only: every cell of a grid (and every later cell
+    of a worker process) shares them, so no method may write into them."""
+    for value in (arrays.labels, arrays.images, arrays.features, *arrays.groups.values()):
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+    return arrays
+
+
+def _own_copy(values: Any, provider: Any, dtype: Any = None) -> np.ndarray:
+    """``values`` from ``provider`` (a lazy image store, a feature function) as an array no one
+    else holds: copied, unless the provider says it returns new arrays (``returns_copies``)."""
+    if getattr(provider, "returns_copies", False):
+        return np.ascontiguousarray(values, dtype=dtype)
+    return np.array(values, dtype=dtype, order="C", copy=True)
+
+
 class DataSplit:
-    """One split (train, query, database, val) of a loaded dataset, as a method sees it."""
+    """One split (train, query, database, val) of a loaded dataset, as a method sees it.
+
+    What it gives a method cannot change the dataset for the cells after it: ``indices`` and
+    ``feature_source`` (a matrix) are read-only; ``labels``, ``features`` and ``images(...)``
+    are the method's own copies.
+    """
 
     def __init__(self, name: str, indices: np.ndarray, arrays: DatasetArrays, protocol: str | None = None) -> None:
         self.name = name
-        self.indices = np.asarray(indices, dtype=np.int64)
+        # The split's own copy, read-only: the manifest's arrays are shared by every cell.
+        self.indices = read_only(np.array(indices, dtype=np.int64))
         self._arrays = arrays
         # The split protocol this split was drawn under (methods whose released settings
         # depend on it, e.g. CIBHash's validation rule, read it); None outside the runner.
@@ -73,18 +103,25 @@ class DataSplit:
 
     @property
     def labels(self) -> np.ndarray:
-        """Multi-hot labels ``(n, classes)``; methods are unsupervised and should not use them."""
-        return self._arrays.labels[self.indices]
+        """Multi-hot labels ``(n, classes)``; methods are unsupervised and should not use them.
+
+        A new array at each call: writing into it changes nothing for anyone else."""
+        return np.asarray(self._arrays.labels[self.indices])  # integer-array indexing copies
 
     @property
     def feature_source(self) -> Any:
         """What ``features`` come from: the dataset's own matrix, or a provider such as the
-        backbone-feature cache (methods record it to say which features they trained on)."""
-        return self._arrays.features
+        backbone-feature cache (methods record it to say which features they trained on).
+
+        A matrix comes read-only: it is the dataset's, shared by every cell of the grid."""
+        source = self._arrays.features
+        return read_only(source) if isinstance(source, np.ndarray) else source
 
     @property
     def features(self) -> np.ndarray:
-        """Float32 feature matrix ``(n, d)`` (computed once per split)."""
+        """Float32 feature matrix ``(n, d)`` (computed once per split).
+
+        The split's own copy: a method may write into it without changing the dataset."""
         if self._features is None:
             source = self._arrays.features
             if source is None:
@@ -92,16 +129,23 @@ class DataSplit:
                     f"this dataset provides no feature vectors for the {self.name} split; "
                     "use a method that takes images"
                 )
-            values = source(self.indices) if callable(source) else source[self.indices]
-            self._features = np.ascontiguousarray(values, dtype=np.float32)
+            if callable(source):
+                self._features = _own_copy(source(self.indices), source, np.float32)
+            else:  # integer-array indexing copies
+                self._features = np.ascontiguousarray(source[self.indices], dtype=np.float32)
         return self._features
 
     def images(self, indices: np.ndarray | None = None) -> np.ndarray:
-        """uint8 images ``(n, H, W, C)`` of the split (or of positions ``indices`` within it)."""
-        if self._arrays.images is None:
+        """uint8 images ``(n, H, W, C)`` of the split (or of positions ``indices`` within it).
+
+        A new array at each call: writing into it changes nothing for anyone else."""
+        images = self._arrays.images
+        if images is None:
             raise UserError(f"this dataset provides no images for the {self.name} split")
         chosen = self.indices if indices is None else self.indices[np.asarray(indices)]
-        return np.asarray(self._arrays.images[chosen])
+        if isinstance(images, np.ndarray):  # integer-array indexing copies
+            return np.asarray(images[chosen])
+        return _own_copy(images[chosen], images)
 
 
 class HashingDataset(abc.ABC):
@@ -145,10 +189,11 @@ def load_dataset(
 ) -> DatasetArrays:
     """``plugin.load(root, ...)`` with the keyword options its signature accepts.
 
-    Plugins written before the options existed (``load(self, root)``) keep working.
+    Plugins written before the options existed (``load(self, root)``) keep working. The
+    arrays come back read-only (:func:`freeze`).
     """
     options = {"cache_dir": cache_dir, "drop_bad_rows": drop_bad_rows}
     parameters = inspect.signature(plugin.load).parameters
     if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         options = {name: value for name, value in options.items() if name in parameters}
-    return plugin.load(Path(root), **options)
+    return freeze(plugin.load(Path(root), **options))

@@ -4,6 +4,9 @@ Running in this process, in order, needs no executor (``run_grid(spec)``). The e
 here take :class:`hashbench.runner.CellJob` s (plain data) and run each with
 :func:`hashbench.runner.run_job` in a fresh process, which writes into the shared results
 directory under the run's file lock, so several runners or jobs can share one directory.
+A worker guards its methods as the runner's own process does (``os._exit`` fails the cell,
+the working directory is restored: :mod:`hashbench.containment`, through ``run_cell``); a
+worker that dies all the same fails its cell, never the grid's exit status.
 
 This module imports nothing heavy at the top: spawned workers import it to run their
 initializer, which must set the BLAS thread variables before numpy is first imported.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hashbench.containment import exit_now
 from hashbench.errors import UserError
 from hashbench.records import Status
 
@@ -101,7 +105,9 @@ def exit_with_parent(parent_pid: int, poll_seconds: float = PARENT_POLL_SECONDS)
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll_seconds)
-        os._exit(1)  # no clean-up: nobody is left to collect it; the kernel drops its locks
+        # No clean-up: nobody is left to collect it; the kernel drops its locks. The real
+        # os._exit, not the guard a running method sees (hashbench.containment).
+        exit_now(1)
 
     threading.Thread(target=watch, name="hashbench-exit-with-parent", daemon=True).start()
 

@@ -79,6 +79,8 @@ class BackboneFeatures:
     ``pretrained`` say which weights (as for :func:`hashbench.backbones.build_backbone`).
     """
 
+    returns_copies = True  # each call gathers new rows (see hashbench.data.DataSplit.features)
+
     def __init__(
         self,
         images: Any,
@@ -99,6 +101,7 @@ class BackboneFeatures:
     ) -> None:
         self.images = images
         self.covered = np.unique(np.asarray(covered, dtype=np.int64))
+        self.covered.flags.writeable = False  # methods see this object as split.feature_source
         self.dataset = dataset
         self.manifest_hash = manifest_hash
         self.cache_dir = Path(cache_dir)

@@ -115,6 +115,7 @@ class ImageStore:
     """``uint8 (N, size, size, 3)`` view of image files under ``folder``; decoded lazily or cached."""
 
     dtype = np.dtype(np.uint8)
+    returns_copies = True  # indexing decodes or gathers new arrays (see hashbench.data.DataSplit.images)
 
     def __init__(
         self,

@@ -50,6 +50,7 @@ class Registry:
     _entry_points_loaded: bool = False
 
     def add(self, name: str, obj: Any, origin: str) -> None:
+        check_file_name(self.kind, name, origin)
         existing = self._entries.get(name)
         if existing is not None and existing.obj is not obj:
             raise UserError(
@@ -95,6 +96,16 @@ class Registry:
     def origin(self, name: str) -> str:
         self.get(name)
         return self._entries[name].origin
+
+
+def check_file_name(kind: str, name: Any, origin: str) -> None:
+    """Refuse a plugin's name (a method's, a dataset's, a protocol's) that cannot name a file:
+    it becomes part of run folders and split manifests."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise UserError(
+            f"{origin}: {kind} name {name!r} cannot be used: it names files, so use letters, digits, "
+            "'.', '_' and '-', starting with a letter or digit (e.g. my-method.v2)"
+        )
 
 
 methods = Registry("method", METHOD_GROUP)

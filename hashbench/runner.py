@@ -23,6 +23,7 @@ import numpy as np
 from hashbench import atomic, registry
 from hashbench.cache import default_cache_dir
 from hashbench.codes import pack
+from hashbench.containment import ExitCalled, contained
 from hashbench.data import DatasetArrays, DataSplit, HashingDataset, load_dataset
 from hashbench.environment import describe_environment, resolve_device, seed_everything
 from hashbench.errors import UserError
@@ -183,6 +184,7 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
         shared = spec.protocols.get(dataset_name, spec.protocol)
         for method in spec.methods:
             protocol = dataset.protocol(spec.method_protocols.get(method, {}).get(dataset_name, shared))
+            registry.check_file_name("protocol", protocol.name, f"dataset {dataset_name} ({registry.datasets.origin(dataset_name)})")
             for bits in spec.bits:
                 for seed in spec.seeds:
                     cells.append(
@@ -253,6 +255,33 @@ def preflight(cells: list[Cell], prepared: dict[tuple[str, str], PreparedDataset
         raise UserError("; ".join(dict.fromkeys(problems)))
 
 
+def check_dataset_names(store: ResultsStore, prepared: dict[tuple[str, str], PreparedDataset]) -> None:
+    """Refuse a dataset made from a file (``features:good.npz``) whose name the results
+    directory already gives to another file that is still there with other data: their runs
+    would otherwise fill the same rows and cells of one table."""
+    files = {
+        (name, protocol): (configured["path"], protocol_version(data.protocol))
+        for (name, protocol), data in prepared.items()
+        if isinstance(configured := registry.configuration(name), dict) and isinstance(configured.get("path"), str)
+    }
+    if not files:
+        return
+    for item in store.iter_records():
+        record = item.record
+        if record is None or (record.dataset, record.protocol) not in files:
+            continue
+        path, version = files[record.dataset, record.protocol]
+        recorded = ((record.data or {}).get("configured") or {}).get("path")
+        # A file moved or changed in place is the same dataset (its runs go stale if it changed).
+        if not isinstance(recorded, str) or recorded == path or record.protocol_version == version or not os.path.exists(recorded):
+            continue
+        raise UserError(
+            f"dataset name {record.dataset!r} already stands in {store.root} for {recorded}, another file than "
+            f"{path}; give this one its own name with a [datasets.NAME] table (path = \"{path}\"), or use "
+            "another --results"
+        )
+
+
 def _peak_memory_mb() -> float:
     # ru_maxrss is in KiB on Linux: the process's peak so far, not this run's alone.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -305,16 +334,20 @@ def run_cell(
         context = RunContext(seed=cell.seed, device=device, work_dir=run_dir)
         outcome: dict[str, Any] = {}
         try:
-            seed_everything(cell.seed)
-            method = cell.method_cls(cell.bits, cell.params, context)
-            train, query, database = data.split("train"), data.split("query"), data.split("database")
-            start = time.perf_counter()
-            method.fit(train, data.split("val"))
-            timings["fit"] = time.perf_counter() - start
-            start = time.perf_counter()
-            query_codes = pack(method.encode(query), cell.bits, name=f"{cell.method}'s query codes")
-            database_codes = pack(method.encode(database), cell.bits, name=f"{cell.method}'s database codes")
-            timings["encode"] = time.perf_counter() - start
+            # The method's code may not end this process nor move its working directory.
+            with contained() as exits:
+                seed_everything(cell.seed)
+                method = cell.method_cls(cell.bits, cell.params, context)
+                train, query, database = data.split("train"), data.split("query"), data.split("database")
+                start = time.perf_counter()
+                method.fit(train, data.split("val"))
+                timings["fit"] = time.perf_counter() - start
+                start = time.perf_counter()
+                query_codes = pack(method.encode(query), cell.bits, name=f"{cell.method}'s query codes")
+                database_codes = pack(method.encode(database), cell.bits, name=f"{cell.method}'s database codes")
+                timings["encode"] = time.perf_counter() - start
+            if exits:  # the method caught the guard's exception and went on: it still failed
+                raise ExitCalled(exits[0])
             start = time.perf_counter()
             result = evaluate_codes(
                 data.manifest, query_codes, database_codes, query.labels, database.labels, cell.bits, data.relevance
@@ -597,6 +630,9 @@ def run_grid(
     Without ``executor`` the cells run here, in order. With one, cells without an ok record
     are sent to it as :class:`CellJob` s, once the datasets are split and the manifests saved.
     """
+    # Paths are resolved once, here: a method that changes the working directory moves no
+    # record, split or lock of the cells after it.
+    spec = _portable(spec)
     cells = plan_grid(spec)
     try:
         device = resolve_device(spec.device)
@@ -610,6 +646,7 @@ def run_grid(
         if (cell.dataset, cell.protocol) not in prepared:
             prepared[cell.dataset, cell.protocol] = prepare_dataset(cell.dataset, cell.protocol, spec, device)
     preflight(cells, prepared)
+    check_dataset_names(store, prepared)
     # Only now, with every input checked, is anything written.
     store.ensure_writable()
     for data in prepared.values():
@@ -656,4 +693,7 @@ def run_grid(
             on_done(outcome)
 
     executor.run(jobs, on_submit, on_result)
+    for index in to_run:  # a job that never reported back failed; it must not go unnoticed
+        if index not in results:
+            on_result(to_run.index(index), JobResult(cells[index].key, Status.FAILED.value, None, "its worker or job never reported back"))
     return [results[index] for index in sorted(results)]

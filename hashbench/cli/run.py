@@ -305,6 +305,13 @@ def run_command(config_path: Path | None, quiet: bool, verbose: bool, **options)
         raise click.UsageError("--quiet and --verbose contradict each other; pass one")
     mode = progress.choose(quiet, verbose)
     settings = build_settings(options, config_path, plugin_specs())
+    # Resolved once, before any method runs: one that changes the working directory then
+    # moves no record, split, lock or cache of the cells after it.
+    for name in ("results", "data_root", "cache"):
+        if settings.get(name):
+            settings[name] = Path(settings[name]).resolve()
+    if settings["slurm"].get("folder"):
+        settings["slurm"] = {**settings["slurm"], "folder": Path(settings["slurm"]["folder"]).resolve()}
     spec = spec_from_settings(settings)
     executor = build_executor(settings)
     if mode == "bar":
