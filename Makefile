@@ -5,18 +5,28 @@ BIN := $(VENV)/bin
 # The pinned pair installs from wheels where a local wheel cache provides them; any
 # torch >= 2.1 with its matching torchvision works.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# Empty: torch and torchvision from the default index (on Linux the CUDA build, about 4 GB of
+# CUDA libraries and triton in the environment). `make venv-cpu` sets it to PyTorch's CPU
+# wheel index instead.
+TORCH_INDEX ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: venv demo example test test-slow bench lint clean mutate
+.PHONY: venv venv-cpu demo example test test-slow bench lint clean mutate
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
 venv: $(BIN)/.installed
+
+# The same environment with the CPU-only torch build: run it before `make demo` or `make test`
+# on a fresh checkout (or after `make clean`); they then reuse it.
+venv-cpu:
+	$(MAKE) --no-print-directory venv TORCH_INDEX=$(TORCH_CPU_INDEX)
 
 # Each step says how long it took (the first `make demo` spends most of it installing torch).
 demo:

@@ -61,6 +61,7 @@ import numpy as np
 from hashbench.cache import CacheEntry
 from hashbench.data import DatasetArrays, HashingDataset
 from hashbench.errors import UserError
+from hashbench.labels import LabelError, class_id_problem
 from hashbench.neighbours import NEIGHBOURS_VERSION, ProgressLine, exact_neighbours
 from hashbench.splits import SplitProtocol, sample_count
 from hashbench.validate import Finding, Inspection, RowFaults, refuse_or_drop
@@ -71,6 +72,7 @@ METRICS = ("euclidean", "cosine")
 # ann-benchmarks' names of the distances hashbench supports
 FILE_METRICS = {"euclidean": "euclidean", "angular": "cosine", "cosine": "cosine"}
 _BLOCK = 65536  # rows scanned at a time
+NAME_LENGTH = 64  # longest dataset name taken from a file's stem (see Features.default_name)
 
 
 @dataclass(frozen=True)
@@ -562,8 +564,17 @@ class Features(HashingDataset):
 
     @classmethod
     def default_name(cls, argument: str) -> str:
-        """The dataset name of ``features:ARGUMENT``: the file's stem, safe in file names."""
-        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(argument).stem).strip("-.") or "features"
+        """The dataset name of ``features:ARGUMENT``: the file's stem, safe in file names.
+
+        A stem longer than ``NAME_LENGTH`` is cut, and ends in 8 hex digits of its SHA-256
+        (``long-stem…-1a2b3c4d``): the name goes into split manifests' and caches' file names,
+        which a file system limits to 255 bytes; the digest keeps files whose long names share
+        a beginning apart, and the run records name the file itself."""
+        original = Path(argument).stem
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", original).strip("-.") or "features"
+        if len(stem) > NAME_LENGTH:
+            digest = hashlib.sha256(original.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+            stem = f"{stem[: NAME_LENGTH - 9].rstrip('-.')}-{digest}"
         return stem
 
     @classmethod
@@ -687,7 +698,7 @@ class Features(HashingDataset):
             masks["zero_vector"] = _zero_rows(raw.vectors)
         labels, has_labels = np.zeros((rows, 0), dtype=bool), raw.labels is not None
         if raw.labels is not None:
-            labels, label_masks = _checked_labels(raw.labels, settings.path)
+            labels, label_masks = _checked_labels(raw.labels, settings.path, _label_source(settings, raw))
             masks.update(label_masks)
         relevance = settings.relevance or ("labels" if has_labels else "neighbours")
         if relevance == "labels" and not has_labels:
@@ -827,13 +838,29 @@ class Features(HashingDataset):
         return Inspection(counts=counts, findings=findings, arrays=arrays)
 
 
-def _checked_labels(labels: np.ndarray, path: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def _label_source(settings: FeatureSettings, raw: RawFile) -> str:
+    """Where the labels came from in the file, for messages: "array 'labels'", "column 'y'"."""
+    label = settings.labels if isinstance(settings.labels, str) else "labels"
+    if settings.file_format == "parquet":
+        return f"column {label!r}"
+    if raw.train_rows is not None:
+        return f"arrays 'train_{label}' and 'test_{label}'"
+    return f"array {label!r}"
+
+
+def _checked_labels(labels: np.ndarray, path: str, source: str = "labels") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Class ids (N,) or multi-hot (N, C >= 2) as a bool matrix, and the rows at fault."""
     rows = labels.shape[0]
     if labels.ndim == 1:
         if labels.dtype.kind not in "iu":
             raise UserError(f"features file {path}: class ids must be integers; got dtype {labels.dtype}")
         negative = labels < 0
+        problem = class_id_problem(
+            labels[~negative], f"features file {path}, {source}", "mark unlabelled rows with -1 (a signed dtype; "
+            "such rows are refused, or left out with --drop-bad-rows)",
+        )
+        if problem is not None:  # before the (rows, max id + 1) matrix is allocated
+            raise LabelError(problem)
         ids = np.where(negative, 0, labels).astype(np.int64)
         multi_hot = np.zeros((rows, int(ids.max()) + 1 if rows else 0), dtype=bool)
         multi_hot[np.arange(rows), ids] = ~negative

@@ -196,4 +196,28 @@ def load_dataset(
     parameters = inspect.signature(plugin.load).parameters
     if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         options = {name: value for name, value in options.items() if name in parameters}
-    return freeze(plugin.load(Path(root), **options))
+    return freeze(check_loaded(plugin, plugin.load(Path(root), **options)))
+
+
+def check_loaded(plugin: Any, arrays: Any) -> Any:
+    """Refuse what a plugin loaded that no split or method could use, before anything is
+    drawn or fitted: labels that are not 0/1 multi-hot or class ids (which become multi-hot
+    here), and features or images with another number of rows than the labels."""
+    if not isinstance(arrays, DatasetArrays):
+        return arrays
+    from hashbench.labels import LabelError, dataset_labels
+
+    where = f"dataset {plugin.name} ({type(plugin).__module__}.{type(plugin).__qualname__}.load)"
+    classes = getattr(plugin, "classes", ()) or ()
+    arrays.labels = dataset_labels(arrays.labels, where, len(classes) or None)
+    rows = len(arrays)
+    for what, values in (("features", arrays.features), ("images", arrays.images)):
+        if values is None or callable(values) and not hasattr(values, "__len__"):
+            continue  # a feature function: its rows are asked for by index
+        count = int(values.shape[0]) if hasattr(values, "shape") else len(values)
+        if count != rows:
+            raise LabelError(
+                f"{where}: {what} have {count} rows but labels have {rows}; each item needs one {what[:-1]} row and "
+                f"one label row, in the same order: fix the {what} or the labels the plugin returns"
+            )
+    return arrays

@@ -75,6 +75,8 @@ def metric_info(name: str, map_k: int | str | None = None) -> MetricInfo:
         if match:
             return MetricInfo(name, label.format(match.group(1)), True, ".4f", description.format(match.group(1)))
     candidates = [*_FIXED, "precision_at_k.100", "recall_at_k.100", "precision_radius2", "recall_radius2"]
-    close = difflib.get_close_matches(name, candidates, n=1)
+    # compared without regard to case: `mAP` suggests `map`
+    lowered = {candidate.lower(): candidate for candidate in candidates}
+    close = [lowered[match] for match in difflib.get_close_matches(name.lower(), list(lowered), n=1)]
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise UserError(f"--metric {name!r} is not a metric; {hint}known: {', '.join(EXAMPLES)} (and any precision_at_k.K, recall_at_k.K, timings.*)")

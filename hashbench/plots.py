@@ -268,10 +268,57 @@ def make_plots(records: list[RunRecord], metric: str = "map", captions: dict[str
     return plots
 
 
+# The plot folder's list of the files the last report wrote there, one name a line: the next
+# report removes those it does not write again, and `--no-plots` removes them all, so the
+# folder never holds a plot that report.html does not show. Nothing else is ever removed.
+MANIFEST = ".hashbench-plots"
+# How _file_stem and save_plot name a plot file.
+_PLOT_NAME = re.compile(r"(?:pr|precision-at-k|[A-Za-z0-9._-]+-vs-bits)-[A-Za-z0-9._-]+\.(?:png|pdf)")
+
+
+def earlier_plots(folder: Path) -> list[Path]:
+    """The plot files an earlier report wrote into ``folder``: those its manifest lists; in a
+    folder written before there was one, the PNG and PDF pairs named as hashbench names its
+    plots. Only plain files with a plot's name, directly in the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        names = {line.strip() for line in manifest.read_text(errors="replace").splitlines()}
+    else:
+        present = {path.name for path in folder.iterdir()}
+        names = {name for name in present if name.endswith(".png") and name[:-4] + ".pdf" in present}
+        names |= {name[:-4] + ".pdf" for name in names}
+    return sorted(folder / name for name in names if _PLOT_NAME.fullmatch(name) and (folder / name).is_file())
+
+
+def remove_plots(folder: Path, keep: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
+    """Delete the earlier plots of ``folder`` except ``keep``; returns what was deleted. With
+    nothing kept the manifest goes too, and the folder when that leaves it empty."""
+    folder = Path(folder)
+    removed = []
+    for path in earlier_plots(folder):
+        if path not in keep:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if not keep and folder.is_dir():
+        (folder / MANIFEST).unlink(missing_ok=True)
+        if not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
+
+
 def write_plots(
     records: list[RunRecord], folder: Path, metric: str = "map", captions: dict[str, str] | None = None
 ) -> list[Plot]:
+    """Save every plot of the report into ``folder``, remove the ones an earlier report wrote
+    there that this one does not (another dataset, another --metric), and list what is there."""
     plots = make_plots(records, metric, captions)
     for plot in plots:
         save_plot(plot, folder)
+    written = {path for plot in plots for path in plot.paths.values()}
+    remove_plots(folder, keep=written)
+    if written:
+        atomic.write_text(Path(folder) / MANIFEST, "".join(f"{path.name}\n" for path in sorted(written)))
     return plots

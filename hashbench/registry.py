@@ -82,7 +82,7 @@ class Registry:
         entry = self._entries.get(name)
         if entry is None:
             known = sorted(self._entries)
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            close = close_names(name, known)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             nearby = [path for path in (Path(f"{name}.py"), Path(f"{name.replace('-', '_')}.py")) if path.is_file()]
             if nearby:
@@ -96,6 +96,16 @@ class Registry:
     def origin(self, name: str) -> str:
         self.get(name)
         return self._entries[name].origin
+
+
+def close_names(name: str, known: Sequence[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """The names of ``known`` closest to ``name``, compared without regard to case (``ITQ``
+    suggests ``itq``); a name equal but for its case comes first."""
+    lowered: dict[str, list[str]] = {}
+    for candidate in known:
+        lowered.setdefault(candidate.lower(), []).append(candidate)
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=cutoff)
+    return [candidate for match in close for candidate in lowered[match]][:n]
 
 
 def check_file_name(kind: str, name: Any, origin: str) -> None:

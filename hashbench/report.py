@@ -1,7 +1,9 @@
 """Tables in the papers' layout from every run record of a results directory.
 
-Rows are methods, columns are dataset × bits, cells are mean ± std over seeds with the
-best mean of each column in bold; written as Markdown, LaTeX (booktabs), CSV and HTML.
+Rows are methods, columns are dataset × bits, cells are mean ± std over seeds (with a 95%
+interval and a † where per-query values were stored); every mean that, at the precision the
+table prints, equals its column's best is in bold. Written as Markdown, LaTeX (booktabs), CSV
+and HTML.
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ class SummaryTable:
     @property
     def title(self) -> str:
         direction = "higher" if self.info.higher_is_better else "lower"
-        text = f"{self.info.label} (mean ± std over seeds; best in bold, {direction} is better"
+        label = self.info.label
+        if _is_resource(self.metric):  # a time or a memory size: say what was measured
+            label += f": {self.info.description}"
+        text = f"{label} (mean ± std over seeds; best in bold, as is every mean printed the same; {direction} is better"
         if self.intervals:
             text += (
                 f"; [95% interval: bootstrap resampling queries and seeds, {BOOTSTRAP_DRAWS} draws, seed {BOOTSTRAP_SEED}]"
@@ -72,9 +77,17 @@ class SummaryTable:
         return text + ")"
 
     def best(self) -> pd.DataFrame:
-        """True where a cell holds its column's best mean by the metric's direction (ties all bold)."""
+        """True where a cell's mean, as the table prints it, equals its column's best by the
+        metric's direction: means that print alike ("782" and "782") are all bold, whatever
+        the digits not shown say."""
         extremes = self.mean.max(axis=0) if self.info.higher_is_better else self.mean.min(axis=0)
-        return self.mean.eq(extremes, axis=1) & self.mean.notna()
+        bold = pd.DataFrame(False, index=self.mean.index, columns=self.mean.columns)
+        for column in self.mean.columns:
+            if pd.isna(extremes[column]):
+                continue
+            shown = self.info.formatted(extremes[column])
+            bold[column] = [not pd.isna(value) and self.info.formatted(value) == shown for value in self.mean[column]]
+        return bold
 
     def cell_text(self, row: str, column: tuple) -> str | None:
         mean = self.mean.at[row, column]
@@ -115,7 +128,9 @@ class SummaryTable:
             leaders = [row for row in self.mean.index if best.at[row, column] and (row, column) in self.values]
             if not leaders:
                 continue
-            leader = (leaders[0], column)
+            # Several means may print as the best; the test compares with the exact best of them.
+            pick = max if self.info.higher_is_better else min
+            leader = (pick(leaders, key=lambda row, column=column: self.mean.at[row, column]), column)
             for row in self.mean.index:
                 cell = (row, column)
                 if best.at[row, column] or cell not in self.values or self.splits.get(cell) != self.splits.get(leader):
@@ -162,6 +177,16 @@ PER_QUERY_OF = {"map": "ap", "map_all": "ap_all", "map_tie_aware": "ap_tie_aware
 COMPANIONS = {"map": "map_tie_aware"}
 
 
+def _is_resource(metric: str) -> bool:
+    """A time or a memory size, not a retrieval score."""
+    return metric.startswith("timings.") or metric == "peak_memory_mb"
+
+
+def _uses_cutoff(metric: str) -> bool:
+    """Whether the metric is computed at the protocol's mAP cut-off k (its label names k)."""
+    return metric_info(metric, 1).label != metric_info(metric, 2).label
+
+
 def summarise(frame: pd.DataFrame, metric: str = "map", per_query: dict[str, dict] | None = None) -> SummaryTable:
     """The table of ``metric``; with ``per_query`` (run key → stored per-query values) also
     intervals and significance marks where every run of a cell has them."""
@@ -185,8 +210,11 @@ def summarise(frame: pd.DataFrame, metric: str = "map", per_query: dict[str, dic
 
     cutoffs = sorted({int(k) for k in ok["map_k"].dropna()}) if "map_k" in ok else []
     map_k = cutoffs[0] if len(cutoffs) == 1 else ("k" if not cutoffs else "/".join(map(str, cutoffs)))
+    # The captions name the protocol's mAP cut-off only where the metric depends on it (not
+    # beside times, memory, P@k or mAP@all).
+    captioned = ok if _uses_cutoff(metric) else ok.drop(columns=["map_k"], errors="ignore")
     table = SummaryTable(
-        metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k), column_captions(ok),
+        metric, pivot("mean"), pivot("std"), pivot("count").fillna(0), metric_info(metric, map_k), column_captions(captioned),
         pivot("size"),
     )
     if per_query:
@@ -272,8 +300,8 @@ def to_html(table: SummaryTable) -> str:
     ]
     for dataset in datasets:
         width = sum(1 for name, _ in columns if name == dataset)
-        parts.append(f"<th colspan=\"{width}\">{html.escape(dataset)}</th>")
-    parts.append("</tr><tr>" + "".join(f"<th>{bits} bits</th>" for _, bits in columns) + "</tr></thead><tbody>")
+        parts.append(f"<th class=\"dataset\" colspan=\"{width}\">{html.escape(dataset)}</th>")
+    parts.append("</tr><tr>" + "".join(f"<th class=\"bits\">{bits} bits</th>" for _, bits in columns) + "</tr></thead><tbody>")
     for row in table.mean.index:
         parts.append(f"<tr><th>{html.escape(row)}</th>")
         for column in columns:
@@ -395,7 +423,8 @@ _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em; color: #222; }
 table.hashbench { border-collapse: collapse; margin: 1em 0 2em; font-size: 0.9em; }
 table.hashbench th, table.hashbench td { border-bottom: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-table.hashbench th:first-child, table.hashbench td:first-child { text-align: left; }
+table.hashbench tbody tr > :first-child, table.hashbench thead tr:first-child > th:first-child { text-align: left; }
+table.hashbench th.dataset { text-align: center; border-bottom: 1px solid #777; }
 table.hashbench caption { caption-side: top; text-align: left; font-weight: bold; padding-bottom: 0.4em; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; } figcaption { font-size: 0.85em; color: #555; }
 """
@@ -569,6 +598,16 @@ def write_report(
         for plot in figures:
             for extension, path in plot.paths.items():
                 paths[f"plot_{plot.kind}_{plot.dataset}_{extension}"] = path
+    elif (out / "plots").is_dir():
+        # --no-plots: the plots an earlier report wrote here would no longer be the report's.
+        from hashbench.plots import remove_plots
+
+        try:
+            removed = remove_plots(out / "plots")
+        except OSError as error:
+            raise UserError(f"cannot remove the earlier plots in {out / 'plots'}: {error.strerror or error}") from None
+        if removed:
+            warnings.append(f"--no-plots: removed the {len(removed)} plot file(s) an earlier report wrote into {out / 'plots'}")
     failed = int((frame["status"] != "ok").sum())
     if failed:
         warnings.append(f"{failed} run(s) did not finish ok and are left out of the table")

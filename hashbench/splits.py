@@ -60,9 +60,18 @@ def sample_per_class(
     for class_index in range(labels.shape[1]):
         candidates = np.flatnonzero(available & labels[:, class_index])
         if candidates.size < per_class:
+            carrying = int(np.count_nonzero(labels[:, class_index]))
+            if carrying == 0:
+                raise UserError(
+                    f"{what}: class {class_index} is empty (no item of the {labels.shape[0]} carries it; labels have "
+                    f"{labels.shape[1]} classes), and the protocol draws {per_class} items of each class; class ids "
+                    "must be contiguous 0..C-1: remap them (e.g. numpy.unique(ids, return_inverse=True)[1]), or drop "
+                    "the empty columns of multi-hot labels"
+                )
             raise UserError(
                 f"{what}: class {class_index} has only {candidates.size} eligible items, "
-                f"the protocol needs {per_class}"
+                f"the protocol needs {per_class} ({carrying} items carry class {class_index}; those drawn "
+                "already or outside the pool are not eligible)"
             )
         picked = rng.choice(candidates, size=per_class, replace=False)
         available[picked] = False

@@ -437,7 +437,12 @@ class Trainer:
         payload = self._load_checkpoint()
         if payload is not None:
             start_epoch, best = self._restore(payload, result)
-            self.context.log(f"{self.name}: resuming after epoch {start_epoch}")
+            # the run folder's name without its digest: method-dataset-protocol-split-bits-seed
+            cell = Path(self.context.work_dir).name.rsplit("-", 1)[0] if self.context.work_dir else self.name
+            message = f"resuming {cell} from epoch {start_epoch} of {schedule.epochs} (its checkpoint)"
+            self.context.log(f"{self.name}: {message}")
+            if progress.mode() != "quiet":
+                progress.line(message)
         steps_per_epoch = len(batch_positions(num_items, schedule.batch_size))
         kill_after = os.environ.get(KILL_AFTER_EPOCH_ENV)
         validating = validate is not None and schedule.validate_every > 0

@@ -257,21 +257,28 @@ def check_dataset(
     for every plugin the loaded labels are checked and the protocol is drawn once, to prove it
     can be drawn from these files.
     """
-    from hashbench.data import load_dataset
+    from hashbench.data import check_loaded, load_dataset
+    from hashbench.labels import LabelError
     from hashbench.splits import draw_split
+
+    def refused(error: UserError) -> CheckReport:
+        # labels that cannot be used are a problem of the labels, not of missing files
+        kind = "labels" if isinstance(error, LabelError) else "unreadable-source"
+        return CheckReport(plugin.name, root, {}, [Finding("error", kind, str(error))])
 
     root = Path(root)
     inspect = getattr(plugin, "inspect", None)
     if inspect is not None:
         try:
             inspection = inspect(root, decode=decode)
+            check_loaded(plugin, inspection.arrays)
         except UserError as error:
-            return CheckReport(plugin.name, root, {}, [Finding("error", "unreadable-source", str(error))])
+            return refused(error)
     else:
         try:
             arrays = load_dataset(plugin, root)
         except UserError as error:
-            return CheckReport(plugin.name, root, {}, [Finding("error", "unreadable-source", str(error))])
+            return refused(error)
         inspection = Inspection(counts={"images": len(arrays)}, arrays=arrays)
         faults = RowFaults([f"row {row}" for row in range(len(arrays))])
         check_labels(arrays.labels, faults)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import click
@@ -63,7 +64,9 @@ class HashbenchGroup(click.Group):
             sys.exit(error.exit_code)
         except click.UsageError as error:
             command = error.ctx.command_path if error.ctx is not None else "hashbench"
-            click.echo(f"Error: {error.format_message()} (see `{command} --help`)", err=True)
+            argv = kwargs.get("args", args[0] if args else None)
+            hint = spaced_list_hint(error, sys.argv[1:] if argv is None else list(argv))
+            click.echo(f"Error: {error.format_message()}{hint} (see `{command} --help`)", err=True)
             sys.exit(error.exit_code)
         except click.ClickException as error:
             error.show()
@@ -72,6 +75,49 @@ class HashbenchGroup(click.Group):
             click.echo("Aborted.", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+_EXTRA = re.compile(r"Got unexpected extra arguments? \((.*)\)")
+
+
+def spaced_list_hint(error: click.UsageError, argv: list[str]) -> str:
+    """For ``--bits 16 32`` (a list written with spaces, so click sees an extra argument):
+    ``: lists take commas, not spaces: --bits 16,32``; else nothing."""
+    from hashbench.cli.options import CommaList
+
+    match = _EXTRA.fullmatch(error.format_message())
+    if match is None or error.ctx is None:
+        return ""
+    extras = match.group(1).split()
+    params = [param for param in error.ctx.command.params if isinstance(param.type, CommaList)]
+    listed = {opt: param.type for param in params if isinstance(param, click.Option) for opt in param.opts}
+    tokens = [str(token) for token in argv]
+    fixes, claimed = [], set()
+    for index, token in enumerate(tokens):
+        option, equals, value = token.partition("=")
+        if option not in listed:
+            continue
+        start = index + 1
+        if not equals:
+            if start >= len(tokens):
+                continue
+            value, start = tokens[start], start + 1
+        following = []
+        for item in tokens[start:]:
+            if item.startswith("-"):
+                break
+            following.append(item)
+        if listed[option].item is int and not all(item.strip(",").isdigit() for item in following):
+            continue  # `--bits 16 extra`: not a list of integers
+        if set(extras) & set(following):
+            claimed.update(following)
+            fixes.append(f"{option} " + ",".join(part.strip(",") for part in (value, *following) if part.strip(",")))
+    # a positional list (`check-method itq lsh`): what click took for it, then the extras
+    arguments = [param for param in params if isinstance(param, click.Argument)]
+    rest = [item for item in extras if item not in claimed]
+    if rest and len(arguments) == 1 and isinstance(error.ctx.params.get(arguments[0].name), list):
+        fixes.append(",".join(str(item) for item in [*error.ctx.params[arguments[0].name], *rest]))
+    return f": lists take commas, not spaces: {' '.join(fixes)}" if fixes else ""
 
 
 @click.group(cls=HashbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})

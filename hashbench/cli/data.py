@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hashbench import registry
@@ -27,7 +28,10 @@ def failure_hint(report: CheckReport, plugin, root: Path) -> str:
     hints = []
     if "unreadable-source" in kinds:
         layout = getattr(plugin, "layout_help", "")
-        hint = f"The files go under the data root {root}" + (f": {layout}" if layout else "")
+        if getattr(plugin, "argument_setting", None) is not None:  # a file named anywhere, not under the root
+            hint = layout[:1].upper() + layout[1:] if layout else "Check the path of the file"
+        else:
+            hint = f"The files go under the data root {root}" + (f": {layout}" if layout else "")
         if getattr(plugin, "download", None) is not None:
             hint += f"; or run `hashbench data get {report.dataset} --data-root {root}`"
         hints.append(hint + ".")
@@ -38,8 +42,18 @@ def failure_hint(report: CheckReport, plugin, root: Path) -> str:
     return " ".join(hints) or "Fix what is listed above."
 
 
-def print_report(report: CheckReport, console: Console, *, show_all: bool = False, hint: str = "") -> None:
-    counts = Table(title=f"{report.dataset} under {report.root}", title_justify="left", show_header=False)
+def source_of(plugin, root: Path) -> str:
+    """Where the dataset's files are: its own file for one named by path (``features:PATH``),
+    else the data root."""
+    path = getattr(getattr(plugin, "settings", None), "path", None)
+    return f"from {path}" if path is not None else f"under {root}"
+
+
+def print_report(
+    report: CheckReport, console: Console, *, show_all: bool = False, hint: str = "", where: str | None = None
+) -> None:
+    title = f"{report.dataset} {where or f'under {report.root}'}"
+    counts = Table(title=escape(title), title_justify="left", show_header=False)
     counts.add_column("what")
     counts.add_column("count", justify="right")
     for what, count in report.counts.items():
@@ -48,7 +62,7 @@ def print_report(report: CheckReport, console: Console, *, show_all: bool = Fals
         console.print(counts)
     style = {"error": "[red]error[/red]", "warning": "[yellow]warning[/yellow]", "info": "info"}
     for finding in report.findings:
-        console.print(f"{style[finding.severity]}: {finding.message}", highlight=False)
+        console.print(f"{style[finding.severity]}: {escape(finding.message)}", highlight=False)
         shown = finding.examples if show_all else finding.examples[:MAX_EXAMPLES]
         for example in shown:
             console.print(f"    {example}", highlight=False, markup=False)
@@ -59,7 +73,7 @@ def print_report(report: CheckReport, console: Console, *, show_all: bool = Fals
         console.print(f"[green]OK[/green]: {report.dataset} is ready to run.")
     else:
         problems = sum(finding.count or 1 for finding in report.errors)
-        console.print(f"[red]FAILED[/red]: {problems} problem(s). {hint or 'Fix what is listed above.'}", highlight=False)
+        console.print(f"[red]FAILED[/red]: {problems} problem(s). {escape(hint or 'Fix what is listed above.')}", highlight=False)
 
 
 @data_command.command("check")
@@ -82,7 +96,7 @@ def check_command(
     root = resolve_data_root(data_root)
     report = check_dataset(plugin, root, protocol=protocol, decode=not no_decode, split_seed=split_seed)
     hint = "" if report.ok else failure_hint(report, plugin, root)
-    print_report(report, Console(soft_wrap=True), show_all=show_all, hint=hint)
+    print_report(report, Console(soft_wrap=True), show_all=show_all, hint=hint, where=source_of(plugin, root))
     sys.exit(0 if report.ok else 1)
 
 

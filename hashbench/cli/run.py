@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -194,17 +194,20 @@ def _cell_name(cell) -> str:
     return f"{cell.method} {cell.dataset} {cell.bits}b seed {cell.seed}"
 
 
-def summary_table(outcomes: list[CellOutcome]) -> Table:
-    """One row per cell, narrow enough for 80 columns (failure reasons follow the table)."""
+def summary_table(outcomes: list[CellOutcome]) -> Table | Group:
+    """One row per cell, narrow enough for 80 columns (failure reasons follow the table); notes
+    below it, left-aligned, one phrase a line."""
     from rich import box
+    from rich.text import Text
 
     cutoffs = sorted({o.record.map_k for o in outcomes if o.record is not None and o.record.map_k is not None})
     map_header = f"mAP@{cutoffs[0]}" if len(cutoffs) == 1 else "mAP@k"
     profiles = sorted({o.record.profile for o in outcomes if o.record is not None and o.record.profile})
-    caption = None
+    notes = []
     if "tiny" in profiles:
-        caption = "tiny profile: CPU settings for small images, not the papers' (compare with papers only under paper)"
-    table = Table(title="hashbench run", caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+        notes += ["tiny profile: CPU settings for small images, not the papers';",
+                  "compare with published numbers only under profile paper."]
+    table = Table(title="hashbench run", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
     # mAP@all and the rest are in the records and `hashbench report`.
     for column in ("method", "dataset", "bits", "seed", "status", map_header, "P@r≤2", "seconds"):
         text = column in ("method", "dataset", "status")
@@ -227,7 +230,8 @@ def summary_table(outcomes: list[CellOutcome]) -> Table:
             number("precision_radius2"),
             f"{seconds:.2f}" if seconds is not None else "",
         )
-    return table
+    # Not a rich caption: that is centred under the table and wrapped to its width.
+    return Group(table, *(Text(note, style="table.caption") for note in notes)) if notes else table
 
 
 GRID_OPTIONS: list[Callable] = [

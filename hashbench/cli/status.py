@@ -3,6 +3,8 @@ pending cells of a grid."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import click
@@ -26,13 +28,64 @@ _STYLE = {
 }
 
 
-def status_table(statuses: list[CellStatus], title: str) -> Table:
+# The trainer's checkpoint in a run folder (hashbench.training.CHECKPOINT_NAME; not imported
+# from there, as that module loads torch).
+CHECKPOINT_NAME = "checkpoint.pt"
+# A run key (hashbench.records.CellIdentity.prefix, then the digest):
+# METHOD-DATASET-PROTOCOL-splitN-BITSb-seedN-DIGEST
+_KEY = re.compile(r"(?P<head>.+)-split(?P<split>\d+)-(?P<bits>\d+)b-seed(?P<seed>\d+)-(?P<digest>[0-9a-f]+)")
+
+
+def _longest_prefix(text: str, names: list[str]) -> str | None:
+    matches = [name for name in names if text.startswith(f"{name}-") and len(text) > len(name) + 1]
+    return max(matches, key=len) if matches else None
+
+
+def parse_key(key: str) -> dict | None:
+    """Method, dataset, protocol, split seed, bits and seed of a run folder's name; None when
+    it is not a run key. Names may hold hyphens, so the method is the longest registered
+    method name the key starts with, and the protocol the longest protocol name of a
+    registered dataset that ends what is left (else the last hyphenated part)."""
+    from hashbench import registry
+    from hashbench.errors import UserError
+
+    match = _KEY.fullmatch(key)
+    if match is None:
+        return None
+    head = match["head"]
+    try:
+        methods = registry.methods.names()
+        datasets = registry.datasets.names()
+        protocols = {name for dataset in datasets for name in getattr(registry.get_dataset(dataset), "protocols", {})}
+    except UserError:
+        methods, protocols = [], set()
+    method = _longest_prefix(head, methods) or head.split("-", 1)[0]
+    rest = head[len(method) + 1 :]
+    ends = [name for name in protocols if rest.endswith(f"-{name}") and len(rest) > len(name) + 1]
+    protocol = max(ends, key=len) if ends else rest.rsplit("-", 1)[-1]
+    dataset = rest[: len(rest) - len(protocol) - 1]
+    if not method or not dataset or not protocol:
+        return None
+    return {
+        "method": method, "dataset": dataset, "protocol": protocol,
+        "split_seed": int(match["split"]), "bits": int(match["bits"]), "seed": int(match["seed"]),
+    }  # fmt: skip
+
+
+def status_table(statuses: list[CellStatus], title: str, results: Path | None = None) -> Table:
     table = Table(title=title)
     for column in ("method", "dataset", "protocol", "bits", "seed", "state", "detail"):
         table.add_column(column, justify="right" if column in ("bits", "seed") else "left", overflow="fold")
     for status in statuses:
         detail = status.reason or ""
         record = status.record
+        if status.method is None:  # a run folder without a usable record: what its name says
+            parsed = parse_key(status.key)
+            if parsed is not None:
+                status = dataclasses.replace(status, **{name: parsed[name] for name in ("method", "dataset", "protocol", "bits", "seed")})
+        if status.state is Status.INTERRUPTED and results is not None:
+            if (results / "runs" / status.key / CHECKPOINT_NAME).is_file():
+                detail += "; `hashbench run` resumes it from its checkpoint"
         if status.state is Status.OK and record is not None:
             value = record.metric("map")
             detail = "" if value is None else f"mAP@{record.map_k} {value:.4f}"
@@ -83,6 +136,6 @@ def status_command(config_path: Path | None, only: tuple[str, ...], **options) -
         console.width = max(console.width, 160)
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)
-    console.print(status_table(shown, title))
+    console.print(status_table(shown, title, results))
     total = counts(statuses)
     click.echo(" · ".join(f"{state} {total[state]}" for state in STATES if total[state] or state in _ALWAYS) + f"  (of {len(statuses)})")

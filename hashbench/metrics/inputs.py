@@ -14,7 +14,13 @@ import numpy as np
 
 from hashbench.codes import to_bits
 from hashbench.errors import UserError
-from hashbench.labels import check_label_shape, to_multi_hot
+from hashbench.labels import check_class_ids, check_label_shape, to_multi_hot
+
+UNLABELLED = "give an item without a label an all-zero row of multi-hot labels (never relevant), or leave it out"
+REMAP_BOTH = (
+    "remap the query and database ids together (e.g. numpy.unique(numpy.concatenate([query, database]), "
+    "return_inverse=True)[1], split back at len(query))"
+)
 
 # Query x database pairs per chunk when no chunk size is given. On the CPU a chunk holds its
 # relevance bits (1/8 byte per pair) and, with the numpy kernels, its distances (1 byte per
@@ -128,6 +134,11 @@ def label_matrices(query_labels: Any, database_labels: Any) -> tuple[np.ndarray,
     database = to_numpy(database_labels)
     check_label_shape(query, "query labels")
     check_label_shape(database, "database labels")
+    # class ids on either side are checked before any matrix is allocated: the other side's
+    # highest id sets the width of both (ids up to 10^9 would take terabytes)
+    for array, name in ((query, "query labels"), (database, "database labels")):
+        if array.ndim == 1:
+            check_class_ids(array, name, UNLABELLED, REMAP_BOTH)
     widths = {array.shape[1] for array in (query, database) if array.ndim == 2}
     if len(widths) > 1:
         raise UserError(
