@@ -133,6 +133,27 @@ def test_list_is_one_line_per_method_and_shows_features_as_an_embedding_file(inv
     assert cifar[2] == "standard (+5 more)"
 
 
+def test_list_piped_cuts_no_description_however_long_the_other_columns(invoke, monkeypatch):
+    """Captured output is read by scripts: a long plugin name (150 characters) widens the name
+    column, and every description still comes out whole on its one line."""
+    from hashbench import registry
+    from methods.lsh import LSH
+
+    long_name = "m" * 150
+    description = "a plugin whose description is long enough to be cut " * 3
+    plugin = type("LongNamed", (LSH,), {"name": long_name, "description": description.strip()})
+    monkeypatch.setitem(registry.methods._entries, long_name, registry._Entry(plugin, "a test"))
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke("list")
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.output)
+    (long_row,) = [row for row in rows if row[0] == long_name]
+    assert long_row[3] == description.strip()
+    (features,) = [row for row in rows if row[0] == "features"]
+    assert features[3].endswith("(--datasets features:PATH)")
+    assert "…" not in result.output
+
+
 def test_list_method_shows_parameters_with_defaults_ranges_and_profile_values(invoke):
     result = invoke("list", "bgan")
     assert result.exit_code == 0, result.output

@@ -32,6 +32,9 @@ def _default(field: dataclasses.Field):
     return "required"
 
 
+_UNCUT_WIDTH = 10_000  # wider than any row: a table that does not expand takes only what it needs
+
+
 def _console() -> Console:
     console = Console()
     if not console.is_terminal:  # piped or captured: one line per row, not folded into 80 columns
@@ -90,12 +93,20 @@ def _one_line_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, 
     return table
 
 
+def _print_one_line_table(console: Console, table: Table) -> None:
+    """On a terminal the description is cut to fit; piped or captured, nothing is cut (a script
+    reading the list gets every description whole, however long the other columns are)."""
+    if not console.is_terminal:
+        console = Console(width=_UNCUT_WIDTH)  # print's own width cannot exceed the console's
+    console.print(table)
+
+
 def _overview(console: Console) -> None:
     methods = []
     for name in registry.methods.names():
         cls = registry.get_method(name)
         methods.append((name, method_kind(cls), cls.input, cls.description))
-    console.print(_one_line_table("methods", ("name", "kind", "input", "description"), methods))
+    _print_one_line_table(console, _one_line_table("methods", ("name", "kind", "input", "description"), methods))
     datasets = []
     for name in registry.datasets.names():
         cls = registry.get_dataset(name)
@@ -104,7 +115,9 @@ def _overview(console: Console) -> None:
         if len(shown) > _PROTOCOL_WIDTH and len(protocols) > 1:
             shown = f"{protocols[0]} (+{len(protocols) - 1} more)"
         datasets.append((name, _dataset_labels(cls), shown, cls.description))
-    console.print(_one_line_table("datasets", ("name", "labels", "protocols (default first)", "description"), datasets))
+    _print_one_line_table(
+        console, _one_line_table("datasets", ("name", "labels", "protocols (default first)", "description"), datasets)
+    )
     click.echo("`hashbench list NAME` shows a method's parameters or a dataset's protocols.")
 
 
