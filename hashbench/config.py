@@ -16,6 +16,7 @@ device = "auto"
 plugins = ["my_methods.py"]  # like --plugin
 executor = "local"           # or "slurm"
 jobs = 1                     # worker processes of the local executor
+# cell_timeout = 3600          # seconds: a longer cell is stopped and recorded as failed
 
 [protocols]                  # optional: dataset → protocol, wins over `protocol`
 cifar10 = "standard"
@@ -49,6 +50,8 @@ neighbours = 100
 
 from __future__ import annotations
 
+import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -60,6 +63,10 @@ _LIST_KEYS = {"methods": str, "datasets": str, "bits": int, "seeds": int, "plugi
 _NON_EMPTY = {"methods": '["lsh"]', "datasets": '["digits"]', "bits": "[16, 32, 64]", "seeds": "[0]"}
 # An experiment file is a few hundred bytes; anything this large is not one.
 MAX_CONFIG_BYTES = 1 << 20
+# Settings naming a folder: an empty string would be the working directory, unasked for.
+_FOLDER_KEYS = ("results", "data_root", "cache")
+# Python reads integers of at most this many digits (tomllib raises ValueError beyond).
+_INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
 _SCALAR_KEYS = {
     "description": str,
     "split_seed": int,
@@ -72,6 +79,7 @@ _SCALAR_KEYS = {
     "force": bool,
     "executor": str,
     "jobs": int,
+    "cell_timeout": float,  # seconds
 }
 # Keys of the [slurm] table and their types (float where submitit takes fractions).
 SLURM_KEYS: dict[str, type] = {
@@ -87,6 +95,8 @@ SLURM_KEYS: dict[str, type] = {
     "folder": str,
 }
 EXECUTORS = ("local", "slurm")
+# A cell time limit above a year is a typo, not a limit.
+MAX_CELL_TIMEOUT = 366 * 24 * 3600.0
 
 
 def _check_type(value: Any, expected: type, where: str) -> Any:
@@ -99,6 +109,21 @@ def _check_type(value: Any, expected: type, where: str) -> Any:
     if expected is not int and not isinstance(value, expected):
         raise UserError(f"{where}: expected {expected.__name__}, got {value!r}")
     return value
+
+
+_FOLDER_EXAMPLES = {"results": "results", "data_root": "data", "cache": "data/.hashbench-cache"}
+
+
+def _refuse_repeats(items: list[Any], where: str, key: str) -> None:
+    """A grid names each method, dataset, code length and seed once: a repeat would be the
+    same cells twice."""
+    seen: set[Any] = set()
+    for item in items:
+        if item in seen:
+            once = ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in dict.fromkeys(items))
+            shown = f'"{item}"' if isinstance(item, str) else str(item)
+            raise UserError(f"{where}: {shown} is listed twice; name each once: {key} = [{once}]")
+        seen.add(item)
 
 
 def _string_table(value: Any, where: str, what: str) -> dict[str, str]:
@@ -159,6 +184,12 @@ def load_config(path: Path) -> dict[str, Any]:
         # for something left open, which is then named by the file's last line.
         message = str(error).replace("(at end of document)", f"(at end of document, line {max(1, len(text.splitlines()))})")
         raise UserError(f"{path}: not valid TOML: {message}") from error
+    except ValueError:  # an integer of more digits than Python reads (4300)
+        long_number = re.search(rf"\d[\d_]{{{max(_INT_DIGITS - 1, 1)},}}", text)
+        where = f"line {text[: long_number.start()].count(chr(10)) + 1}: " if long_number else ""
+        raise UserError(
+            f"{path}: {where}an integer of more than {_INT_DIGITS} digits, far beyond any setting; give a smaller value"
+        ) from None
     if not raw:
         what = "is empty" if not text.strip() else "holds no settings"
         raise UserError(f"{path}: {what}; write at least methods = [...] (see experiments/digits-quick.toml)")
@@ -178,8 +209,15 @@ def load_config(path: Path) -> dict[str, Any]:
             if not items and key in _NON_EMPTY:
                 raise UserError(f"{where}: an empty list runs nothing; give at least one, e.g. {key} = {_NON_EMPTY[key]}")
             config[key] = [_check_type(item, _LIST_KEYS[key], where) for item in items]
+            if key in _NON_EMPTY:
+                _refuse_repeats(config[key], where, key)
         elif key in _SCALAR_KEYS:
             config[key] = _check_type(value, _SCALAR_KEYS[key], where)
+            if key in _FOLDER_KEYS and not value.strip():
+                raise UserError(
+                    f"{where}: an empty path would be the working directory; name a folder "
+                    f'(e.g. {key} = "{_FOLDER_EXAMPLES[key]}"), or "." to mean the working directory'
+                )
         elif key == "params":
             if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
                 raise UserError(f"{where}: expected tables [params.METHOD] of parameter = value")
@@ -202,4 +240,11 @@ def load_config(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: executor: expected one of {', '.join(EXECUTORS)}, got {config['executor']!r}")
     if "jobs" in config and config["jobs"] < 1:
         raise UserError(f"{path}: jobs: must be at least 1, got {config['jobs']}")
+    if "cell_timeout" in config:
+        timeout = config["cell_timeout"]
+        if not 0 < timeout <= MAX_CELL_TIMEOUT:  # also refuses NaN
+            raise UserError(
+                f"{path}: cell_timeout: seconds, more than 0 and at most {MAX_CELL_TIMEOUT:g} (a year), got {timeout!r}"
+            )
+        config["cell_timeout"] = float(timeout)
     return config

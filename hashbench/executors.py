@@ -14,16 +14,19 @@ initializer, which must set the BLAS thread variables before numpy is first impo
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
+import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
+from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,12 +138,136 @@ def thread_report() -> dict[str, Any]:
     return report
 
 
+# How long a stopped worker gets to end on SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 3.0
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored here for a moment (main thread only: elsewhere signals cannot be set).
+
+    A process started meanwhile is born ignoring it, from its first instruction: Python then
+    installs no KeyboardInterrupt handler. That is how a worker stays out of a Ctrl-C that
+    reaches the whole process group; the runner decides what becomes of it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class _Worker:
+    """One spawned worker process, fed one job at a time through a pipe."""
+
+    def __init__(self, context: Any, threads: int) -> None:
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(
+            target=_worker_main, args=(child_end, threads, os.getpid()), name="hashbench-worker"
+        )
+        with _sigint_ignored():
+            self.process.start()
+        child_end.close()
+        self.position: int | None = None  # the job it runs, None while idle
+        self.started = 0.0  # time.monotonic() when that job was sent
+
+    def send(self, position: int, job: CellJob) -> None:
+        self.connection.send(job)
+        self.position, self.started = position, time.monotonic()
+
+    def stop(self) -> None:
+        """End the process now (SIGTERM, then SIGKILL): its cell stays an interrupted folder,
+        resumable from its last checkpoint; the kernel drops its locks."""
+        _stop_all([self])
+
+    def close(self) -> None:
+        """Let an idle worker end on its own (it reads the None)."""
+        try:
+            self.connection.send(None)
+        except OSError:  # already gone
+            pass
+        self.process.join(STOP_GRACE_SECONDS)
+        self.stop()
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    """SIGTERM to every worker at once, SIGKILL to those still there after the grace time."""
+    for worker in workers:
+        if worker.process.is_alive():
+            worker.process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join()
+        worker.connection.close()
+
+
+def _worker_main(connection: Any, threads: int, parent_pid: int) -> None:
+    """A worker's life: run the jobs it is sent, one at a time, until it is sent None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
+    _worker_initializer(threads, parent_pid)
+    while True:
+        try:
+            job = connection.recv()
+        except (EOFError, OSError):  # the runner is gone
+            return
+        if job is None:
+            return
+        try:
+            result: Any = _pool_entry(job)
+        except BaseException as error:  # outside the method (run_cell contains those): say what
+            message = str(error).strip().splitlines()
+            result = _Crash(f"{type(error).__name__}: {message[0] if message else 'no message'}", traceback.format_exc())
+        connection.send(result)
+
+
+@dataclass
+class _Crash:
+    """What a worker sends back when running the job itself raised."""
+
+    reason: str
+    log: str
+
+
+def _died_reason(exitcode: int | None) -> str:
+    how = ""
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"; it ended on {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"; it ended on signal {-exitcode}"
+    elif exitcode:
+        how = f"; exit status {exitcode}"
+    return (
+        "the worker process running this cell died (killed by the OS, e.g. for memory, "
+        f"or crashed in native code{how})"
+    )
+
+
+def timeout_reason(seconds: float) -> str:
+    return (
+        f"stopped after the cell time limit of {seconds:g} s (--cell-timeout, cell_timeout); "
+        "a deep method resumes from its last checkpoint when run again with a longer limit"
+    )
+
+
 @dataclass
 class LocalPoolExecutor:
-    """``--executor local --jobs N``: N spawned worker processes, each with C // N threads."""
+    """``--executor local --jobs N``: N spawned worker processes, each with C // N threads.
+
+    Each worker is sent one cell at a time, so the runner always knows which cell a worker
+    runs: a worker that dies fails that cell alone (and a fresh worker takes the rest), a
+    cell past ``cell_timeout`` seconds is stopped with its worker, and on Ctrl-C no further
+    cell is handed out and the running ones are stopped at once.
+    """
 
     jobs: int
     cpus: int | None = None  # None: this process's available CPUs
+    cell_timeout: float | None = None  # seconds; None: no limit
     remote = False
 
     def __post_init__(self) -> None:
@@ -152,16 +279,10 @@ class LocalPoolExecutor:
         return fair_share(self.jobs, self.cpus)
 
     def describe(self) -> dict[str, Any]:
-        return {"executor": "local", "jobs": self.jobs, "threads_per_job": self.threads, "host": socket.gethostname()}
-
-    def _new_pool(self, workers: int) -> ProcessPoolExecutor:
-        # spawn, not fork: a fresh interpreter, with no copied torch/OpenMP state or held locks.
-        return ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_worker_initializer,
-            initargs=(self.threads, os.getpid()),
-        )
+        described = {"executor": "local", "jobs": self.jobs, "threads_per_job": self.threads, "host": socket.gethostname()}
+        if self.cell_timeout is not None:
+            described["cell_timeout_s"] = self.cell_timeout
+        return described
 
     def run(
         self,
@@ -169,12 +290,7 @@ class LocalPoolExecutor:
         on_submit: Callable[[int, str | None], None],
         on_result: Callable[[int, JobResult], None],
     ) -> None:
-        """Run the jobs on shared workers; after a worker dies, the rest one process each.
-
-        A worker that dies (killed for memory, a crash in native code) takes its whole pool
-        down with it, and the pool cannot tell which cell killed it. So the cells it left
-        unfinished run again, each in a process of its own, N at a time: the culprit then
-        fails alone, with the reason, and the others finish.
+        """Run the jobs; ``on_submit`` is called as a worker starts each.
 
         The thread variables are set in this process's environment while workers start,
         because a worker inherits it before anything imports numpy: a spawned worker may
@@ -183,61 +299,97 @@ class LocalPoolExecutor:
         """
         if not jobs:
             return
-        with _environment({variable: str(self.threads) for variable in THREAD_VARIABLES}):
-            unfinished = self._run_shared(jobs, on_submit, on_result)
-            if unfinished:
-                self._run_isolated(jobs, unfinished, on_result)
+        # spawn, not fork: a fresh interpreter, with no copied torch/OpenMP state or held locks.
+        context = multiprocessing.get_context("spawn")
+        waiting = deque(range(len(jobs)))
+        workers: list[_Worker] = []
 
-    def _run_shared(self, jobs, on_submit, on_result) -> list[int]:
-        """Every job on one pool of workers; returns the jobs a dead worker left unfinished."""
-        pool = self._new_pool(min(self.jobs, len(jobs)))
-        unfinished = []
+        def new_worker() -> _Worker:
+            with _environment({variable: str(self.threads) for variable in THREAD_VARIABLES}):
+                worker = _Worker(context, self.threads)
+            workers.append(worker)
+            return worker
+
         try:
-            futures = {}
-            for position, job in enumerate(jobs):
-                futures[pool.submit(_pool_entry, job)] = position
-                on_submit(position, None)
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    position = futures[future]
-                    if isinstance(future.exception(), BrokenProcessPool):
-                        unfinished.append(position)
-                    else:
-                        on_result(position, _result_or_failure(jobs[position], future.result))
-        finally:
-            # On Ctrl-C, queued cells are dropped; running ones die with their workers.
-            pool.shutdown(wait=True, cancel_futures=True)
-        return sorted(unfinished)
+            for _ in range(min(self.jobs, len(jobs))):
+                new_worker()
+            while True:
+                for worker in list(workers):
+                    if worker.position is None and waiting:
+                        position = waiting.popleft()
+                        try:
+                            worker.send(position, jobs[position])
+                        except OSError:  # it died while idle: a fresh one takes the cell
+                            waiting.appendleft(position)
+                            worker.stop()
+                            workers.remove(worker)
+                            new_worker()
+                            continue
+                        on_submit(position, None)
+                busy = [worker for worker in workers if worker.position is not None]
+                if not busy:
+                    break
+                for worker in self._wait(busy):
+                    self._collect(worker, jobs, on_result)
+                    if worker.position is None and worker.process.is_alive():
+                        continue
+                    workers.remove(worker)  # dead or stopped: its cell is settled, a fresh one goes on
+                    if waiting:
+                        new_worker()
+        except BaseException:
+            # Ctrl-C (or any error here): no further cell starts; running ones stop now and
+            # stay interrupted, resumable. A second Ctrl-C meanwhile must not leave workers.
+            with _sigint_ignored():
+                _stop_all(workers)
+            raise
+        for worker in workers:
+            worker.close()
 
-    def _run_isolated(self, jobs, positions: list[int], on_result) -> None:
+    def _wait(self, busy: list[_Worker]) -> list[_Worker]:
+        """The busy workers with news: a result, a death, or a cell past its time limit."""
+        timeout = None
+        if self.cell_timeout is not None:
+            now = time.monotonic()
+            timeout = max(0.0, min(worker.started + self.cell_timeout - now for worker in busy))
+        handles = [worker.connection for worker in busy] + [worker.process.sentinel for worker in busy]
+        ready = set(connection_wait(handles, timeout))
+        now = time.monotonic()
+        return [
+            worker
+            for worker in busy
+            if worker.connection in ready
+            or worker.process.sentinel in ready
+            or (self.cell_timeout is not None and now - worker.started >= self.cell_timeout)
+        ]
+
+    def _collect(self, worker: _Worker, jobs: list[CellJob], on_result) -> None:
         from hashbench.runner import JobResult
 
-        queue = list(positions)
-        active: dict = {}
-        try:
-            while queue or active:
-                while queue and len(active) < self.jobs:
-                    position = queue.pop(0)
-                    pool = self._new_pool(1)
-                    active[pool.submit(_pool_entry, jobs[position])] = (position, pool)
-                done, _ = wait(active, return_when=FIRST_COMPLETED)
-                for future in done:
-                    position, pool = active.pop(future)
-                    pool.shutdown(wait=True)
-                    if isinstance(future.exception(), BrokenProcessPool):
-                        reason = (
-                            "the worker process running this cell died (killed by the OS, e.g. for memory, "
-                            "or crashed in native code)"
-                        )
-                        reason = _record_failure(jobs[position], reason)
-                        on_result(position, JobResult(jobs[position].key, Status.FAILED.value, None, reason))
-                    else:
-                        on_result(position, _result_or_failure(jobs[position], future.result))
-        finally:
-            for _, pool in active.values():
-                pool.shutdown(wait=True, cancel_futures=True)
+        position = worker.position
+        assert position is not None
+        job = jobs[position]
+        message: Any = None
+        hung_up = False  # the pipe's far end closed: the worker is ending or gone
+        if worker.connection.poll():
+            try:
+                message = worker.connection.recv()
+            except (EOFError, OSError):
+                hung_up = True
+        if isinstance(message, _Crash):
+            result = JobResult(job.key, Status.FAILED.value, None, _record_failure(job, message.reason, message.log))
+        elif message is not None:
+            result = message
+        else:
+            # Its sentinel is readable once it has exited (is_alive() may not know yet).
+            if hung_up or connection_wait([worker.process.sentinel], 0):
+                worker.process.join()
+                reason = _died_reason(worker.process.exitcode)
+            else:  # no answer and still running: past its time limit
+                reason = timeout_reason(self.cell_timeout or 0.0)
+            worker.stop()  # its locks go with it, so the failure can be recorded
+            result = JobResult(job.key, Status.FAILED.value, None, _record_failure(job, reason))
+        worker.position = None
+        on_result(position, result)
 
 
 def _pool_entry(job: CellJob) -> JobResult:
@@ -317,7 +469,15 @@ class SlurmExecutor:
     wait: bool = True  # wait for the jobs and report them; otherwise submit and return
     cluster: str = "slurm"  # "local"/"debug": submitit's stand-ins, to try a grid on one machine
     poll_seconds: float | None = None  # None: 15 s on a cluster, 0.5 s for the stand-ins
+    cell_timeout: float | None = None  # seconds: the job's time limit when below time_limit
     remote = True
+
+    @property
+    def timeout_min(self) -> int:
+        """The job's time limit in whole minutes: Slurm's granularity, so a cell limit rounds up."""
+        if self.cell_timeout is None:
+            return self.time_limit
+        return min(self.time_limit, max(1, math.ceil(self.cell_timeout / 60)))
 
     def __post_init__(self) -> None:
         self.make()  # refuse a missing submitit or Slurm now, before the grid writes anything
@@ -336,7 +496,8 @@ class SlurmExecutor:
         settings = {
             "partition": self.partition,
             "gpus_per_run": self.gpus_per_run,
-            "time_limit_min": self.time_limit,
+            "time_limit_min": self.timeout_min,
+            "cell_timeout_s": self.cell_timeout,
             "mem_gb": self.mem_gb,
             "cpus_per_run": self.cpus_per_run,
         }
@@ -346,7 +507,7 @@ class SlurmExecutor:
         """submitit's ``update_parameters`` arguments (None = leave to the cluster's default)."""
         parameters = {
             "name": "hashbench",
-            "timeout_min": self.time_limit,
+            "timeout_min": self.timeout_min,
             "mem_gb": self.mem_gb,
             "gpus_per_node": self.gpus_per_run,
             "cpus_per_task": self.cpus_per_run,
@@ -390,4 +551,16 @@ class SlurmExecutor:
         for job in submitit.helpers.as_completed(submitted, poll_frequency=poll):
             position = positions[id(job)]
             where = f" (job {job.job_id}; log {job.paths.stderr})"
+            if self.cell_timeout is not None and _timed_out(job):
+                reason = f"{timeout_reason(self.timeout_min * 60)}{where}"
+                on_result(position, JobResult(jobs[position].key, Status.FAILED.value, None, _record_failure(jobs[position], reason)))
+                continue
             on_result(position, _result_or_failure(jobs[position], job.result, where))
+
+
+def _timed_out(job: Any) -> bool:
+    """Whether Slurm ended the job for its time limit (state TIMEOUT)."""
+    try:
+        return str(job.state).upper().startswith("TIMEOUT")
+    except Exception:  # sacct unreachable: the result's own error says what happened
+        return False

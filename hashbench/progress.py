@@ -6,6 +6,10 @@ report the same way. A log (nohup, CI, a Slurm output file) gets one plain line 
 and, while a method trains, a line at most every ``HASHBENCH_PROGRESS_SECONDS`` (default 30)
 with the step, the latest loss, the elapsed time and an estimate of what is left.
 
+While cells run, a log also gets a heartbeat: when nothing was printed for
+``HASHBENCH_HEARTBEAT_SECONDS`` (default 300), a line says which cells are running and for
+how long, so a silent method (one stuck in ``encode``) is visible as such.
+
 Modes: ``bar`` (rich's live bar), ``lines`` (plain lines, rate-limited), ``verbose`` (plain
 lines at most every 2 s), ``quiet`` (nothing but the final summary and errors).
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -24,6 +29,10 @@ ENVIRONMENT = "HASHBENCH_PROGRESS"
 INTERVAL_ENVIRONMENT = "HASHBENCH_PROGRESS_SECONDS"
 DEFAULT_INTERVAL = 30.0
 VERBOSE_INTERVAL = 2.0
+HEARTBEAT_ENVIRONMENT = "HASHBENCH_HEARTBEAT_SECONDS"
+DEFAULT_HEARTBEAT = 300.0
+
+_last_line = time.monotonic()  # when this process last printed a progress line
 
 
 def mode() -> str:
@@ -41,19 +50,55 @@ def choose(quiet: bool, verbose: bool) -> str:
     return chosen
 
 
-def _interval() -> float:
+def _seconds(variable: str, default: float) -> float:
     try:
-        return max(0.0, float(os.environ.get(INTERVAL_ENVIRONMENT, DEFAULT_INTERVAL)))
+        value = float(os.environ.get(variable, default))
     except ValueError:
-        return DEFAULT_INTERVAL
+        return default
+    return max(0.0, value) if value == value else default  # NaN: the default
+
+
+def _interval() -> float:
+    return _seconds(INTERVAL_ENVIRONMENT, DEFAULT_INTERVAL)
 
 
 def line(text: str) -> None:
     """One plain progress line on stderr, time-stamped, flushed at once (logs are read live)."""
+    global _last_line
+    _last_line = time.monotonic()
     print(f"[{datetime.now().strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def _duration(seconds: float) -> str:
+@contextlib.contextmanager
+def heartbeat(running: Callable[[], str], seconds: float | None = None) -> Iterator[None]:
+    """While the block runs: whenever no line was printed for ``seconds`` (default
+    ``HASHBENCH_HEARTBEAT_SECONDS``), a line ``still running: <running()>``; none when
+    ``running()`` is empty."""
+    period = _seconds(HEARTBEAT_ENVIRONMENT, DEFAULT_HEARTBEAT) if seconds is None else seconds
+    if period <= 0:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(min(period, 1.0)):
+            silent = time.monotonic() - _last_line
+            if silent >= period:
+                what = running()
+                if what:
+                    line(f"still running: {what} · nothing reported for {duration(silent)}")
+
+    thread = threading.Thread(target=beat, name="hashbench-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def duration(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
     seconds = int(round(seconds))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
@@ -83,8 +128,8 @@ def steps(description: str, total: int, completed: int = 0) -> Iterator[Callable
         last = now
         elapsed = now - start
         rate = (done - completed) / elapsed if elapsed > 0 else 0.0
-        left = f", about {_duration((total - done) / rate)} left" if rate > 0 and done < total else ""
-        line(f"{text} · step {done}/{total} · {_duration(elapsed)} elapsed{left}")
+        left = f", about {duration((total - done) / rate)} left" if rate > 0 and done < total else ""
+        line(f"{text} · step {done}/{total} · {duration(elapsed)} elapsed{left}")
 
     yield advance
 

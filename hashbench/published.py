@@ -17,8 +17,9 @@ mAP at the protocol's k, ``map_all``, ``precision_radius2``, ``precision_at_k.10
 
 Every output that shows a secondary number marks it with ``‡`` (the report's † means "not
 distinguishable from the best") and says "secondary: cited in <source>, not checked against
-the paper". The CSV written beside the report neutralises spreadsheet formulas: a text cell
-starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'``.
+the paper". The CSV written beside the report neutralises spreadsheet formulas
+(:mod:`hashbench.csv_safe`): a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return gets a leading ``'``, unless it reads as a plain number.
 
 The shipped file holds each number with its citation and how it was checked, primary or
 secondary as it was read.
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from hashbench import csv_safe
 from hashbench.errors import UserError
 from hashbench.metric_table import metric_info
 from hashbench.results_frame import row_labels
@@ -44,8 +46,6 @@ KINDS = (PRIMARY, SECONDARY)
 # numbers get a mark of their own.
 SECONDARY_MARK = "‡"
 SECONDARY_LEGEND = f"{SECONDARY_MARK} secondary: read in the source named, not checked against the paper itself"
-# Cells a spreadsheet would run as a formula (OWASP's list for CSV injection).
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def citation(source: str, kind: str) -> str:
@@ -205,16 +205,4 @@ def has_secondary(comparison: pd.DataFrame) -> bool:
 
 def comparison_csv(comparison: pd.DataFrame) -> str:
     """``published-<metric>.csv``: the comparison with every text cell safe to open in a spreadsheet."""
-    safe = comparison.copy()
-    for column in safe.columns:
-        if not pd.api.types.is_numeric_dtype(safe[column]):
-            safe[column] = safe[column].map(_defuse)
-    return safe.to_csv(index=False, float_format="%.6f")
-
-
-def _defuse(value):
-    """A text cell a spreadsheet would run as a formula gets a leading quote, as spreadsheet-safe
-    exporters do; everything else is unchanged."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
+    return csv_safe.to_csv(comparison, float_format="%.6f")

@@ -336,7 +336,7 @@ class RunRecord:
         if schema == 1:
             value = _migrate_v1(value)
         status = value.get("status")
-        if status not in {s.value for s in RECORDED}:
+        if not isinstance(status, str) or status not in {s.value for s in RECORDED}:
             raise RecordError(f"status must be one of {', '.join(s.value for s in RECORDED)}, got {status!r}")
         params = value.get("params", {})
         if not isinstance(params, dict):

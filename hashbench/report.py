@@ -3,7 +3,8 @@
 Rows are methods, columns are dataset × bits, cells are mean ± std over seeds (with a 95%
 interval and a † where per-query values were stored); every mean that, at the precision the
 table prints, equals its column's best is in bold. Written as Markdown, LaTeX (booktabs), CSV
-and HTML.
+and HTML; every CSV goes through :mod:`hashbench.csv_safe`, so that no cell of it runs as a
+spreadsheet formula.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from hashbench import atomic
+from hashbench import atomic, csv_safe
 from hashbench.errors import UserError
 from hashbench.metric_table import MetricInfo, metric_info
 from hashbench.results_frame import (
@@ -344,7 +345,7 @@ def to_csv(table: SummaryTable) -> str:
                     "indistinguishable_from_best": (row, (dataset, bits)) in table.indistinct,
                 }
             )
-    return pd.DataFrame(rows).to_csv(index=False, float_format="%.6f")
+    return csv_safe.to_csv(pd.DataFrame(rows), float_format="%.6f")
 
 
 TIMING_COLUMNS = {
@@ -578,10 +579,10 @@ def write_report(
         for kind, suffix, render in (("markdown", "md", to_markdown), ("latex", "tex", to_latex), ("html", "html", to_html), ("csv", "csv", to_csv)):
             paths[f"{kind}_{twin}"] = out / f"{twin}.{suffix}"
             atomic.write_text(paths[f"{kind}_{twin}"], render(companion))
-    atomic.write_text(paths["runs"], frame.to_csv(index=False))
+    atomic.write_text(paths["runs"], csv_safe.to_csv(frame))
     timings = timing_table(frame)
     atomic.write_text(paths["timings_markdown"], timing_markdown(timings))
-    atomic.write_text(paths["timings_csv"], timings.to_csv(index=False, float_format="%.6f"))
+    atomic.write_text(paths["timings_csv"], csv_safe.to_csv(timings, float_format="%.6f"))
     if comparison is not None:
         paths["published_markdown"] = out / f"published-{stem}.md"
         paths["published_csv"] = out / f"published-{stem}.csv"

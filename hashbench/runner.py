@@ -108,6 +108,19 @@ class CellOutcome:
     reused: bool = False
 
 
+class GridInterrupted(Exception):
+    """Ctrl-C (SIGINT) while the grid ran: what had finished, what was stopped midway.
+
+    Cells stopped midway keep their folder without a record (``interrupted`` in status),
+    and a deep method resumes them from its last checkpoint; cells never started are
+    simply still to do. The next identical ``run`` goes on from there.
+    """
+
+    def __init__(self, finished: list[CellOutcome], stopped: int, total: int, remote: bool = False) -> None:
+        self.finished, self.stopped, self.total, self.remote = finished, stopped, total, remote
+        super().__init__(f"interrupted after {len(finished)} of {total} cells")
+
+
 @dataclass
 class PreparedDataset:
     """A dataset loaded once and split once, shared by every cell that uses it."""
@@ -656,7 +669,10 @@ def run_grid(
         for index, cell in enumerate(cells):
             if on_start is not None:
                 on_start(cell, index, len(cells))
-            outcome = run_cell(cell, prepared[cell.dataset, cell.protocol], store, device, spec.force)
+            try:
+                outcome = run_cell(cell, prepared[cell.dataset, cell.protocol], store, device, spec.force)
+            except KeyboardInterrupt:
+                raise GridInterrupted(outcomes, 1, len(cells)) from None
             outcomes.append(outcome)
             if on_done is not None:
                 on_done(outcome)
@@ -692,7 +708,12 @@ def run_grid(
         if on_done is not None:
             on_done(outcome)
 
-    executor.run(jobs, on_submit, on_result)
+    try:
+        executor.run(jobs, on_submit, on_result)
+    except KeyboardInterrupt:
+        stopped = sum(1 for index in job_ids if index not in results)
+        finished = [results[index] for index in sorted(results)]
+        raise GridInterrupted(finished, stopped, len(cells), remote=executor.remote) from None
     for index in to_run:  # a job that never reported back failed; it must not go unnoticed
         if index not in results:
             on_result(to_run.index(index), JobResult(cells[index].key, Status.FAILED.value, None, "its worker or job never reported back"))

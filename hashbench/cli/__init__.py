@@ -71,7 +71,10 @@ class HashbenchGroup(click.Group):
         except click.ClickException as error:
             error.show()
             sys.exit(error.exit_code)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as error:
+            if isinstance(error.__context__, KeyboardInterrupt):  # Ctrl-C: as shells report SIGINT
+                click.echo("interrupted", err=True)
+                sys.exit(130)
             click.echo("Aborted.", err=True)
             sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,14 @@ from hashbench.cli.options import (
     POSITIVE_INTS,
     RESULTS_OPTION,
 )
-from hashbench.config import EXECUTORS, load_config
+from hashbench.config import EXECUTORS, MAX_CELL_TIMEOUT, load_config
 from hashbench.errors import UserError
 from hashbench.params import parse_assignments
 from hashbench.records import Status
-from hashbench.runner import CellOutcome, GridSpec, run_grid
+from hashbench.runner import CellOutcome, GridInterrupted, GridSpec, run_grid
 
+# The exit status of a run stopped by Ctrl-C: 128 + SIGINT, as shells report it.
+INTERRUPTED_EXIT = 130
 DEFAULTS = {
     "datasets": ["digits"],
     "bits": [16, 32, 64],
@@ -160,11 +163,15 @@ def build_executor(settings: dict[str, Any]):
     """None (in this process), local worker processes, or Slurm jobs."""
     from hashbench.executors import LocalPoolExecutor, SlurmExecutor
 
+    timeout = settings.get("cell_timeout")
     if settings["executor"] == "local":
-        return None if settings["jobs"] == 1 else LocalPoolExecutor(settings["jobs"])
+        # Only a worker process can be stopped from outside: a time limit needs one, even for one job.
+        if settings["jobs"] == 1 and timeout is None:
+            return None
+        return LocalPoolExecutor(settings["jobs"], cell_timeout=timeout)
     slurm = dict(settings["slurm"])
     folder = Path(slurm.pop("folder", None) or Path(settings["results"]) / "slurm")
-    return SlurmExecutor(folder=folder, wait=settings["wait"], cluster=SUBMITIT_CLUSTER, **slurm)
+    return SlurmExecutor(folder=folder, wait=settings["wait"], cluster=SUBMITIT_CLUSTER, cell_timeout=timeout, **slurm)
 
 
 # submitit's cluster for --executor slurm; "local" runs the same jobs as local processes
@@ -290,6 +297,13 @@ def grid_options(command: Callable) -> Callable:
 @click.option(
     "--jobs", type=click.IntRange(min=1), help="Local worker processes, each with a fair share of the CPU threads. Default: 1 (in process)."
 )
+@click.option(
+    "--cell-timeout",
+    type=click.FloatRange(min=0, min_open=True, max=MAX_CELL_TIMEOUT),
+    metavar="SECONDS",
+    help="Stop a cell that runs longer and record it as failed (runs cells in worker processes; "
+    "with Slurm, the job's time limit). Default: none.",
+)
 @click.option("--partition", help="Slurm partition.")
 @click.option("--gpus-per-run", type=click.IntRange(min=0), help="Slurm: GPUs per cell.")
 @click.option("--time-limit", type=click.IntRange(min=1), metavar="MINUTES", help="Slurm: time limit per cell. Default: 1440.")
@@ -318,10 +332,17 @@ def run_command(config_path: Path | None, quiet: bool, verbose: bool, **options)
         settings["slurm"] = {**settings["slurm"], "folder": Path(settings["slurm"]["folder"]).resolve()}
     spec = spec_from_settings(settings)
     executor = build_executor(settings)
-    if mode == "bar":
-        outcomes = _run_with_bar(spec, executor)
-    else:
-        outcomes = _run_with_lines(spec, executor, mode)
+    try:
+        if mode == "bar":
+            outcomes = _run_with_bar(spec, executor)
+        else:
+            outcomes = _run_with_lines(spec, executor, mode)
+    except GridInterrupted as interrupted:
+        click.echo(interrupted_text(interrupted), err=True)
+        sys.exit(INTERRUPTED_EXIT)
+    except KeyboardInterrupt:
+        click.echo("interrupted before any cell ran; run the same command again to start", err=True)
+        sys.exit(INTERRUPTED_EXIT)
     output = Console()
     if not output.is_terminal:  # piped or captured: room for the columns
         output.width = max(output.width, 120)
@@ -332,6 +353,22 @@ def run_command(config_path: Path | None, quiet: bool, verbose: bool, **options)
     if failed:
         click.echo(f"{len(failed)} of {len(outcomes)} runs failed; see log.txt in their run folders.", err=True)
         sys.exit(1)
+
+
+def interrupted_text(interrupted: GridInterrupted) -> str:
+    """The one line after Ctrl-C: what finished, what was stopped, how to go on."""
+    done = len(interrupted.finished)
+    if interrupted.remote:
+        return (
+            f"interrupted: {done} of {interrupted.total} cells finished; the {interrupted.stopped} submitted jobs "
+            "still running go on on the cluster (`hashbench status` follows them; scancel stops them)"
+        )
+    never = interrupted.total - done - interrupted.stopped
+    stopped = f"{interrupted.stopped} stopped midway (resumable)" if interrupted.stopped else "none running"
+    return (
+        f"interrupted: {done} of {interrupted.total} cells finished, {stopped}, {never} not started; "
+        "run the same command again to go on"
+    )
 
 
 def _run_with_bar(spec: GridSpec, executor) -> list[CellOutcome]:
@@ -363,18 +400,26 @@ def _run_with_lines(spec: GridSpec, executor, mode: str) -> list[CellOutcome]:
         return run_grid(spec, executor=executor)
     finished = 0
     total = 0
-    # Worker processes and cluster jobs take cells when they are free: a cell handed to
-    # them is queued, not started.
-    verb = "start" if executor is None else "queued"
+    # A cluster takes cells when it has room: a cell submitted there is queued, not started.
+    remote = executor is not None and executor.remote
+    verb = "queued" if remote else "start"
+    running: dict[str, tuple[Any, float]] = {}  # run key → (cell, when it started)
 
     def on_start(cell, index, count):
         nonlocal total
         total = count
+        if not remote:
+            running[cell.key] = (cell, time.monotonic())
         progress.line(f"{verb} {index + 1}/{count}: {_cell_name(cell)}")
+
+    def still_running() -> str:
+        now = time.monotonic()
+        return ", ".join(f"{_cell_name(cell)} for {progress.duration(now - start)}" for cell, start in list(running.values()))
 
     def on_done(outcome):
         nonlocal finished
         finished += 1
+        running.pop(outcome.cell.key, None)
         text = "already done" if outcome.reused else outcome_text(outcome).replace("[red]", "").replace("[/red]", "")
         record = outcome.record
         if outcome.status is Status.FAILED:
@@ -383,4 +428,5 @@ def _run_with_lines(spec: GridSpec, executor, mode: str) -> list[CellOutcome]:
             text += f": mAP@{record.map_k} {record.metric('map'):.4f}, {record.timings.get('total', 0.0):.1f} s"
         progress.line(f"{text} ({finished}/{total or '?'}): {_cell_name(outcome.cell)}")
 
-    return run_grid(spec, on_start=on_start, on_done=on_done, executor=executor)
+    with progress.heartbeat(still_running):
+        return run_grid(spec, on_start=on_start, on_done=on_done, executor=executor)
