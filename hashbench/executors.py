@@ -5,8 +5,12 @@ here take :class:`hashbench.runner.CellJob` s (plain data) and run each with
 :func:`hashbench.runner.run_job` in a fresh process, which writes into the shared results
 directory under the run's file lock, so several runners or jobs can share one directory.
 A worker guards its methods as the runner's own process does (``os._exit`` fails the cell,
-the working directory is restored: :mod:`hashbench.containment`, through ``run_cell``); a
-worker that dies all the same fails its cell, never the grid's exit status.
+the working directory is restored: :mod:`hashbench.containment`, through ``run_cell``).
+Local workers are handed one cell at a time, so the runner knows which cell each runs: a
+worker that dies fails that cell alone, a cell past its time limit is stopped with its
+worker, and on Ctrl-C no further cell is handed out and the running workers are stopped
+(they ignore SIGINT themselves, so the terminal's signal to the process group is the
+runner's alone to handle).
 
 This module imports nothing heavy at the top: spawned workers import it to run their
 initializer, which must set the BLAS thread variables before numpy is first imported.
