@@ -35,6 +35,10 @@ class DatasetArrays:
     # Where the data came from and what loading did to it (source files, rows dropped by
     # --drop-bad-rows, ...); the runner stores it under "data" in every run record.
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Set by the harness after loading: the dataset's declared image profile ("natural",
+    # "tiny" or None; see HashingDataset.image_profile), so that a method reads it from the
+    # data it is given.
+    image_profile: str | None = None
 
     @property
     def image_shape(self) -> tuple[int, ...] | None:
@@ -100,6 +104,11 @@ class DataSplit:
     @property
     def image_shape(self) -> tuple[int, ...] | None:
         return self._arrays.image_shape
+
+    @property
+    def image_profile(self) -> str | None:
+        """What the dataset declares its images to be: ``natural``, ``tiny`` or None (undeclared)."""
+        return self._arrays.image_profile
 
     @property
     def labels(self) -> np.ndarray:
@@ -196,7 +205,10 @@ def load_dataset(
     parameters = inspect.signature(plugin.load).parameters
     if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
         options = {name: value for name, value in options.items() if name in parameters}
-    return freeze(check_loaded(plugin, plugin.load(Path(root), **options)))
+    arrays = freeze(check_loaded(plugin, plugin.load(Path(root), **options)))
+    declared = getattr(plugin, "image_profile", None)
+    arrays.image_profile = declared if isinstance(declared, str) else None
+    return arrays
 
 
 def check_loaded(plugin: Any, arrays: Any) -> Any:

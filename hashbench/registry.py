@@ -24,7 +24,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
@@ -40,48 +40,103 @@ class _Entry:
     origin: str  # where the plugin came from, for error messages
 
 
+def _point_origin(point: EntryPoint) -> str:
+    origin = f"entry point {point.value!r}"
+    if point.dist is not None:
+        origin += f" of package {point.dist.name}"
+    return origin
+
+
 @dataclass
 class Registry:
-    """Name → plugin class, for one kind of plugin (methods or datasets)."""
+    """Name → plugin class, for one kind of plugin (methods or datasets).
+
+    Installed plugins (entry points) are found by name without being imported; each is
+    imported when its name is first asked for (``get``), or when all are listed (``names``).
+    One that cannot be imported, or that is not a method (a dataset) class, is set aside
+    with a one-line warning naming its package and error; the others keep working, and
+    asking for it by name is a :class:`UserError` saying why it is unusable.
+    """
 
     kind: str  # "method" or "dataset"
     group: str
     _entries: dict[str, _Entry] = field(default_factory=dict)
-    _entry_points_loaded: bool = False
+    _pending: dict[str, EntryPoint] = field(default_factory=dict)  # found, not imported yet
+    _broken: dict[str, str] = field(default_factory=dict)  # name → why it cannot be used
+    _discovered: bool = False
 
     def add(self, name: str, obj: Any, origin: str) -> None:
         check_file_name(self.kind, name, origin)
+        check_plugin_class(self.kind, obj, origin)
+        self._discover()
+        point = self._pending.get(name)
+        if point is not None and point.value != f"{obj.__module__}:{obj.__qualname__}":
+            raise UserError(
+                f"two plugins claim the {self.kind} name {name!r}: {_point_origin(point)} and {origin}; "
+                "rename one of them or uninstall one package"
+            )
         existing = self._entries.get(name)
         if existing is not None and existing.obj is not obj:
             raise UserError(
                 f"two plugins claim the {self.kind} name {name!r}: {existing.origin} and {origin}; "
                 "rename one of them or uninstall one package"
             )
+        self._pending.pop(name, None)
         self._entries[name] = _Entry(obj, origin)
 
-    def _load_entry_points(self) -> None:
-        if self._entry_points_loaded:
+    def _discover(self) -> None:
+        """Find the installed plugins' names (their packages' metadata; nothing is imported)."""
+        if self._discovered:
             return
-        self._entry_points_loaded = True
+        self._discovered = True
         for point in entry_points(group=self.group):
-            origin = f"entry point {point.value!r}"
-            if point.dist is not None:
-                origin += f" of package {point.dist.name}"
-            try:
-                obj = point.load()
-            except Exception as error:  # a broken third-party plugin must not hide the others
-                raise UserError(f"cannot load {self.kind} plugin {point.name!r} ({origin}): {error}") from error
-            self.add(point.name, obj, origin)
+            if point.name in self._entries:
+                continue
+            other = self._pending.get(point.name)
+            if other is not None and other.value != point.value:
+                self._broken[point.name] = (
+                    f"two installed plugins claim the {self.kind} name {point.name!r}: {_point_origin(other)} "
+                    f"and {_point_origin(point)}; uninstall one package"
+                )
+                continue
+            self._pending[point.name] = point
+
+    def _load(self, name: str) -> None:
+        """Import the pending plugin ``name``; a broken one is set aside with a warning."""
+        point = self._pending.pop(name, None)
+        if point is None or name in self._broken:
+            return
+        origin = _point_origin(point)
+        try:
+            obj = point.load()
+            self.add(name, obj, origin)
+        except Exception as error:  # a broken third-party plugin must not hide the others
+            lines = str(error).strip().splitlines()
+            first = lines[0] if lines else "no message"
+            reason = first if isinstance(error, UserError) else f"{type(error).__name__}: {first}"
+            self._broken[name] = f"{self.kind} plugin {name!r} ({origin}) cannot be loaded: {reason}"
+            print(f"warning: {self._broken[name]}; the other plugins work", file=sys.stderr)
+
+    def _load_entry_points(self) -> None:
+        """Import every installed plugin not imported yet."""
+        self._discover()
+        for name in sorted(self._pending):
+            self._load(name)
 
     def names(self) -> list[str]:
+        """Every usable plugin's name (each installed one imported, broken ones left out)."""
         self._load_entry_points()
         return sorted(self._entries)
 
     def get(self, name: str) -> Any:
-        self._load_entry_points()
+        self._discover()
+        if name in self._pending:
+            self._load(name)
         entry = self._entries.get(name)
         if entry is None:
-            known = sorted(self._entries)
+            if name in self._broken:
+                raise UserError(f"{self._broken[name]}; fix or uninstall that package")
+            known = self.names()
             close = close_names(name, known)
             hint = f"did you mean {', '.join(close)}? " if close else ""
             nearby = [path for path in (Path(f"{name}.py"), Path(f"{name.replace('-', '_')}.py")) if path.is_file()]
@@ -98,6 +153,21 @@ class Registry:
         return self._entries[name].origin
 
 
+def check_plugin_class(kind: str, obj: Any, origin: str) -> None:
+    """Refuse a registered object that is not a method (or dataset) class."""
+    if kind == "method":
+        from hashbench.method import HashingMethod as base
+    elif kind == "dataset":
+        from hashbench.data import HashingDataset as base
+    else:
+        return
+    if not (isinstance(obj, type) and issubclass(obj, base)):
+        raise UserError(
+            f"{origin}: registered as a {kind}, but {obj!r} is not a subclass of "
+            f"hashbench.{base.__module__.rpartition('.')[2]}.{base.__name__}"
+        )
+
+
 def close_names(name: str, known: Sequence[str], n: int = 3, cutoff: float = 0.5) -> list[str]:
     """The names of ``known`` closest to ``name``, compared without regard to case (``ITQ``
     suggests ``itq``); a name equal but for its case comes first."""
@@ -108,14 +178,40 @@ def close_names(name: str, known: Sequence[str], n: int = 3, cutoff: float = 0.5
     return [candidate for match in close for candidate in lowered[match]][:n]
 
 
+# A run folder is named METHOD-DATASET-PROTOCOL-split<S>-<B>b-seed<N>-<digest> and must fit
+# the 255 bytes of a file name. Beside the three names it holds 26 bytes ("-", "-",
+# "-split", "-", "b-seed", "-" and a 10-character digest), up to 19 digits for each of the
+# two seeds (below 2**63) and the code length's digits (at most 9 left for them): the three
+# names share the remaining 182 bytes as below. (Names are ASCII: a character is a byte.)
+FILE_NAME_BYTES = 255
+NAME_LIMITS = {"method": 64, "dataset": 64, "protocol": 48}
+RUN_KEY_FIXED_BYTES = 26 + 19 + 19 + 9
+
+
 def check_file_name(kind: str, name: Any, origin: str) -> None:
     """Refuse a plugin's name (a method's, a dataset's, a protocol's) that cannot name a file:
-    it becomes part of run folders and split manifests."""
+    it becomes part of run folders and split manifests, so its characters and its length are
+    limited (:data:`NAME_LIMITS`)."""
     if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
         raise UserError(
             f"{origin}: {kind} name {name!r} cannot be used: it names files, so use letters, digits, "
             "'.', '_' and '-', starting with a letter or digit (e.g. my-method.v2)"
         )
+    check_name_length(kind, name, origin)
+
+
+def check_name_length(kind: str, name: str, origin: str) -> None:
+    """Refuse a name longer than its kind's share of a run folder's name."""
+    limit = NAME_LIMITS.get(kind)
+    if limit is not None and len(name) > limit:
+        shown = name if len(name) <= 40 else f"{name[:24]}…{name[-8:]}"
+        raise UserError(
+            f"{origin}: {kind} name {shown!r} is {len(name)} characters, and a {kind} name may have at most {limit}: "
+            f"it is part of run folder names, which hold at most {FILE_NAME_BYTES} bytes; give it a shorter name"
+        )
+
+
+assert sum(NAME_LIMITS.values()) + RUN_KEY_FIXED_BYTES <= FILE_NAME_BYTES
 
 
 methods = Registry("method", METHOD_GROUP)
@@ -162,6 +258,7 @@ def _configured_class(kind: str, name: str, settings: Mapping[str, Any], where: 
         raise UserError(f"{where}: dataset {kind} takes no settings; drop them, or name a plugin that does (features)")
     if not _SAFE_NAME.fullmatch(name):
         raise UserError(f"{where}: dataset name {name!r}: use letters, digits, '.', '_' and '-' (it names files)")
+    check_name_length("dataset", name, where)
     if name in datasets._entries and name not in _configured:
         raise UserError(
             f"{where}: the dataset name {name!r} belongs to {datasets.origin(name)}; give this one another "
@@ -259,9 +356,6 @@ def register_configured(name: str, table: Mapping[str, Any]) -> None:
 
 def load_plugin(spec: str) -> None:
     """Import a local plugin given as a dotted module path or a path to a ``.py`` file."""
-    # Entry points first, so a local plugin clashing with an installed one is reported.
-    methods._load_entry_points()
-    datasets._load_entry_points()
     path = Path(spec)
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():

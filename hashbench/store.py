@@ -239,10 +239,19 @@ class ResultsStore:
 
     def try_lock(self, key: str) -> RunLock | None:
         """Take run ``key``'s lock (its folder is made when the run has none yet); None when
-        another process holds it."""
-        self.run_dir(key).mkdir(parents=True, exist_ok=True)
-        lock = RunLock(self.run_dir(key))
-        return lock if lock.acquire() else None
+        another process holds it. A lock file this user may not open (another user's, in a
+        shared results directory) is a :class:`UserError` naming it."""
+        try:
+            self.run_dir(key).mkdir(parents=True, exist_ok=True)
+            lock = RunLock(self.run_dir(key))
+            return lock if lock.acquire() else None
+        except PermissionError as error:
+            path = error.filename or self.lock_path(key)
+            raise UserError(
+                f"cannot open the lock file {path} ({error.strerror or 'permission denied'}): it belongs to another "
+                "user or its folder is read-only; ask its owner to make it writable to you (chmod g+w), or use "
+                "another --results"
+            ) from None
 
     def is_locked(self, key: str) -> bool:
         """Whether some process holds run ``key``'s lock; probing creates nothing."""

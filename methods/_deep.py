@@ -44,11 +44,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from hashbench import registry
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, require_fitted
-from hashbench.params import at_least, params_to_dict
+from hashbench.params import MAX_THREADS, at_least, params_to_dict
 
 if TYPE_CHECKING:
     import torch
@@ -77,7 +76,7 @@ class DeepParams:
 
     profile: Literal["auto", "paper", "tiny"] = "auto"
     # Intra-op CPU threads; None: 1 for the tiny profile on the CPU, torch's default otherwise.
-    cpu_threads: int | None = field(default=None, metadata=at_least(1))
+    cpu_threads: int | None = field(default=None, metadata=at_least(1, at_most=MAX_THREADS))
 
 
 @dataclass(frozen=True)
@@ -182,14 +181,10 @@ def check_backbone_weights(params: Any, owner: str) -> None:
         raise UserError(f"{owner}.backbone_weights and pretrained=false contradict each other; drop one")
 
 
-def declared_profile(dataset: str) -> str | None:
-    """``paper`` / ``tiny`` from the ``image_profile`` a dataset class declares, if any."""
-    if not dataset:
-        return None
-    try:
-        declared = getattr(registry.get_dataset(dataset), "image_profile", None)
-    except UserError:
-        return None
+def declared_profile(split: DataSplit) -> str | None:
+    """``paper`` / ``tiny`` from the image profile the split's dataset declares, if any
+    (read from the data the method is given: ``DataSplit.image_profile``)."""
+    declared = getattr(split, "image_profile", None)
     return {"natural": "paper", "tiny": "tiny"}.get(declared) if isinstance(declared, str) else None
 
 
@@ -345,7 +340,7 @@ class DeepHashingMethod(HashingMethod):
         requested = self.params.profile
         if requested != "auto":
             return requested
-        declared = declared_profile(train.dataset)
+        declared = declared_profile(train)
         if declared is not None:
             return declared
         if self.input == "images":
@@ -355,6 +350,31 @@ class DeepHashingMethod(HashingMethod):
     def resolve_settings(self, train: DataSplit) -> DeepSettings:
         settings = self.profile_settings(self.resolve_profile(train), train)
         return replace(settings, steps=settings.epochs * steps_per_epoch(len(train), settings.batch_size))
+
+    def schedule(
+        self, budget: ReleasedBudget | TinyBudget, train: DataSplit, batch_size: int, intervals: Mapping[str, int] | None = None
+    ) -> dict[str, Any]:
+        """The one place where a profile's budget becomes a schedule for this training split.
+
+        Returns settings: ``epochs`` and ``eval_every`` (the parameters' own where they are
+        asked for), ``released_steps`` (a :class:`ReleasedBudget`'s steps) and ``max_steps``
+        (a :class:`TinyBudget`'s cap, where the epochs were not asked for). ``intervals``
+        (released budgets only): further intervals in released optimiser steps, e.g.
+        ``{"lr_step": 30_000}`` between learning-rate decays (0: never), in epochs of
+        ``train``, each also as asked where the parameter of its name is set.
+        """
+        items = len(train)
+        if isinstance(budget, ReleasedBudget):
+            planned = {"epochs": budget.epochs(items, batch_size), "eval_every": budget.every(budget.validate_steps, items, batch_size)}
+            planned.update({name: budget.every(steps, items, batch_size) if steps else 0 for name, steps in (intervals or {}).items()})
+            limits = {"released_steps": budget.steps, "max_steps": None}
+        else:
+            if intervals:
+                raise ValueError("a tiny budget takes no released intervals")
+            planned = budget.schedule(items, batch_size)
+            asked_epochs = getattr(self.params, "epochs", None) is not None
+            limits = {"released_steps": None, "max_steps": None if asked_epochs else budget.max_steps}
+        return {**self.profile_values(planned), **limits}
 
     def profile_values(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
         """Each setting named in ``defaults`` (a profile's values): as asked in the

@@ -36,7 +36,14 @@ from hashbench.methods._deep import (
     describe_features,
     training_set_deviation,
 )
-from hashbench.params import at_least, in_range, non_negative, positive
+from hashbench.params import (
+    MAX_BATCH_SIZE,
+    MAX_ITERATIONS,
+    at_least,
+    in_range,
+    non_negative,
+    positive,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -78,10 +85,10 @@ class SimilarityHashParams(DeepParams):
     lr: float | None = field(default=None, metadata=positive())
     momentum: float = field(default=0.9, metadata=non_negative())  # SGD only
     weight_decay: float | None = field(default=None, metadata=non_negative())
-    batch_size: int | None = field(default=None, metadata=at_least(2, "pairs of items"))
-    epochs: int | None = field(default=None, metadata=at_least(1))
-    eval_every: int | None = field(default=None, metadata=non_negative())  # epochs between validations; 0: never
-    lr_step: int | None = field(default=None, metadata=non_negative())  # epochs between ×0.1 learning-rate decays; 0: none
+    batch_size: int | None = field(default=None, metadata=at_least(2, "pairs of items", at_most=MAX_BATCH_SIZE))
+    epochs: int | None = field(default=None, metadata=at_least(1, at_most=MAX_ITERATIONS))
+    eval_every: int | None = field(default=None, metadata=non_negative(at_most=MAX_ITERATIONS))  # epochs between validations; 0: never
+    lr_step: int | None = field(default=None, metadata=non_negative(at_most=MAX_ITERATIONS))  # epochs between ×0.1 learning-rate decays; 0: none
     # The dropout rate while training: the released code keeps VGG-16's classifier in train
     # mode, so fc6's and fc7's outputs pass a Dropout(0.5). On VGG-16 features both act (fc7
     # runs live on cached fc6); on other feature vectors one dropout acts on them.
@@ -116,8 +123,8 @@ class SimilarityPreservingHash(DeepHashingMethod):
     # The CPU default for tiny images, shared by GreedyHash and Bi-half: centred pixels, no
     # dropout, Adam.
     TINY: ClassVar[dict[str, Any]] = {
-        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "epochs": None,
-        "eval_every": None, "lr_step": 0, "feature_dropout": 0.0, "centre": True,
+        "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "batch_size": 100, "lr_step": 0,
+        "feature_dropout": 0.0, "centre": True,
     }
     # Its epochs and validations on small training sets: 100 epochs of digits' 500 items in
     # batches of 100 are 500 optimiser steps; larger sets stop at 5,000 (100 epochs of 5,000
@@ -140,26 +147,18 @@ class SimilarityPreservingHash(DeepHashingMethod):
 
     def profile_settings(self, profile: str, train: DataSplit) -> SimilarityHashSettings:
         base = dict(self.PAPER if profile == "paper" else self.TINY)
-        released = max_steps = None
-        if profile == "tiny":
-            base.update(self.TINY_BUDGET.schedule(len(train), self.params.batch_size or base["batch_size"]))
-            max_steps = self.TINY_BUDGET.max_steps if self.params.epochs is None else None
+        budget, intervals = self.TINY_BUDGET, None
         if profile == "paper":
             script = self.released_script(train)
             base.update(script.settings)
-            budget = script.budget
-            released = budget.steps
-            # The batch size the run will use decides how many epochs make the released steps.
-            batch = self.params.batch_size or base["batch_size"]
-            base["epochs"] = budget.epochs(len(train), batch)
-            base["eval_every"] = budget.every(budget.validate_steps, len(train), batch)
-            step = script.lr_step
-            base["lr_step"] = budget.every(step, len(train), batch) if step else 0
+            budget, intervals = script.budget, {"lr_step": script.lr_step}
         values = self.profile_values(base)
+        # The batch size the run will use decides how many epochs make the budget's steps.
+        values.update(self.schedule(budget, train, values["batch_size"], intervals))
         # fc7 runs live only where there is something to run it for: dropout on VGG-16 features.
         live = values["feature_dropout"] > 0 and _vgg16_features(train) is not None
         return SimilarityHashSettings(
-            profile=profile, momentum=self.params.momentum, live_fc7=live, released_steps=released, max_steps=max_steps, **values
+            profile=profile, momentum=self.params.momentum, live_fc7=live, **values
         )
 
     # ---- what the network reads ---------------------------------------------------------

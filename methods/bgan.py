@@ -113,7 +113,14 @@ from hashbench.methods._deep import (
     describe_features,
     training_set_deviation,
 )
-from hashbench.params import at_least, non_negative, positive
+from hashbench.params import (
+    MAX_BATCH_SIZE,
+    MAX_IMAGE_SIZE,
+    MAX_ITERATIONS,
+    at_least,
+    non_negative,
+    positive,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -153,16 +160,16 @@ class BGANParams(DeepParams):
     # Adam's ε for all three networks; None: the profile's (paper 1.0 as released; tiny 1e-8
     # for the encoder and the released 1.0 for the generator and the discriminator).
     adam_eps: float | None = field(default=None, metadata=positive())
-    batch_size: int = field(default=40, metadata=at_least(2))
-    epochs: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper: the released 12,750 steps)
-    eval_every: int | None = field(default=None, metadata=non_negative())  # epochs between validations; 0: never
+    batch_size: int = field(default=40, metadata=at_least(2, at_most=MAX_BATCH_SIZE))
+    epochs: int | None = field(default=None, metadata=at_least(1, at_most=MAX_ITERATIONS))  # None: the profile's (paper: the released 12,750 steps)
+    eval_every: int | None = field(default=None, metadata=non_negative(at_most=MAX_ITERATIONS))  # epochs between validations; 0: never
     pair_weight: float = field(default=10.0, metadata=non_negative())
     pair_scale: Literal["none", "bits"] = "none"
     kl_weight: float = field(default=0.0, metadata=non_negative())
-    k1: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper 20)
-    k2: int | None = field(default=None, metadata=at_least(1))  # None: the profile's (paper 30)
-    image_size: int | None = field(default=None, metadata=at_least(4))  # reconstruction side; None: 64 (paper) or native (tiny)
-    width: float | None = field(default=None, metadata=positive())  # channel multiplier of generator and discriminator; None: the profile's
+    k1: int | None = field(default=None, metadata=at_least(1, at_most=MAX_BATCH_SIZE))  # None: the profile's (paper 20)
+    k2: int | None = field(default=None, metadata=at_least(1, at_most=MAX_BATCH_SIZE))  # None: the profile's (paper 30)
+    image_size: int | None = field(default=None, metadata=at_least(4, at_most=MAX_IMAGE_SIZE))  # reconstruction side; None: 64 (paper) or native (tiny)
+    width: float | None = field(default=None, metadata=positive(at_most=64))  # channel multiplier of generator and discriminator; None: the profile's
 
     def validate(self) -> None:
         check_backbone_weights(self, "bgan")
@@ -181,8 +188,8 @@ class BGANSettings(DeepSettings):
 
 
 # epochs / eval_every None: from the released step budget (see profile_settings).
-PAPER = {"backbone": "vgg16", "epochs": None, "eval_every": None, "k1": 20, "k2": 30, "image_size": 64, "width": 1.0, "adam_eps": 1.0}
-TINY = {"backbone": "small", "epochs": None, "eval_every": None, "k1": 5, "k2": 5, "image_size": None, "width": 0.25, "adam_eps": 1e-8}
+PAPER = {"backbone": "vgg16", "k1": 20, "k2": 30, "image_size": 64, "width": 1.0, "adam_eps": 1.0}
+TINY = {"backbone": "small", "k1": 5, "k2": 5, "image_size": None, "width": 0.25, "adam_eps": 1e-8}
 # The tiny profile's epochs and validations (5 epochs apart) on small training sets: 20 epochs
 # of digits' 500 images in batches of 40 are 260 optimiser steps; larger sets stop at 500.
 TINY_BUDGET = TinyBudget(epochs=20, eval_every=5, max_steps=500)
@@ -201,17 +208,8 @@ class BGAN(DeepHashingMethod):
 
     def profile_settings(self, profile: str, train: DataSplit) -> BGANSettings:
         params = self.params
-        defaults = dict(PAPER if profile == "paper" else TINY)
-        released = max_steps = None
-        if profile == "paper":
-            budget, batch = RELEASED_BUDGET, params.batch_size
-            released = budget.steps
-            defaults["epochs"] = budget.epochs(len(train), batch)
-            defaults["eval_every"] = budget.every(budget.validate_steps, len(train), batch)
-        else:
-            defaults.update(TINY_BUDGET.schedule(len(train), params.batch_size))
-            max_steps = TINY_BUDGET.max_steps if params.epochs is None else None
-        values = self.profile_values(defaults)
+        values = self.profile_values(PAPER if profile == "paper" else TINY)
+        values.update(self.schedule(RELEASED_BUDGET if profile == "paper" else TINY_BUDGET, train, params.batch_size))
         if values["backbone"] == "small" and params.backbone_weights is not None:
             raise UserError("bgan.backbone_weights is set but the small backbone is trained from scratch; drop it or use backbone=vgg16")
         size = values["image_size"]
@@ -226,8 +224,6 @@ class BGAN(DeepHashingMethod):
             batch_size=params.batch_size,
             # The small backbone is randomly initialised: it is always trained.
             train_backbone=bool(params.finetune_backbone) or values["backbone"] == "small",
-            released_steps=released,
-            max_steps=max_steps,
             **values,
         )
 

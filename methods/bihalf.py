@@ -89,10 +89,10 @@ class BiHalf(SimilarityPreservingHash):
     version = "4"
     description = "Bi-half (Li & van Gemert 2021): per-bit half/half split of the batch, cosine-similarity loss"
     Params = BiHalfParams
-    # epochs, eval_every, lr_step: from the released budget.
+    # epochs, eval_every, lr_step: from the released budget (DeepHashingMethod.schedule).
     PAPER = {
-        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": RELEASED_BATCH, "epochs": None,
-        "eval_every": None, "lr_step": None, "feature_dropout": 0.5, "centre": False,
+        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": RELEASED_BATCH,
+        "feature_dropout": 0.5, "centre": False,
     }
 
     def released_script(self, train) -> ReleasedScript:

@@ -90,7 +90,7 @@ from hashbench.methods._deep import (
     check_backbone_weights,
     training_set_deviation,
 )
-from hashbench.params import at_least, non_negative, positive
+from hashbench.params import MAX_BATCH_SIZE, MAX_ITERATIONS, at_least, non_negative, positive
 
 if TYPE_CHECKING:
     import torch
@@ -124,11 +124,11 @@ class ContrastiveHashParams(DeepParams):
 
     tau: float = field(default=0.3, metadata=positive())
     lr: float = field(default=1e-3, metadata=positive())
-    batch_size: int = field(default=64, metadata=at_least(2, "NT-Xent needs negatives"))
+    batch_size: int = field(default=64, metadata=at_least(2, "NT-Xent needs negatives", at_most=MAX_BATCH_SIZE))
     # None: the profile's (paper: 60, 80 at 16 bits)
-    epochs: int | None = field(default=None, metadata=at_least(1))
+    epochs: int | None = field(default=None, metadata=at_least(1, at_most=MAX_ITERATIONS))
     # epochs between validations; None: the profile's; 0: never
-    eval_every: int | None = field(default=None, metadata=non_negative())
+    eval_every: int | None = field(default=None, metadata=non_negative(at_most=MAX_ITERATIONS))
     variant: Literal["deterministic", "stochastic"] = "deterministic"
     # Model selection: "train-ranking" (mAP over the full ranking of the training split),
     # "released" (the released mAP@1000 against the database, estimated on the training
@@ -191,15 +191,9 @@ class CIBHash(DeepHashingMethod):
         from hashbench.backbones import input_spec
 
         params, shape = self.params, tuple(train.image_shape)
-        released = max_steps = None
         if profile == "paper":
             backbone, policy = "vgg16", paper_policy()
             budget = RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET
-            released = budget.steps
-            schedule = {
-                "epochs": budget.epochs(len(train), params.batch_size),
-                "eval_every": budget.every(budget.validate_steps, len(train), params.batch_size),
-            }
         else:
             if params.backbone_weights is not None:
                 raise UserError(
@@ -208,17 +202,14 @@ class CIBHash(DeepHashingMethod):
                 )
             spec = input_spec("small", shape)
             backbone, policy = "small", tiny_policy(shape, spec.mean, spec.std)
-            schedule = TINY_BUDGET.schedule(len(train), params.batch_size)
-            max_steps = TINY_BUDGET.max_steps if params.epochs is None else None
+            budget = TINY_BUDGET
         return CIBHashSettings(
             profile=profile,
             lr=params.lr,
             batch_size=params.batch_size,
             backbone=backbone,
             augment=policy,
-            released_steps=released,
-            max_steps=max_steps,
-            **self.profile_values(schedule),
+            **self.schedule(budget, train, params.batch_size),
         )
 
     def validation_rule(self, train: DataSplit, val: DataSplit | None) -> dict[str, Any]:

@@ -69,10 +69,10 @@ class GreedyHash(SimilarityPreservingHash):
     version = "3"
     description = "GreedyHash (Su et al. 2018), unsupervised: sign layer with straight-through gradient, cosine-similarity loss + cubic |h|=1 penalty"
     Params = GreedyHashParams
-    # epochs, eval_every, lr_step: from the released budget.
+    # epochs, eval_every, lr_step: from the released budget (DeepHashingMethod.schedule).
     PAPER = {
-        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": RELEASED_BATCH, "epochs": None,
-        "eval_every": None, "lr_step": None, "feature_dropout": 0.5, "centre": False,
+        "optimizer": "sgd", "lr": 1e-4, "weight_decay": 5e-4, "batch_size": RELEASED_BATCH,
+        "feature_dropout": 0.5, "centre": False,
     }
 
     def released_script(self, train) -> ReleasedScript:

@@ -14,12 +14,12 @@ import numpy as np
 from hashbench.data import DataSplit
 from hashbench.method import HashingMethod, require_bits_at_most_dimension, require_fitted
 from hashbench.methods._linear import principal_components
-from hashbench.params import non_negative
+from hashbench.params import MAX_ITERATIONS, non_negative
 
 
 @dataclass(frozen=True)
 class ITQParams:
-    iterations: int = field(default=50, metadata=non_negative())
+    iterations: int = field(default=50, metadata=non_negative(at_most=MAX_ITERATIONS))
 
 
 def itq_rotation(projected: np.ndarray, iterations: int, rng: np.random.Generator) -> np.ndarray:

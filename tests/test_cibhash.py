@@ -178,12 +178,14 @@ def test_clhash_is_cibhash_without_beta():
 # parameters and profiles
 
 
-def resolve_profile(params, bits, image_shape, dataset, count=1):
-    """The settings CIBHash resolves for a split of ``count`` ``image_shape`` images from ``dataset``."""
+def resolve_profile(params, bits, image_shape, dataset, count=1, image_profile=None):
+    """The settings CIBHash resolves for a split of ``count`` ``image_shape`` images from
+    ``dataset``, which declares ``image_profile``."""
     arrays = DatasetArrays(
         labels=np.ones((count, 1), dtype=bool),
         images=np.zeros((count, *image_shape), np.uint8),
         dataset=dataset,
+        image_profile=image_profile,
     )
     return CIBHash(bits, params).resolve_settings(DataSplit("train", np.arange(count), arrays))
 
@@ -227,17 +229,12 @@ def test_released_validation_cut_off_scales_with_the_sampled_database():
     assert released_topk(50_000) == 1_000 and released_topk(10) == 1
 
 
-def test_profiles_follow_the_images_and_what_the_dataset_declares(monkeypatch):
+def test_profiles_follow_the_images_and_what_the_dataset_declares():
     params = CIBHashParams()
     assert resolve_profile(params, 32, (8, 8, 1), "").backbone == "small"
     assert resolve_profile(params, 32, (28, 28, 1), "").profile == "tiny"
     assert resolve_profile(params, 32, (256, 256, 3), "").profile == "paper"
-
-    class Declares:
-        image_profile = "natural"
-
-    monkeypatch.setattr(registry, "get_dataset", lambda name: Declares)
-    assert resolve_profile(params, 32, (28, 28, 1), "grey-photos").profile == "paper"
+    assert resolve_profile(params, 32, (28, 28, 1), "grey-photos", image_profile="natural").profile == "paper"
     forced = resolve_profile(ContrastiveHashParams(profile="tiny", epochs=7), 16, (32, 32, 3), "x")
     assert (forced.backbone, forced.epochs, forced.augment.size, forced.augment.flip_p) == (
         "small",

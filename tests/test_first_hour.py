@@ -137,7 +137,7 @@ def test_list_piped_cuts_no_description_however_long_the_other_columns(invoke, m
     """Captured output is read by scripts: a long plugin name (150 characters) widens the name
     column, and every description still comes out whole on its one line."""
     from hashbench import registry
-    from methods.lsh import LSH
+    from hashbench.methods.lsh import LSH
 
     long_name = "m" * 150
     description = "a plugin whose description is long enough to be cut " * 3

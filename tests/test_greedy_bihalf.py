@@ -167,16 +167,10 @@ def test_bad_options_are_refused_with_the_parameter_named():
         resolve_params(BiHalfParams, {"gamma": "-1"}, owner="bihalf")
 
 
-def test_a_feature_method_follows_what_the_dataset_declares_before_the_feature_source(monkeypatch):
-    from hashbench import registry
-
-    class Declares:
-        image_profile = "natural"
-
+def test_a_feature_method_follows_what_the_dataset_declares_before_the_feature_source():
     split = _split()
     assert BiHalf(32).resolve_settings(split).profile == "tiny"  # its own vectors
-    split._arrays.dataset = "photos"
-    monkeypatch.setattr(registry, "get_dataset", lambda name: Declares)
+    split._arrays.image_profile = "natural"  # what loading sets from the dataset's class
     assert BiHalf(32).resolve_settings(split).profile == "paper"
     assert BiHalf(32, BiHalfParams(profile="tiny")).resolve_settings(split).profile == "tiny"  # asked wins
 

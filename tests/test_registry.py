@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -106,3 +108,62 @@ def test_dotted_plugin_path(tmp_path, invoke, monkeypatch):
     result = invoke("--plugin", "localpkg.median_mod", "list")
     assert result.exit_code == 0, result.output
     assert "median2" in result.output
+
+
+def _installed_package(root: Path, entry_points: str) -> None:
+    """A package installed in ``root`` (its dist-info with these entry points): what pip leaves."""
+    info = root / "brokenplugins-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_a_broken_installed_plugin_is_a_warning_and_the_others_keep_working(tmp_path):
+    """A plugin that raises on import, one that names nothing, and one that is no method class:
+    `list` warns about each in one line and shows the built-ins; a grid of built-ins runs
+    without importing them; asking for a broken one by name says why, in one line."""
+    site = tmp_path / "site"
+    _installed_package(
+        site,
+        "[hashbench.methods]\nexploding = brokenplugin_raises:Method\nmissing = brokenplugin_absent:Method\n"
+        "notamethod = brokenplugin_thing:thing\n",
+    )
+    (site / "brokenplugin_raises.py").write_text("raise RuntimeError('this plugin is broken')\n")
+    (site / "brokenplugin_thing.py").write_text("thing = 42\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+
+    def hashbench(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hashbench", *args], capture_output=True, text=True, env=env, timeout=300)
+
+    listed = hashbench("list")
+    assert listed.returncode == 0, listed.stderr
+    assert "│ itq " in listed.stdout and "│ cibhash " in listed.stdout
+    warnings = [line for line in listed.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3, listed.stderr
+    assert any("'exploding'" in line and "RuntimeError: this plugin is broken" in line and "brokenplugins" in line for line in warnings)
+    assert any("'missing'" in line and "ModuleNotFoundError" in line for line in warnings)
+    assert any("'notamethod'" in line and "not a subclass of hashbench.method.HashingMethod" in line for line in warnings)
+    assert "Traceback" not in listed.stderr
+
+    ran = hashbench("run", "--methods", "itq", "--bits", "8", "--results", str(tmp_path / "results"), "--quiet")
+    assert ran.returncode == 0, ran.stderr
+    assert "warning" not in ran.stderr  # only what the grid names is imported
+
+    asked = hashbench("run", "--methods", "exploding", "--bits", "8", "--results", str(tmp_path / "other"))
+    assert asked.returncode == 2
+    (line,) = [line for line in asked.stderr.splitlines() if line.startswith("Error:")]
+    assert "'exploding'" in line and "cannot be loaded: RuntimeError: this plugin is broken" in line and "uninstall" in line
+    assert "Traceback" not in asked.stderr
+    assert not (tmp_path / "other").exists()
+
+
+def test_registering_something_that_is_not_a_method_class_is_refused(tmp_path, invoke):
+    plugin = tmp_path / "notaclass.py"
+    plugin.write_text(
+        "from hashbench.registry import register_method\n"
+        "class Looks:\n    name = 'looks-like-one'\n    description = 'not a HashingMethod'\n"
+        "register_method(Looks)\n"
+    )
+    result = invoke("--plugin", plugin, "list")
+    assert result.exit_code == 2
+    assert "not a subclass of hashbench.method.HashingMethod" in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import re
 import sys
@@ -33,6 +35,31 @@ COMMANDS = {
 }
 
 
+# The commands that compute metrics: HASHBENCH_THREADS and HASHBENCH_KERNELS are checked
+# before they run or write anything (a bad value would otherwise fail every evaluation).
+METRIC_COMMANDS = ("run", "eval", "reeval", "check-method")
+
+
+def _checking_environment(command: click.Command) -> click.Command:
+    """``command`` whose callback first checks the metrics' environment variables (once its
+    options are parsed, so that --help and usage errors come first)."""
+    callback = command.callback
+    if callback is None or getattr(callback, "_checks_environment", False):
+        return command
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        from hashbench.metrics.engine import check_environment
+
+        check_environment()
+        return callback(*args, **kwargs)
+
+    checked._checks_environment = True  # type: ignore[attr-defined]
+    wrapped = copy.copy(command)
+    wrapped.callback = checked
+    return wrapped
+
+
 class HashbenchGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -41,7 +68,8 @@ class HashbenchGroup(click.Group):
         if name not in COMMANDS:
             return None
         module, _, attribute = COMMANDS[name][0].partition(":")
-        return getattr(importlib.import_module(module), attribute)
+        command = getattr(importlib.import_module(module), attribute)
+        return _checking_environment(command) if name in METRIC_COMMANDS else command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -9,7 +9,10 @@ import click
 
 
 class CommaList(click.ParamType):
-    """``a,b,c`` → ``["a", "b", "c"]``; with ``item=int`` each item must be an integer ≥ ``minimum``."""
+    """``a,b,c`` → ``["a", "b", "c"]``; with ``item=int`` each item must be an integer ≥ ``minimum``.
+
+    Each item may be given once: a grid listing ``16,16`` would make the same cells twice.
+    """
 
     def __init__(self, item: type = str, minimum: int | None = None) -> None:
         self.item = item
@@ -23,7 +26,7 @@ class CommaList(click.ParamType):
         if not parts or any(not part for part in parts):
             self.fail(f"{value!r} is not a comma-separated list (no empty items)", param, ctx)
         if self.item is str:
-            return parts
+            return self._once(parts, param, ctx)
         numbers = []
         for part in parts:
             try:
@@ -33,7 +36,38 @@ class CommaList(click.ParamType):
             if self.minimum is not None and number < self.minimum:
                 self.fail(f"{number} is below the minimum of {self.minimum}", param, ctx)
             numbers.append(number)
-        return numbers
+        return self._once(numbers, param, ctx)
+
+    def _once(self, items: list, param, ctx) -> list:
+        """``items``, refused when one of them is repeated."""
+        seen = set()
+        for item in items:
+            if item in seen:
+                option = f"{param.opts[0]} " if isinstance(param, click.Option) else ""
+                once = ",".join(str(value) for value in dict.fromkeys(items))
+                self.fail(f"{item} is given twice; name each once: {option}{once}", param, ctx)
+            seen.add(item)
+        return items
+
+
+class FolderPath(click.Path):
+    """A folder option's path; an empty one (``--results ''``, an unset shell variable) would
+    silently be the working directory, so it is refused."""
+
+    def __init__(self, example: str) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+        self.example = example
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            option = param.opts[0] if isinstance(param, click.Option) else "the folder"
+            self.fail(
+                f"an empty path would be the working directory; name a folder (e.g. {option} {self.example}), "
+                f"or {option} . to mean the working directory",
+                param,
+                ctx,
+            )
+        return super().convert(value, param, ctx)
 
 
 NAMES = CommaList(str)
@@ -44,12 +78,12 @@ NON_NEGATIVE_INTS = CommaList(int, minimum=0)
 # Options several commands share, declared once.
 RESULTS_OPTION = click.option(
     "--results",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FolderPath("results"),
     help="Results directory. Default: $HASHBENCH_RESULTS or ./results.",
 )
 DATA_ROOT_OPTION = click.option(
     "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FolderPath("data"),
     help="Where datasets live. Default: $HASHBENCH_DATA or ./data.",
 )
 

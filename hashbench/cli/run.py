@@ -20,6 +20,7 @@ from hashbench.cli.options import (
     NON_NEGATIVE_INTS,
     POSITIVE_INTS,
     RESULTS_OPTION,
+    FolderPath,
 )
 from hashbench.config import EXECUTORS, MAX_CELL_TIMEOUT, load_config
 from hashbench.errors import UserError
@@ -279,7 +280,7 @@ def grid_options(command: Callable) -> Callable:
 @grid_options
 @click.option(
     "--cache",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FolderPath("data/.hashbench-cache"),
     help="Cache of decoded images and backbone features. Default: <data root>/.hashbench-cache.",
 )
 @click.option(

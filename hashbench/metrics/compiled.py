@@ -52,7 +52,11 @@ def choice() -> str:
     """The setting of HASHBENCH_KERNELS (checked)."""
     setting = os.environ.get("HASHBENCH_KERNELS", "").strip().lower() or "auto"
     if setting not in CHOICES:
-        raise UserError(f"HASHBENCH_KERNELS must be one of {', '.join(CHOICES)}; got {setting!r}")
+        shown = setting if len(setting) <= 24 else f"{setting[:12]}…{setting[-8:]}"
+        raise UserError(
+            f"HASHBENCH_KERNELS must be one of {', '.join(CHOICES)}; got {shown!r}: set it to one of them "
+            "(e.g. HASHBENCH_KERNELS=numpy), or unset it for auto"
+        )
     return setting
 
 

@@ -16,6 +16,7 @@ from hashbench.metrics.inputs import Inputs, Options, check_options, prepare
 from hashbench.metrics.result import ChunkResult, RetrievalResult, Summary
 
 DEFAULT_KS: tuple[int, ...] = (1, 10, 100, 1000)
+MAX_THREADS = 1024  # of HASHBENCH_THREADS: more is a typo (threads are capped by the chunks anyway)
 
 T = TypeVar("T")
 
@@ -29,11 +30,23 @@ def thread_count() -> int:
     """
     setting = os.environ.get("HASHBENCH_THREADS", "").strip()
     if setting:
-        if not setting.isdigit() or int(setting) < 1:
-            raise UserError(f"HASHBENCH_THREADS must be a positive integer; got {setting!r}")
+        number = setting.isascii() and setting.isdigit() and len(setting) <= len(str(MAX_THREADS))
+        if not number or not 1 <= int(setting) <= MAX_THREADS:
+            shown = repr(setting) if len(setting) <= 24 else f"{setting[:12]!r}… ({len(setting)} characters)"
+            raise UserError(
+                f"HASHBENCH_THREADS must be a positive integer, at most {MAX_THREADS}; got {shown}: "
+                "set it to the threads the metrics may use (e.g. HASHBENCH_THREADS=4), or unset it for the default"
+            )
         return int(setting)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(4, cores or 1))
+
+
+def check_environment() -> None:
+    """Refuse a bad HASHBENCH_THREADS or HASHBENCH_KERNELS at once: the commands that compute
+    metrics call this before they run or write anything (else every evaluation fails)."""
+    thread_count()
+    compiled.choice()
 
 
 def map_in_order(function: Callable[[slice], T], chunks: Sequence[slice]) -> Iterator[T]:
