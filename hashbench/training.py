@@ -1,6 +1,6 @@
 """The training layer shared by the deep methods (CIBHash, BGAN, TBH, GreedyHash, ...).
 
-The built-in deep methods reach it through ``hashbench.methods._deep.DeepHashingMethod``,
+The built-in deep methods reach it through ``hashbench.deep.DeepHashingMethod``,
 which builds the trainer from the method's resolved settings. Used directly, a method builds
 its networks and optimisers, then hands the loop to a :class:`Trainer`::
 

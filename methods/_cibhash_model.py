@@ -7,11 +7,10 @@ Imported by the method only when it trains or encodes, so that describing it sta
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hashbench.errors import UserError
-from hashbench.methods._torch_layers import straight_through_sign
+from hashbench.torch_layers import nt_xent, straight_through_sign
 from hashbench.training import autocast
 
 HEAD_HIDDEN = 1024
@@ -51,20 +50,6 @@ def binary_layer(probabilities: torch.Tensor, variant: str = "deterministic") ->
     if variant == "stochastic":
         return straight_through_sign(probabilities - torch.rand_like(probabilities))
     raise UserError(f"unknown CIBHash variant {variant!r}; use deterministic or stochastic")
-
-
-def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
-    """NT-Xent over the 2B codes of two views: for each anchor, the other view is the positive
-    and the remaining 2B − 2 codes are negatives; cosine similarity / τ; mean over anchors."""
-    batch = z_i.shape[0]
-    codes = F.normalize(torch.cat([z_i, z_j]).float(), dim=1, eps=1e-8)
-    similarity = codes @ codes.T / tau
-    eye = torch.eye(2 * batch, dtype=torch.bool, device=similarity.device)
-    similarity = similarity.masked_fill(eye, float("-inf"))  # an anchor is not its own negative
-    positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(
-        similarity.device
-    )
-    return F.cross_entropy(similarity, positives)
 
 
 def bernoulli_kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.errors import UserError
-from hashbench.methods._deep import (
+from hashbench.deep import (
     DeepHashingMethod,
     DeepParams,
     DeepSettings,
@@ -36,6 +35,7 @@ from hashbench.methods._deep import (
     describe_features,
     training_set_deviation,
 )
+from hashbench.errors import UserError
 from hashbench.params import (
     MAX_BATCH_SIZE,
     MAX_ITERATIONS,

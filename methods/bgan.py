@@ -102,8 +102,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.errors import UserError
-from hashbench.methods._deep import (
+from hashbench.deep import (
     DeepHashingMethod,
     DeepParams,
     DeepSettings,
@@ -113,6 +112,7 @@ from hashbench.methods._deep import (
     describe_features,
     training_set_deviation,
 )
+from hashbench.errors import UserError
 from hashbench.params import (
     MAX_BATCH_SIZE,
     MAX_IMAGE_SIZE,
@@ -235,7 +235,7 @@ class BGAN(DeepHashingMethod):
         from hashbench.backbones import build_backbone, preprocess_for, to_float_images
         from hashbench.methods._bgan_model import Discriminator, Encoder, Generator, bgan_losses
         from hashbench.methods._bgan_neighbours import neighbour_structure, similarity_block
-        from hashbench.methods._torch_layers import simultaneous_step
+        from hashbench.torch_layers import simultaneous_step
         from hashbench.training import autocast, image_loader
 
         params, settings = self.params, self.settings

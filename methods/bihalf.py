@@ -44,7 +44,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hashbench.methods._deep import ReleasedBudget
+from hashbench.deep import ReleasedBudget
 from hashbench.methods._similarity import (
     RELEASED_BATCH,
     RELEASED_TRAIN_IMAGES,

@@ -53,7 +53,7 @@ Profiles (``profile``):
            ``epochs``, ``steps``, ``max_steps``); on the CPU, 28×28
            and larger images train on 2 threads in channels-last memory format, smaller
            ones on one (``settings.cpu_threads``, ``settings.memory_format``: see
-           :func:`hashbench.methods._deep.thread_count`);
+           :func:`hashbench.deep.thread_count`);
 ``auto``   what the dataset declares (a dataset class attribute ``image_profile`` of
            ``"natural"`` or ``"tiny"``), else ``tiny`` for single-channel images or images
            smaller than 32 pixels, ``paper`` otherwise (CIFAR-10, NUS-WIDE, MS-COCO).
@@ -80,8 +80,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from hashbench.data import DataSplit
-from hashbench.errors import UserError
-from hashbench.methods._deep import (
+from hashbench.deep import (
     DeepHashingMethod,
     DeepParams,
     DeepSettings,
@@ -90,6 +89,7 @@ from hashbench.methods._deep import (
     check_backbone_weights,
     training_set_deviation,
 )
+from hashbench.errors import UserError
 from hashbench.params import MAX_BATCH_SIZE, MAX_ITERATIONS, at_least, non_negative, positive
 
 if TYPE_CHECKING:

@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hashbench.methods._deep import ReleasedBudget
+from hashbench.deep import ReleasedBudget
 from hashbench.methods._similarity import (
     RELEASED_BATCH,
     RELEASED_TRAIN_IMAGES,
@@ -80,7 +80,7 @@ class GreedyHash(SimilarityPreservingHash):
         return ReleasedScript(RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET)
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
-        from hashbench.methods._torch_layers import straight_through_sign
+        from hashbench.torch_layers import straight_through_sign
 
         return straight_through_sign(hidden)
 

@@ -37,7 +37,7 @@ Profiles (``profile``):
            250, 1,000 epochs (2,000 steps on digits' 500 items), validated every 100, at
            most 2,000 steps: 100 epochs of 5,000 items, validated every 10
            (``training.settings``: ``max_steps``); one CPU thread (two gained little on
-           784 pixel values, see :func:`hashbench.methods._deep.thread_count`);
+           784 pixel values, see :func:`hashbench.deep.thread_count`);
 ``auto``   ``paper`` on backbone (fc7) features, ``tiny`` on a dataset's own vectors
            (a dataset's declared ``image_profile`` wins).
 
@@ -67,7 +67,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from hashbench.data import DataSplit
-from hashbench.methods._deep import (
+from hashbench.deep import (
     DeepHashingMethod,
     DeepParams,
     DeepSettings,
@@ -162,7 +162,7 @@ class TBH(DeepHashingMethod):
         import torch
 
         from hashbench.methods._tbh_model import TwinBottleneckNet, tbh_losses
-        from hashbench.methods._torch_layers import feature_tensor, simultaneous_step
+        from hashbench.torch_layers import feature_tensor, simultaneous_step
 
         settings = self.settings
         raw = feature_tensor(train, self.device)

@@ -21,7 +21,6 @@ from hashbench.errors import UserError
 from hashbench.method import RunContext
 from hashbench.methods import _cibhash_model as cibhash_model
 from hashbench.methods._cibhash_model import bernoulli_kl, binary_layer, cibhash_loss, nt_xent
-from hashbench.methods._torch_layers import straight_through_sign
 from hashbench.methods.cibhash import (
     RELEASED_BUDGET,
     RELEASED_BUDGET_16,
@@ -32,6 +31,7 @@ from hashbench.methods.cibhash import (
     released_topk,
 )
 from hashbench.params import resolve_params
+from hashbench.torch_layers import straight_through_sign
 from hashbench.training import CHECKPOINT_NAME, KILL_AFTER_EPOCH_ENV
 
 # --------------------------------------------------------------------------------------------

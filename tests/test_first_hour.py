@@ -63,6 +63,29 @@ def test_readme_plugin_example_passes_check_method(tmp_path):
     assert "ok   encode before fit: NotFittedError" in process.stdout
 
 
+def test_readme_deep_method_example_is_short_public_and_trains(tmp_path):
+    """The guide's deep method: under 150 lines, written against the public API only (no
+    built-in method's module, no private module, no budget arithmetic), passing
+    check-method, and trained for real on digits it beats random projections."""
+    section = _section("### A deep method")
+    source = _block(section, "python", "# noisy_contrast.py")
+    assert len(source.splitlines()) <= 150
+    imported = re.findall(r"^\s*(?:from|import) (hashbench[\w.]*)", source, re.M)
+    assert imported and not [name for name in imported if ".methods" in name or "._" in name or name.split(".")[-1].startswith("_")]
+    assert "len(train)" not in source and "ceil" not in source  # the base turns budgets into epochs
+    (tmp_path / "noisy_contrast.py").write_text(source)
+    checked = _hashbench("--plugin", "noisy_contrast.py", "check-method", "noisy-contrast", cwd=tmp_path)
+    assert checked.returncode == 0 and "FAIL" not in checked.stdout, checked.stdout + checked.stderr
+    ran = _hashbench(
+        "--plugin", "noisy_contrast.py", "run", "--methods", "noisy-contrast,lsh", "--bits", "16",
+        "--results", tmp_path / "results", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    records = {r["method"]: r for r in (json.loads(p.read_text()) for p in (tmp_path / "results").glob("runs/*/run.json"))}
+    assert records["noisy-contrast"]["training"]["settings"]["epochs"] == 50  # the tiny budget on digits
+    assert records["noisy-contrast"]["metrics"]["map"] > records["lsh"]["metrics"]["map"]
+
+
 # ---- the features dataset: documented, listed as what it is, checked where it is -------------
 
 

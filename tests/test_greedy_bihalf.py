@@ -19,10 +19,10 @@ from hashbench.methods._similarity_model import (
     half_split,
     live_network,
 )
-from hashbench.methods._torch_layers import straight_through_sign
 from hashbench.methods.bihalf import BiHalf, BiHalfParams
 from hashbench.methods.greedyhash import GreedyHash, GreedyHashParams
 from hashbench.params import resolve_params
+from hashbench.torch_layers import straight_through_sign
 
 
 def test_greedy_sign_forward_and_straight_through_backward():

@@ -15,8 +15,8 @@ from hashbench.methods._tbh_model import (
     normalized_adjacency,
     tbh_losses,
 )
-from hashbench.methods._torch_layers import simultaneous_step
 from hashbench.methods.tbh import GRAPH_EXPONENT, TBH, TBHParams
+from hashbench.torch_layers import simultaneous_step
 
 
 def test_binary_activation_codes_and_gradient():

@@ -10,8 +10,8 @@ import torch
 from hashbench import augment as A
 from hashbench.backbones import SmallConvNet
 from hashbench.data import DatasetArrays, DataSplit
+from hashbench.deep import PARALLEL_THREADS, TinyBudget, steps_per_epoch, thread_count
 from hashbench.method import RunContext
-from hashbench.methods._deep import PARALLEL_THREADS, TinyBudget, steps_per_epoch, thread_count
 from hashbench.methods.bgan import BGAN
 from hashbench.methods.cibhash import CIBHash, CIBHashParams
 from hashbench.methods.greedyhash import GreedyHash

@@ -1,8 +1,8 @@
-"""Torch pieces shared by the deep methods: the straight-through sign, a split's features as a
-tensor, and optimiser steps that update several networks from one forward pass at the same
+"""Torch pieces shared by the deep methods: the straight-through sign, the NT-Xent contrastive
+loss, a split's features as a tensor, and optimiser steps that update several networks from one forward pass at the same
 time (as the released TensorFlow code does with one ``sess.run``).
 
-Kept apart from :mod:`hashbench.methods._deep` so that describing a method (``hashbench
+Kept apart from :mod:`hashbench.deep` so that describing a method (``hashbench
 list``) never imports torch.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hashbench.data import DataSplit
@@ -32,6 +33,20 @@ class _StraightThroughSign(torch.autograd.Function):
 
 def straight_through_sign(values: torch.Tensor) -> torch.Tensor:
     return _StraightThroughSign.apply(values)
+
+
+def nt_xent(z_i: torch.Tensor, z_j: torch.Tensor, tau: float) -> torch.Tensor:
+    """NT-Xent over the 2B codes of two views: for each anchor, the other view is the positive
+    and the remaining 2B − 2 codes are negatives; cosine similarity / τ; mean over anchors."""
+    batch = z_i.shape[0]
+    codes = F.normalize(torch.cat([z_i, z_j]).float(), dim=1, eps=1e-8)
+    similarity = codes @ codes.T / tau
+    eye = torch.eye(2 * batch, dtype=torch.bool, device=similarity.device)
+    similarity = similarity.masked_fill(eye, float("-inf"))  # an anchor is not its own negative
+    positives = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(
+        similarity.device
+    )
+    return F.cross_entropy(similarity, positives)
 
 
 def feature_tensor(split: DataSplit, device: torch.device) -> torch.Tensor:

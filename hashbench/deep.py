@@ -30,7 +30,7 @@ A method subclasses it with its ``Params`` (a :class:`DeepParams`), and defines
 
 Also here: the features' provenance for the run record. The torch pieces the methods share
 (the straight-through sign, simultaneous optimiser steps) are in
-:mod:`hashbench.methods._torch_layers`. This module imports torch and the trainer only inside
+:mod:`hashbench.torch_layers`. This module imports torch and the trainer only inside
 the functions that run them, so that registering and describing a method stays light.
 """
 
@@ -496,7 +496,7 @@ class DeepHashingMethod(HashingMethod):
 
     def inputs(self, split: DataSplit) -> torch.Tensor:
         """Feature methods: the network's input for a whole split, on the run's device."""
-        from hashbench.methods._torch_layers import feature_tensor
+        from hashbench.torch_layers import feature_tensor
 
         return self.transform_features(feature_tensor(split, self.device))
 
