@@ -29,7 +29,7 @@ class Digits(HashingDataset):
     default_protocol = "standard"
     image_profile = "tiny"
 
-    def load(self, root: Path) -> DatasetArrays:
+    def load(self, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False) -> DatasetArrays:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()

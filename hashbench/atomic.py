@@ -1,4 +1,5 @@
-"""Atomic file writes: a killed process never leaves a half-written file behind.
+"""Files: atomic writes (a killed process never leaves a half-written file behind) and the
+SHA-256 of a file's content.
 
 Each write goes to a temporary file in the same folder, is flushed to disk, then renamed
 over the target (``os.replace`` is atomic on POSIX and Windows). A write that fails (a full,
@@ -8,10 +9,13 @@ raises :class:`WriteError`, which names the file.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,24 +55,54 @@ def _rebuild_write_error(path: str, code: int | None, strerror: str) -> WriteErr
     return WriteError(Path(path), OSError(code, strerror))
 
 
-def write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """Write ``path`` through a temporary file in its folder: the block writes the temporary
+    file (by name: a memory map, ``torch.save``); on success it is flushed to disk and
+    renamed over ``path``, and the folder entry is flushed too; on failure it is removed and
+    ``path`` is left as it was (an OSError becomes a :class:`WriteError` naming ``path``).
+
+    The one atomic writer: :func:`write_bytes`, the feature caches and the training
+    checkpoints all go through it."""
     path = Path(path)
-    temporary = None
+    temporary: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), _FILE_MODE)
-            handle.write(data)
-            handle.flush()
+        descriptor, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        temporary = Path(name)
+        os.fchmod(descriptor, _FILE_MODE)
+        os.close(descriptor)
+        yield temporary
+        with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        temporary = None
+        _fsync_folder(path.parent)
     except BaseException as error:
         if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
         if isinstance(error, OSError) and not isinstance(error, WriteError):
             raise WriteError(path, error) from error
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush a folder's entries (the rename) to disk, where the system allows it."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # not supported everywhere (e.g. Windows); the rename is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with replacing(path) as temporary, os.fdopen(os.open(temporary, os.O_WRONLY | os.O_TRUNC), "wb") as handle:
+        handle.write(data)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -94,3 +128,12 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's content, read in blocks of a megabyte."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

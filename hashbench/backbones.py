@@ -37,7 +37,6 @@ torchvision's ImageNet file wherever it was found), usable as a cache key.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashbench.atomic import file_sha256
 from hashbench.errors import UserError
 
 BACKBONES = ("vgg16", "small")
@@ -262,14 +262,6 @@ def hub_checkpoint_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _read_state(path: Path, source: str) -> dict[str, torch.Tensor]:
     try:
         try:
@@ -337,7 +329,7 @@ def resolve_vgg16_weights(
             )
         source = f"file {path.resolve()}"
         state = _read_state(path, source)
-        return state, source, f"vgg16-{_file_digest(path)[:8]}"
+        return state, source, f"vgg16-{file_sha256(path)[:8]}"
     cached = hub_checkpoint_path()
     if cached.is_file():
         source = f"torch hub cache {cached}"
@@ -503,5 +495,5 @@ def weights_id(name: str, *, weights: str | None = None, pretrained: bool = True
             raise UserError(
                 f"backbone weights file {path} does not exist; check the backbone_weights path"
             )
-        return f"vgg16-{_file_digest(path)[:8]}"
+        return f"vgg16-{file_sha256(path)[:8]}"
     return f"vgg16-{VGG16_FILE.split('-')[1][:8]}"

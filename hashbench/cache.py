@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -37,29 +36,11 @@ def default_cache_dir(data_root: Path) -> Path:
     return Path(data_root) / CACHE_FOLDER_NAME
 
 
-def key_digest(key: dict[str, Any]) -> str:
-    text = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _row_checksums(array: np.ndarray) -> dict[str, str]:
     if array.shape[0] == 0:
         return {}
     rows = np.unique(np.linspace(0, array.shape[0] - 1, num=min(_CHECKSUM_ROWS, array.shape[0])).astype(np.int64))
     return {str(int(row)): hashlib.sha256(np.ascontiguousarray(array[row]).tobytes()).hexdigest() for row in rows}
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # not supported everywhere (e.g. Windows); the rename is still atomic
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 class CacheEntry:
@@ -138,20 +119,12 @@ class CacheEntry:
                 "point --cache at a larger disk"
             )
         self.meta_path.unlink(missing_ok=True)  # no sidecar may vouch for a half-replaced file
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic.replacing(self.path) as temporary:
             array = np.lib.format.open_memmap(temporary, mode="w+", dtype=dtype, shape=shape)
             fill(array)
             array.flush()
             checksums = _row_checksums(array)
             del array
-            with open(temporary, "rb+") as handle:
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-            _fsync_folder(self.path.parent)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
         atomic.write_json(
             self.meta_path,
             {

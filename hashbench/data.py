@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,16 +195,9 @@ class HashingDataset(abc.ABC):
 def load_dataset(
     plugin: HashingDataset, root: Path, *, cache_dir: Path | None = None, drop_bad_rows: bool = False
 ) -> DatasetArrays:
-    """``plugin.load(root, ...)`` with the keyword options its signature accepts.
-
-    Plugins written before the options existed (``load(self, root)``) keep working. The
-    arrays come back read-only (:func:`freeze`).
-    """
-    options = {"cache_dir": cache_dir, "drop_bad_rows": drop_bad_rows}
-    parameters = inspect.signature(plugin.load).parameters
-    if not any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
-        options = {name: value for name, value in options.items() if name in parameters}
-    arrays = freeze(check_loaded(plugin, plugin.load(Path(root), **options)))
+    """``plugin.load(root, cache_dir=..., drop_bad_rows=...)``, checked; the arrays come back
+    read-only (:func:`freeze`) with the dataset's declared image profile."""
+    arrays = freeze(check_loaded(plugin, plugin.load(Path(root), cache_dir=cache_dir, drop_bad_rows=drop_bad_rows)))
     declared = getattr(plugin, "image_profile", None)
     arrays.image_profile = declared if isinstance(declared, str) else None
     return arrays

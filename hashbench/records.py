@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -397,4 +397,3 @@ def _migrate_v1(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-FIELD_NAMES = tuple(f.name for f in fields(RunRecord))

@@ -166,6 +166,21 @@ def check_plugin_class(kind: str, obj: Any, origin: str) -> None:
             f"{origin}: registered as a {kind}, but {obj!r} is not a subclass of "
             f"hashbench.{base.__module__.rpartition('.')[2]}.{base.__name__}"
         )
+    if kind == "dataset" and not _takes_keywords(obj.load, ("cache_dir", "drop_bad_rows")):
+        raise UserError(
+            f"{origin}: {obj.__name__}.load must take the keyword options cache_dir and drop_bad_rows "
+            "(def load(self, root, *, cache_dir=None, drop_bad_rows=False), or **options)"
+        )
+
+
+def _takes_keywords(function: Any, names: Sequence[str]) -> bool:
+    import inspect
+
+    parameters = inspect.signature(function).parameters.values()
+    if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters):
+        return True
+    keywords = {p.name for p in parameters if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    return set(names) <= keywords
 
 
 def close_names(name: str, known: Sequence[str], n: int = 3, cutoff: float = 0.5) -> list[str]:

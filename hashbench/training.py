@@ -66,7 +66,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench import progress
+from hashbench import atomic, progress
 from hashbench.environment import seed_everything
 from hashbench.errors import UserError
 from hashbench.method import RunContext
@@ -359,10 +359,8 @@ class Trainer:
             "validation": result.validation,
             "best": best,
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, temporary)
-        os.replace(temporary, path)  # atomic: a kill leaves the previous checkpoint intact
+        with atomic.replacing(path) as temporary:  # a kill leaves the previous checkpoint intact
+            torch.save(payload, temporary)
 
     def _load_checkpoint(self) -> dict[str, Any] | None:
         """The checkpoint of an interrupted run with the same fingerprint, else None."""

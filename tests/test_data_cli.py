@@ -257,7 +257,7 @@ def test_a_split_with_nothing_in_it_is_an_error_for_any_protocol(tmp_path):
         def protocol(self, name=None):
             return self.protocols["notrain"]
 
-        def load(self, root):
+        def load(self, root, **options):
             labels = np.zeros((10, 2), dtype=bool)
             labels[np.arange(10), np.arange(10) % 2] = True
             return DatasetArrays(labels=labels, features=np.zeros((10, 3), dtype=np.float32))

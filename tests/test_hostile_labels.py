@@ -154,7 +154,7 @@ class NaNLabels(HashingDataset):
     name = "nan-labels"
     protocols = PER_CLASS
 
-    def load(self, root):
+    def load(self, root, **options):
         labels = multi_hot(np.arange(120) % 3, 3).astype(np.float32)
         labels[[4, 9]] = np.nan
         return DatasetArrays(labels=labels, features=VECTORS)
@@ -165,7 +165,7 @@ class GapMultiHot(HashingDataset):
     name = "gap-multi-hot"  # class ids {0, 2} made multi-hot: column 1 is empty
     protocols = PER_CLASS
 
-    def load(self, root):
+    def load(self, root, **options):
         return DatasetArrays(labels=multi_hot(np.arange(120) % 2 * 2, 3), features=VECTORS)
 
 
@@ -174,7 +174,7 @@ class GapClassIds(HashingDataset):
     name = "gap-class-ids"  # the same as class ids (N,)
     protocols = PER_CLASS
 
-    def load(self, root):
+    def load(self, root, **options):
         return DatasetArrays(labels=np.arange(120) % 2 * 2, features=VECTORS)
 
 
@@ -183,7 +183,7 @@ class ShortFeatures(HashingDataset):
     name = "short-features"
     protocols = PER_CLASS
 
-    def load(self, root):
+    def load(self, root, **options):
         return DatasetArrays(labels=multi_hot(np.arange(120) % 3, 3), features=VECTORS[:100])
 '''
 

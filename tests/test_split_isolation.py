@@ -335,7 +335,7 @@ class LeakyToy(HashingDataset):
     classes = ("a", "b", "c", "d")
     protocols = {"standard": Leaky("train-into-query")}
 
-    def load(self, root):
+    def load(self, root, **options):
         return _toy_arrays()
 
 

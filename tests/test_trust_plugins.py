@@ -100,7 +100,7 @@ else:
     class Badly(HashingDataset):
         name = {name!r}
 
-        def load(self, root):
+        def load(self, root, **options):
             raise AssertionError("never loaded")
 '''
 
