@@ -269,6 +269,13 @@ def _jsonable(value: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
+def _kill_after_epoch() -> int | None:
+    """Fault injection for the tests: ``HASHBENCH_KILL_AFTER_EPOCH=k`` kills the process right
+    after the checkpoint of epoch ``k`` is written."""
+    value = os.environ.get(KILL_AFTER_EPOCH_ENV, "").strip()
+    return int(value) if value.isdigit() else None
+
+
 @dataclass
 class TrainingResult:
     """What :meth:`Trainer.fit` did: the curve, the selected epoch, timings."""
@@ -310,6 +317,7 @@ class Trainer:
         self.on_divergence = on_divergence
         self.context = context
         self.checkpoint_seconds = checkpoint_seconds
+        self.kill_after_epoch = _kill_after_epoch()
         self.model = model
         self.optimizers = dict(optimizers)
         self.schedulers = dict(schedulers or {})
@@ -426,99 +434,110 @@ class Trainer:
         ``step(batch)`` trains on one batch (``load(positions)``, or the positions when no
         ``load`` is given) and returns its loss terms (scalar tensors; ``loss`` first by
         convention). ``validate()`` returns a score, higher is better.
+
+        In steps: resume from a checkpoint if there is one; each epoch, train on every batch,
+        validate when due (keeping the best weights) and checkpoint when due; then select
+        the weights to keep, record the run and delete the checkpoint.
         """
-        schedule = self.schedule
         if num_items < 2:
             raise UserError(f"{self.name} needs at least 2 training items, got {num_items}")
+        schedule = self.schedule
         result = TrainingResult()
-        start_epoch, best = 0, None
-        payload = self._load_checkpoint()
-        if payload is not None:
-            start_epoch, best = self._restore(payload, result)
-            # the run folder's name without its digest: method-dataset-protocol-split-bits-seed
-            cell = Path(self.context.work_dir).name.rsplit("-", 1)[0] if self.context.work_dir else self.name
-            message = f"resuming {cell} from epoch {start_epoch} of {schedule.epochs} (its checkpoint)"
-            self.context.log(f"{self.name}: {message}")
-            if progress.mode() != "quiet":
-                progress.line(message)
+        start_epoch, best = self._resume(result)
         steps_per_epoch = len(batch_positions(num_items, schedule.batch_size))
-        kill_after = os.environ.get(KILL_AFTER_EPOCH_ENV)
         validating = validate is not None and schedule.validate_every > 0
-        keeping = self.on_divergence == "keep_best"
         last_finite: dict[str, Any] | None = None  # keep_best: the weights the last finite epoch ended with
         last_checkpoint = time.monotonic()
-
-        with progress.steps(
-            f"{self.name}", schedule.epochs * steps_per_epoch, start_epoch * steps_per_epoch
-        ) as advance:
+        with progress.steps(self.name, schedule.epochs * steps_per_epoch, start_epoch * steps_per_epoch) as advance:
             for epoch in range(start_epoch + 1, schedule.epochs + 1):
-                if keeping:
+                if self.on_divergence == "keep_best":
                     # A loss step already applied when its loss shows NaN may have spoilt the
                     # weights, so what is kept is a copy taken as an epoch starts.
                     state = _trainable_state(self.model)
                     if _all_finite(state):
                         last_finite = {"epoch": epoch - 1, "state": state}
-                self.model.train()
-                order = (
-                    self.shuffle_rng.permutation(num_items)
-                    if schedule.shuffle
-                    else np.arange(num_items)
-                )
-                batches = batch_positions(num_items, schedule.batch_size, order)
-                sums: dict[str, float] = {}
-                started, cpu_started = time.perf_counter(), time.process_time()
-                try:
-                    for index, batch in enumerate(prefetch(batches, load), start=1):
-                        terms = self._check_finite(step(batch), epoch, index)
-                        for key, value in terms.items():
-                            sums[key] = sums.get(key, 0.0) + float(value)
-                        advance(
-                            f"{self.name} epoch {epoch}/{schedule.epochs} loss {float(next(iter(terms.values()))):.4f}"
-                        )
-                except TrainingDiverged as error:
-                    if not keeping:
-                        raise
-                    self.context.log(f"{error} Keeping the best validated or last finite weights.")
-                    result.diverged = {"epoch": error.epoch, "step": error.step}
+                entry = self._train_epoch(epoch, num_items, step, load, advance, result)
+                if entry is None:  # diverged, and keep_best: training stops here
                     break
-                for scheduler in self.schedulers.values():
-                    scheduler.step()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                # CPU time beside wall time: their ratio shows threads at work, or contention.
-                entry = {
-                    "epoch": epoch,
-                    "seconds": time.perf_counter() - started,
-                    "cpu_seconds": time.process_time() - cpu_started,
-                }
-                entry.update({key: value / len(batches) for key, value in sums.items()})
-                if validating and (
-                    epoch % schedule.validate_every == 0 or epoch == schedule.epochs
-                ):
-                    started = time.perf_counter()
-                    self.model.eval()
-                    with torch.no_grad():
-                        score = float(validate())
-                    self.model.train()
-                    entry["validation_seconds"] = time.perf_counter() - started
-                    result.validation.append({"epoch": epoch, "score": score})
-                    # Strictly better, so ties keep the earlier epoch (as the released CIBHash
-                    # code); a NaN score never wins.
-                    ranked = score if math.isfinite(score) else float("-inf")
-                    if best is None or ranked > best["score"]:
-                        best = {
-                            "epoch": epoch,
-                            "score": ranked,
-                            "state": _trainable_state(self.model),
-                        }
+                if validating and (epoch % schedule.validate_every == 0 or epoch == schedule.epochs):
+                    best = self._validate(epoch, validate, entry, result, best)
                 result.curve.append(entry)
-                killing = kill_after is not None and str(epoch) == kill_after.strip()
+                killing = self.kill_after_epoch == epoch  # fault injection for the tests
                 if killing or time.monotonic() - last_checkpoint >= self.checkpoint_seconds:
                     self._save_checkpoint(epoch, result, best)
                     last_checkpoint = time.monotonic()
                 if killing and self.checkpoint_path is not None:
                     os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+        self._keep_selected(result, best, last_finite)
+        self._write_record(result, validating)
+        if self.checkpoint_path is not None:
+            self.checkpoint_path.unlink(missing_ok=True)
+        return result
 
+    def _resume(self, result: TrainingResult) -> tuple[int, dict[str, Any] | None]:
+        """The epoch to go on from and the best weights so far: from the run's checkpoint when
+        it has one of this fingerprint, else (0, None)."""
+        payload = self._load_checkpoint()
+        if payload is None:
+            return 0, None
+        start_epoch, best = self._restore(payload, result)
+        # the run folder's name without its digest: method-dataset-protocol-split-bits-seed
+        cell = Path(self.context.work_dir).name.rsplit("-", 1)[0] if self.context.work_dir else self.name
+        message = f"resuming {cell} from epoch {start_epoch} of {self.schedule.epochs} (its checkpoint)"
+        self.context.log(f"{self.name}: {message}")
+        if progress.mode() != "quiet":
+            progress.line(message)
+        return start_epoch, best
+
+    def _train_epoch(self, epoch, num_items, step, load, advance, result: TrainingResult) -> dict[str, Any] | None:
+        """One pass over the training items in this epoch's order; its curve entry (mean loss
+        terms, wall and CPU seconds), or None when the loss diverged under keep_best."""
+        schedule = self.schedule
+        self.model.train()
+        order = self.shuffle_rng.permutation(num_items) if schedule.shuffle else np.arange(num_items)
+        batches = batch_positions(num_items, schedule.batch_size, order)
+        sums: dict[str, float] = {}
+        started, cpu_started = time.perf_counter(), time.process_time()
+        try:
+            for index, batch in enumerate(prefetch(batches, load), start=1):
+                terms = self._check_finite(step(batch), epoch, index)
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                advance(f"{self.name} epoch {epoch}/{schedule.epochs} loss {float(next(iter(terms.values()))):.4f}")
+        except TrainingDiverged as error:
+            if self.on_divergence != "keep_best":
+                raise
+            self.context.log(f"{error} Keeping the best validated or last finite weights.")
+            result.diverged = {"epoch": error.epoch, "step": error.step}
+            return None
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        # CPU time beside wall time: their ratio shows threads at work, or contention.
+        entry = {"epoch": epoch, "seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
+        entry.update({key: value / len(batches) for key, value in sums.items()})
+        return entry
+
+    def _validate(self, epoch, validate, entry, result: TrainingResult, best):
+        """Score the model on the validation split; returns the best weights so far."""
+        started = time.perf_counter()
+        self.model.eval()
+        with torch.no_grad():
+            score = float(validate())
+        self.model.train()
+        entry["validation_seconds"] = time.perf_counter() - started
+        result.validation.append({"epoch": epoch, "score": score})
+        # Strictly better, so ties keep the earlier epoch (as the released CIBHash code); a
+        # NaN score never wins.
+        ranked = score if math.isfinite(score) else float("-inf")
+        if best is None or ranked > best["score"]:
+            return {"epoch": epoch, "score": ranked, "state": _trainable_state(self.model)}
+        return best
+
+    def _keep_selected(self, result: TrainingResult, best, last_finite) -> None:
+        """Load the weights the run keeps: the best validated, else (diverged) the last finite
+        ones, else the last epoch's as they are."""
         if result.diverged is not None and best is None:
             if last_finite is None:  # not even the starting weights were finite
                 raise TrainingDiverged(
@@ -535,11 +554,7 @@ class Trainer:
             _load_trainable_state(self.model, best["state"])
             result.selected_epoch = int(best["epoch"])
         else:
-            result.selected_epoch = schedule.epochs
-        self._write_record(result, validating)
-        if self.checkpoint_path is not None:
-            self.checkpoint_path.unlink(missing_ok=True)
-        return result
+            result.selected_epoch = self.schedule.epochs
 
     def _write_record(self, result: TrainingResult, validating: bool) -> None:
         record = self.context.record
