@@ -2,12 +2,14 @@
 
 As ann-benchmarks recomputes its metrics from stored neighbours: after a metric changes (or
 to fill in one that older records lack) the codes and the split manifest of each ok run are
-evaluated again with the current engine. A run is refused, and left as it is, when its
-``codes.npz`` or its manifest no longer match the hashes in its record, or when its dataset's
-protocol is now another version (the data changed). A dataset made from an embedding file is
-registered again from the settings its records carry (``data.configured``). A record is
-rewritten only when something changed: a metric's value, the metrics version, or a codes
-hash or per-query values that an older record lacked.
+evaluated again with the current engine. A run is refused, and left as it is, when the store's
+one state resolver does not call it ok against its dataset as it is now (its ``codes.npz`` no
+longer matches its record; its protocol is now another version or its labels changed: the
+data changed), or when its manifest no longer matches the hash in its record; the method's
+version is not compared, as its codes are evaluated as they are. A dataset made from an
+embedding file is registered again from the settings its records carry (``data.configured``).
+A record is rewritten only when something changed: a metric's value, the metrics version,
+or a codes hash or per-query values that an older record lacked.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from hashbench.data import DatasetArrays, load_dataset
 from hashbench.errors import UserError
 from hashbench.metric_table import METRICS_VERSION
 from hashbench.neighbours import relevance_for
-from hashbench.records import RunRecord
+from hashbench.records import RunRecord, Status
 from hashbench.reproducibility import TOLERANCE_TEXT, bit_differences, differing
 from hashbench.runner import evaluate_codes, protocol_version
 from hashbench.splits import SplitManifest, check_manifest, labels_digest
@@ -55,6 +57,7 @@ class _Datasets:
     def __init__(self, data_root: Path, cache_dir: Path | None) -> None:
         self.data_root, self.cache_dir = Path(data_root), cache_dir
         self.loaded: dict[tuple[str, bool], DatasetArrays] = {}
+        self.digests: dict[tuple[str, bool], str] = {}  # each one's labels_digest
         self.plugins: dict[str, Any] = {}
 
     def arrays(self, record: RunRecord) -> DatasetArrays:
@@ -71,16 +74,17 @@ class _Datasets:
             arrays = load_dataset(plugin, self.data_root, cache_dir=cache, drop_bad_rows=dropped)
             arrays.dataset = record.dataset
             self.loaded[record.dataset, dropped] = arrays
+            self.digests[record.dataset, dropped] = labels_digest(np.asarray(arrays.labels))
         return self.loaded[record.dataset, dropped]
+
+    def labels_sha256(self, record: RunRecord) -> str:
+        return self.digests[record.dataset, bool(record.data and "dropped_by_reason" in record.data)]
 
 
 def _checked_inputs(store: ResultsStore, record: RunRecord) -> tuple[SplitManifest, np.ndarray, np.ndarray]:
-    """The run's manifest and codes, each checked against the hashes in its record."""
+    """The run's manifest, checked against the hash in its record, and its codes (whose hash
+    :meth:`ResultsStore.record_state` checked)."""
     codes_path = store.run_dir(record.key) / CODES_NAME
-    if not codes_path.is_file():
-        raise Refused(f"{codes_path} is missing; rerun the cell with `hashbench run --force`")
-    if record.codes_sha256 is not None and file_sha256(codes_path) != record.codes_sha256:
-        raise Refused(f"{codes_path} does not match the SHA-256 in its record (truncated or replaced); rerun the cell")
     if record.split is None or record.split.manifest is None:
         raise Refused("its record names no split manifest")
     manifest_path = store.root / record.split.manifest
@@ -104,17 +108,14 @@ def _checked_inputs(store: ResultsStore, record: RunRecord) -> tuple[SplitManife
 
 
 def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Datasets, now: Callable[[], str]) -> ReevalOutcome:
-    manifest, query_codes, database_codes = _checked_inputs(store, record)
     arrays = datasets.arrays(record)
     # The protocol's version covers what defines the data where it can change (an embedding
     # file's hash and settings): another version means other labels or neighbours.
     protocol = datasets.plugins[record.dataset].protocol(record.protocol)
-    version = protocol_version(protocol)
-    if version != record.protocol_version:
-        raise Refused(
-            f"{record.dataset}/{record.protocol} is version {version} now, {record.protocol_version} when the run was made "
-            "(the data or the protocol changed); rerun the cell"
-        )
+    state = store.record_state(record, record.method_version, protocol_version(protocol), datasets.labels_sha256(record))
+    if state.status is not Status.OK:  # codes not whole, or the data changed since the run
+        raise Refused(f"{state.reason}; rerun the cell")
+    manifest, query_codes, database_codes = _checked_inputs(store, record)
     labels = np.asarray(arrays.labels)
     if manifest.num_items != len(labels):
         raise Refused(f"{record.dataset} now has {len(labels)} items, the split manifest {manifest.num_items}: the data changed")
@@ -122,9 +123,6 @@ def reevaluate_record(store: ResultsStore, record: RunRecord, datasets: _Dataset
         check_manifest(manifest, record.dataset, protocol, record.split_seed, len(labels))
     except UserError as error:
         raise Refused(str(error)) from None
-    recorded_labels = (record.data or {}).get("labels_sha256")
-    if recorded_labels is not None and recorded_labels != labels_digest(labels):
-        raise Refused(f"{record.dataset}'s labels changed since the run (their digest differs from the recorded one); rerun the cell")
     query, database = manifest.splits["query"], manifest.splits["database"]
     # Relevance as the run had it: shared labels, or a dataset's exact nearest neighbours.
     result = evaluate_codes(
@@ -173,7 +171,7 @@ def reevaluate(
     outcomes, warnings = [], []
     for item in store.iter_records():
         if item.record is None:
-            warnings.append(f"skipping {item.path}: {item.error}")
+            warnings.append(item.warning)
             continue
         record = item.record
         if not record.ok:

@@ -3,7 +3,8 @@ comparison share (they import this module; it imports none of them).
 
 Reading leaves out, each with a warning naming the file: records that cannot be used, stale
 records (an older method or protocol version than the one installed; kept with
-``include_stale``), and ok records whose codes are missing or changed.
+``include_stale``), and ok records whose codes are missing or changed: the states of the
+store's one resolver, as ``status`` shows them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from hashbench.records import RunRecord, Status
-from hashbench.status import recorded_state
+from hashbench.status import current_versions
 from hashbench.store import ResultsStore
 
 ID_COLUMNS = [
@@ -31,9 +32,9 @@ def read_records(results: Path, *, include_stale: bool = False) -> tuple[list[Ru
     stale = damaged = 0
     for item in store.iter_records():
         if item.record is None:
-            warnings.append(f"skipping {item.path}: {item.error}")
+            warnings.append(item.warning)
             continue
-        state = recorded_state(store, item.record)
+        state = store.recorded_state(item.record, current_versions)
         if state.status is Status.STALE and not include_stale:
             stale += 1
             continue

@@ -1,9 +1,13 @@
 """Where a grid stands: each cell ok, failed (and why), stale, damaged, running, interrupted or
 pending (the states of :class:`hashbench.records.Status`).
 
-Read-only: nothing is created in the results directory. A cell is *running* when a
-process holds its run lock, which is probed by taking and at once releasing it; the runner
-looks twice before calling a cell busy, so a probe never makes it skip one.
+Read-only: nothing is created in the results directory. Every state comes from the store's
+one resolver (:meth:`hashbench.store.ResultsStore.cell_state` for a grid's cells,
+:meth:`~hashbench.store.ResultsStore.run_state` for each run folder); this module adds the
+installed versions, which the store does not know. A cell is *running* when a process holds
+its run lock, seen in the kernel's lock table on a local file system (no lock taken), else
+probed by taking and at once releasing it (the runner then looks twice before calling a cell
+busy).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any
 from hashbench import registry
 from hashbench.errors import UserError
 from hashbench.records import RunRecord, Status
-from hashbench.store import RECORD_NAME, ResultsStore, StoredState, read_record_file
+from hashbench.store import UNREADABLE_DATA, ResultsStore, StoredState
 
 # The order states are counted and listed in.
 STATES = tuple(Status)
@@ -39,11 +43,6 @@ class CellStatus:
     @property
     def sort_key(self) -> tuple:
         return (self.method or self.key, self.dataset or "", self.protocol or "", self.bits or 0, self.seed or 0, self.key)
-
-
-def is_running(store: ResultsStore, key: str) -> bool:
-    """Whether some process (on any node sharing the directory) holds the run's lock."""
-    return store.is_locked(key)
 
 
 def _status(key: str, stored: StoredState, cell=None) -> CellStatus:
@@ -67,14 +66,7 @@ def grid_status(spec) -> list[CellStatus]:
     from hashbench.runner import plan_grid
 
     store = ResultsStore(spec.results)
-    statuses = []
-    for cell in plan_grid(spec):
-        if is_running(store, cell.key):
-            stored = StoredState(Status.RUNNING, store.read_record(cell.key), "lock held by a runner")
-        else:
-            stored = store.stored_state(cell.identity, cell.method_version, cell.protocol_version)
-        statuses.append(_status(cell.key, stored, cell))
-    return statuses
+    return [_status(cell.key, store.cell_state(cell.identity, cell.method_version, cell.protocol_version), cell) for cell in plan_grid(spec)]
 
 
 def current_versions(record: RunRecord) -> tuple[str, str] | None:
@@ -112,9 +104,6 @@ def current_protocol_version(record: RunRecord) -> str:
     return _CONFIGURED_VERSIONS[memo]
 
 
-UNREADABLE_DATA = "unreadable"
-
-
 def _file_state(configured: Any) -> list[int] | None:
     path = configured.get("path") if isinstance(configured, dict) else None
     try:
@@ -122,28 +111,6 @@ def _file_state(configured: Any) -> list[int] | None:
     except OSError:
         return None
     return None if status is None else [status.st_size, status.st_mtime_ns]
-
-
-def recorded_state(store: ResultsStore, record: RunRecord) -> StoredState:
-    """The state of one record on its own: stale against the installed versions, damaged
-    when ok but its codes are not whole."""
-    versions = current_versions(record)
-    if versions is not None and versions[1] == UNREADABLE_DATA:
-        path = ((record.data or {}).get("configured") or {}).get("path")
-        return StoredState(Status.STALE, record, f"its data file {path} cannot be read now: the data it was run on cannot be checked")
-    if versions is not None and not record.is_current(*versions):
-        return StoredState(
-            Status.STALE,
-            record,
-            f"recorded under {record.method} version {record.method_version}, protocol version "
-            f"{record.protocol_version}; installed: {versions[0]} / {versions[1]}"
-            + ("" if versions[1] == record.protocol_version or "configured" not in (record.data or {}) else " (the data file changed since)"),
-        )
-    if not record.ok:
-        return StoredState(Status.FAILED, record, record.error or "no reason recorded; see log.txt in the run folder")
-    if not store.codes_whole(record):
-        return StoredState(Status.DAMAGED, record, "codes.npz is missing or differs from the one recorded")
-    return StoredState(Status.OK, record)
 
 
 def directory_status(results: Path) -> tuple[list[CellStatus], list[str]]:
@@ -155,20 +122,11 @@ def directory_status(results: Path) -> tuple[list[CellStatus], list[str]]:
     warnings = [f"skipping {path}: a file where hashbench keeps run folders" for path in entries if not path.is_dir()]
     statuses = []
     for key in sorted(keys):
-        if is_running(store, key):
-            statuses.append(_status(key, StoredState(Status.RUNNING, store.read_record(key), "lock held by a runner")))
-            continue
-        path = store.run_dir(key) / RECORD_NAME
-        if not path.exists():
-            if store.started(key):
-                statuses.append(_status(key, StoredState(Status.INTERRUPTED, None, "a run folder without a record")))
-            continue  # else only the lock file of a runner killed before it began
-        item = read_record_file(path)
-        if item.record is None:
-            warnings.append(f"skipping {path}: {item.error}")
-            continue
-        record = item.record
-        statuses.append(_status(key, recorded_state(store, record)))
+        stored, warning = store.run_state(key, current_versions)
+        if warning is not None:
+            warnings.append(warning)
+        if stored is not None:
+            statuses.append(_status(key, stored))
     statuses.sort(key=lambda status: status.sort_key)
     return statuses, warnings
 

@@ -242,7 +242,7 @@ def test_runs_of_other_labels_are_stale_for_run_and_refused_by_reeval(invoke, re
     digits = registry.get_dataset("digits")
     load = digits.load
 
-    def relabelled(self, root):  # an edited label file: the last item's class moves by one
+    def relabelled(self, root, **options):  # an edited label file: the last item's class moves by one
         arrays = load(self, root)
         row = arrays.labels[-1].copy()
         arrays.labels[-1] = np.roll(row, 1)
