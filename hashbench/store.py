@@ -36,7 +36,6 @@ through it; the store imports no registry, so its callers pass the versions in.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -48,6 +47,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from hashbench import atomic
+from hashbench.atomic import file_sha256
 from hashbench.errors import UserError
 from hashbench.records import CellIdentity, NewerRecordError, RecordError, RunRecord, Status
 
@@ -56,7 +56,6 @@ CODES_NAME = "codes.npz"
 PER_QUERY_NAME = "per_query.npz"
 LOG_NAME = "log.txt"
 LOCK_NAME = ".lock"
-_HASH_BLOCK = 1 << 20
 
 # A protocol version meaning "the data a configured dataset names cannot be read now".
 UNREADABLE_DATA = "unreadable"
@@ -67,14 +66,6 @@ _DAMAGED = CODES_NAME + " is missing or differs from the one recorded ({})"
 # Installed (method version, protocol version) of a record's method and protocol; None when its
 # method is not installed here (its versions are then not compared).
 VersionsOf = Callable[[RunRecord], tuple[str, str] | None]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
