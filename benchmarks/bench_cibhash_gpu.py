@@ -5,7 +5,7 @@ step), the method's own pieces (frozen VGG-16 fc7 trunk, head, CIBHash loss, Ada
 measures, after a warm-up, the training images per second of:
 
 * ``gpu-aug``: the batch travels to the GPU as uint8 and is augmented there, batched
-  (:mod:`hashbench.augment`; what CIBHash does on CUDA);
+  (:mod:`hashbench.toolkit.augment`; what CIBHash does on CUDA);
 * ``cpu-aug``: the released code's data path: each view made by torchvision's PIL transforms
   in DataLoader worker processes, float views copied to the GPU;
 
@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.augment import augment, paper_policy
-from hashbench.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, to_float_images
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.method import RunContext
 from hashbench.methods._cibhash_model import HEAD_HIDDEN, cibhash_loss
 from hashbench.methods.cibhash import CIBHash, CIBHashParams
-from hashbench.training import autocast, batch_positions, prefetch, setup, trainable
+from hashbench.toolkit.augment import augment, paper_policy
+from hashbench.toolkit.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone, to_float_images
+from hashbench.toolkit.training import autocast, batch_positions, prefetch, setup, trainable
 
 TAU, BETA, BITS = 0.3, 0.001, 64
 
@@ -220,7 +220,7 @@ def bench_fit(args, device) -> dict[str, Any]:
     context = RunContext(seed=0, device=str(device))
     method = CIBHash(BITS, params, context)
     if args.size != 224:  # smoke runs: a smaller network input (the method reads the policy when it fits)
-        import hashbench.augment as module
+        import hashbench.toolkit.augment as module
 
         policy = dataclasses.replace(paper_policy(), size=args.size)
         original = module.paper_policy

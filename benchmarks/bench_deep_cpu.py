@@ -321,7 +321,7 @@ def _print_ops(profiler: Any, rows: int = 15) -> None:
 
 
 def quality(seeds: str, bits: int, jobs: int, keep: Path | None) -> None:
-    from hashbench.results_frame import load_runs
+    from hashbench.report.results import load_runs
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(keep) if keep is not None else Path(scratch)

@@ -31,10 +31,10 @@ import numpy as np
 
 from hashbench.codes import pack
 from hashbench.data import DataSplit
+from hashbench.data.splits import draw_split
 from hashbench.datasets.features import Features, file_sha256
 from hashbench.method import RunContext
-from hashbench.runner import evaluate_codes
-from hashbench.splits import draw_split
+from hashbench.run.runner import evaluate_codes
 
 STAGES: list[tuple[str, float, float]] = []
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hashbench.images import ImageStore
+from hashbench.data.images import ImageStore
 
 
 def _write_one(folder: Path, path: str, index: int, size: int, seed: int) -> None:
@@ -46,7 +46,7 @@ def write_photo_like_jpegs(folder: Path, count: int, size: int = 256, seed: int 
     """Smooth colour fields plus grain: JPEGs of about the size and decoding cost of photos."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from hashbench.images import available_cpus
+    from hashbench.data.images import available_cpus
 
     paths = [f"images/{index // 1000:02d}/{index:06d}.jpg" for index in range(count)]
     with ProcessPoolExecutor(max_workers=available_cpus()) as pool:
@@ -109,8 +109,8 @@ def main() -> None:
 def feature_report(store: ImageStore, cache: Path, device: str, workers: int) -> None:
     import torch
 
-    from hashbench.backbones import build_backbone, preprocess_for
-    from hashbench.features import BackboneFeatures
+    from hashbench.toolkit.backbone_features import BackboneFeatures
+    from hashbench.toolkit.backbones import build_backbone, preprocess_for
 
     shutil.rmtree(cache, ignore_errors=True)
 

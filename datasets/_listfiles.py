@@ -25,12 +25,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hashbench.cache import default_cache_dir
 from hashbench.data import DatasetArrays, HashingDataset
-from hashbench.errors import UserError
-from hashbench.images import IMAGE_SIZE, ImageStore
-from hashbench.splits import SplitProtocol
-from hashbench.validate import (
+from hashbench.data.cache import default_cache_dir
+from hashbench.data.checks import (
     Finding,
     Inspection,
     RowFaults,
@@ -39,6 +36,9 @@ from hashbench.validate import (
     refuse_or_drop,
     require_inside,
 )
+from hashbench.data.images import IMAGE_SIZE, ImageStore
+from hashbench.data.splits import SplitProtocol
+from hashbench.errors import UserError
 
 # Split name → list file, in the order that defines the canonical order.
 LIST_FILES = {"database": "database.txt", "query": "test.txt", "train": "train.txt"}

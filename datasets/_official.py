@@ -9,8 +9,8 @@ from typing import ClassVar
 import numpy as np
 
 from hashbench.data import DatasetArrays, HashingDataset
+from hashbench.data.checks import Finding, Inspection, RowFaults, check_labels
 from hashbench.errors import UserError
-from hashbench.validate import Finding, Inspection, RowFaults, check_labels
 
 
 def one_hot(class_ids: np.ndarray, num_classes: int, where: str) -> np.ndarray:

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from hashbench.data import DatasetArrays
+from hashbench.data.splits import SampledProtocol, SplitProtocol, sample_per_class, with_validation
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol, SplitProtocol, sample_per_class, with_validation
 
 from ._official import OfficialSplitDataset
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from hashbench.data import DatasetArrays, HashingDataset
-from hashbench.splits import SampledProtocol
+from hashbench.data.splits import SampledProtocol
 
 
 class Digits(HashingDataset):

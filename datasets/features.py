@@ -19,7 +19,7 @@ Vectors are read as float32, as methods see them.
 Relevance: shared labels when the file has labels (class ids or multi-hot), else (or with
 ``relevance = "neighbours"``) the K = ``neighbours`` (default 100) true nearest neighbours of
 each query in the database, Euclidean or cosine (``metric``), exact, ties to the lower
-database position (:mod:`hashbench.neighbours`), cached by content hash; under the declared
+database position (:mod:`hashbench.data.neighbours`), cached by content hash; under the declared
 split of an HDF5 / npz file that holds ``neighbors`` with at least K columns, its first K
 (``ground_truth = "exact"`` computes them instead; `hashbench data check` compares a sample).
 Those K columns are checked on every test row before anything runs: a row of ids outside
@@ -58,13 +58,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hashbench.cache import CacheEntry
 from hashbench.data import DatasetArrays, HashingDataset
+from hashbench.data.cache import CacheEntry
+from hashbench.data.checks import Finding, Inspection, RowFaults, refuse_or_drop
+from hashbench.data.labels import LabelError, class_id_problem
+from hashbench.data.neighbours import NEIGHBOURS_VERSION, ProgressLine, exact_neighbours
+from hashbench.data.splits import SplitProtocol, sample_count
 from hashbench.errors import UserError
-from hashbench.labels import LabelError, class_id_problem
-from hashbench.neighbours import NEIGHBOURS_VERSION, ProgressLine, exact_neighbours
-from hashbench.splits import SplitProtocol, sample_count
-from hashbench.validate import Finding, Inspection, RowFaults, refuse_or_drop
 
 FORMATS = {".npy": "npy", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet", ".hdf5": "hdf5", ".h5": "hdf5"}
 RELEVANCE = ("labels", "neighbours")

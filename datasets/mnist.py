@@ -17,8 +17,8 @@ from typing import ClassVar
 import numpy as np
 
 from hashbench.data import DatasetArrays
+from hashbench.data.splits import SampledProtocol, with_validation
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol, with_validation
 
 from ._official import OfficialSplitDataset
 

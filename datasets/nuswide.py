@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from hashbench.data.checks import Finding, RowFaults, duplicates_after_first, require_inside
+from hashbench.data.splits import SampledProtocol, with_validation
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol, with_validation
-from hashbench.validate import Finding, RowFaults, duplicates_after_first, require_inside
 
 from ._listfiles import ImageFolderDataset, ImageTable, ListProtocol
 

@@ -38,7 +38,7 @@ from hashbench.environment import seed_everything
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, RunContext
 from hashbench.params import params_to_dict, resolve_params
-from hashbench.records import CellIdentity
+from hashbench.storage.records import CellIdentity
 
 # Settings that shorten training without changing what is trained.
 QUICK = {"epochs": 2, "eval_every": 1}

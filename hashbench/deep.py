@@ -18,7 +18,7 @@
   on the CPU, 2 threads for images of at least 256 values, such as 28×28, which also train
   and encode in channels-last memory format, ``settings.memory_format``; 1 thread for
   smaller images, such as 8×8 digits, and for feature methods);
-* the :class:`~hashbench.training.Trainer` with its checkpoint fingerprint and the
+* the :class:`~hashbench.toolkit.training.Trainer` with its checkpoint fingerprint and the
   validation score (mAP of the validation split against the training split, over the full
   ranking or at a cut-off);
 * encoding a split batch by batch under the thread budget (``NotFittedError`` before ``fit``).
@@ -30,7 +30,7 @@ A method subclasses it with its ``Params`` (a :class:`DeepParams`), and defines
 
 Also here: the features' provenance for the run record. The torch pieces the methods share
 (the straight-through sign, simultaneous optimiser steps) are in
-:mod:`hashbench.torch_layers`. This module imports torch and the trainer only inside
+:mod:`hashbench.toolkit.layers`. This module imports torch and the trainer only inside
 the functions that run them, so that registering and describing a method stays light.
 """
 
@@ -52,7 +52,7 @@ from hashbench.params import MAX_THREADS, at_least, params_to_dict
 if TYPE_CHECKING:
     import torch
 
-    from hashbench.training import TrainingResult
+    from hashbench.toolkit.training import TrainingResult
 
 FEATURE_ENCODE_BATCH = 1024
 IMAGE_ENCODE_BATCH = 256
@@ -231,7 +231,7 @@ def thread_count(requested: int | None, profile: str, device: torch.device, imag
 
 def backbone_features(split: DataSplit) -> Any | None:
     """The backbone-feature cache behind ``split.features``, when that is where they come from."""
-    from hashbench.features import BackboneFeatures
+    from hashbench.toolkit.backbone_features import BackboneFeatures
 
     source = split.feature_source
     return source if isinstance(source, BackboneFeatures) else None
@@ -390,7 +390,7 @@ class DeepHashingMethod(HashingMethod):
     def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:
         import torch
 
-        from hashbench.training import cpu_threads, setup
+        from hashbench.toolkit.training import cpu_threads, setup
 
         self.device = setup(self.context)
         self.settings = self.resolve_settings(train)
@@ -448,7 +448,7 @@ class DeepHashingMethod(HashingMethod):
         (e.g. the backbone's weights) to the bits, parameters, settings and data sizes.
         ``on_divergence``: the Trainer's (``fail`` or ``keep_best``).
         """
-        from hashbench.training import Schedule, Trainer
+        from hashbench.toolkit.training import Schedule, Trainer
 
         settings = self.settings
         validating = val is not None and len(val) > 0
@@ -496,12 +496,12 @@ class DeepHashingMethod(HashingMethod):
 
     def inputs(self, split: DataSplit) -> torch.Tensor:
         """Feature methods: the network's input for a whole split, on the run's device."""
-        from hashbench.torch_layers import feature_tensor
+        from hashbench.toolkit.layers import feature_tensor
 
         return self.transform_features(feature_tensor(split, self.device))
 
     def _batches(self, split: DataSplit) -> Iterable[torch.Tensor]:
-        from hashbench.training import batch_positions, image_loader, prefetch
+        from hashbench.toolkit.training import batch_positions, image_loader, prefetch
 
         if self.input == "images":
             return prefetch(batch_positions(len(split), IMAGE_ENCODE_BATCH), image_loader(split, self.device))
@@ -534,7 +534,7 @@ class DeepHashingMethod(HashingMethod):
             )
 
     def encode(self, split: DataSplit) -> np.ndarray:
-        from hashbench.training import cpu_threads
+        from hashbench.toolkit.training import cpu_threads
 
         require_fitted(self, "model")
         self.check_split(split)

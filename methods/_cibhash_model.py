@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from hashbench.errors import UserError
-from hashbench.torch_layers import nt_xent, straight_through_sign
-from hashbench.training import autocast
+from hashbench.toolkit.layers import nt_xent, straight_through_sign
+from hashbench.toolkit.training import autocast
 
 HEAD_HIDDEN = 1024
 KL_EPS = 1e-8  # as the released code

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench.backbones import vgg16_after_fc6
+from hashbench.toolkit.backbones import vgg16_after_fc6
 
 
 def cosine_similarity_loss(codes: torch.Tensor, features: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,7 @@ Profiles (``profile``):
            validated every 2,500 steps (10 released epochs; the released code does not
            validate);
 ``tiny``   for tiny images (8×8 digits, 28×28 MNIST) on a CPU: the small backbone of
-           :mod:`hashbench.backbones` trained end to end as the encoder; generator and
+           :mod:`hashbench.toolkit.backbones` trained end to end as the encoder; generator and
            discriminator scaled down (see below) to reconstruct the image at its native
            size; S from the flattened pixels with K1 = K2 = 5 (K1 = 20 and K2 = 30 were
            set for 10,000 training images: on 500 images their union covers most of the
@@ -141,7 +141,7 @@ RELEASED_EVALUATED_EPOCH = 20
 
 
 def _is_backbone(split: DataSplit) -> bool:
-    from hashbench.features import BackboneFeatures
+    from hashbench.toolkit.backbone_features import BackboneFeatures
 
     return isinstance(split.feature_source, BackboneFeatures)
 
@@ -232,11 +232,11 @@ class BGAN(DeepHashingMethod):
         import torch.nn.functional as F
         from torch import nn
 
-        from hashbench.backbones import build_backbone, preprocess_for, to_float_images
         from hashbench.methods._bgan_model import Discriminator, Encoder, Generator, bgan_losses
         from hashbench.methods._bgan_neighbours import neighbour_structure, similarity_block
-        from hashbench.torch_layers import simultaneous_step
-        from hashbench.training import autocast, image_loader
+        from hashbench.toolkit.backbones import build_backbone, preprocess_for, to_float_images
+        from hashbench.toolkit.layers import simultaneous_step
+        from hashbench.toolkit.training import autocast, image_loader
 
         params, settings = self.params, self.settings
         height, width, channels = self.input_shape
@@ -343,7 +343,7 @@ class BGAN(DeepHashingMethod):
 
     def code_batch(self, batch: torch.Tensor) -> torch.Tensor:
         """sign(μ) (μ ≥ 0 ↦ True) of a batch of uint8 images."""
-        from hashbench.training import autocast
+        from hashbench.toolkit.training import autocast
 
         with autocast(self.device):
             mean, _ = self.model["encoder"](self.to_memory_format(self.preprocess(batch, self.device)))

@@ -46,7 +46,7 @@ Profiles (``profile``):
 
 ``paper``  the above, with the paper's two-view augmentation at 224×224 (natural images);
 ``tiny``   a small convnet trained end to end with the head, on tiny images at their native
-           size with the scaled-down augmentation (see :func:`hashbench.augment.tiny_policy`),
+           size with the scaled-down augmentation (see :func:`hashbench.toolkit.augment.tiny_policy`),
            a longer schedule fitted to small training sets: 100 epochs, validated every 20
            (800 optimiser steps on digits' 500 images), but at most 2,400 steps: 30 epochs
            of a 5,000-image training set, validated every 6 (``training.settings``:
@@ -95,7 +95,7 @@ from hashbench.params import MAX_BATCH_SIZE, MAX_ITERATIONS, at_least, non_negat
 if TYPE_CHECKING:
     import torch
 
-    from hashbench.augment import AugmentPolicy
+    from hashbench.toolkit.augment import AugmentPolicy
 
 # The network, the loss and the augmentation need torch: they are imported where the method
 # trains or encodes (hashbench.methods._cibhash_model), so that describing it stays light.
@@ -187,8 +187,8 @@ class CIBHash(DeepHashingMethod):
         return float(getattr(self.params, "beta", 0.0))
 
     def profile_settings(self, profile: str, train: DataSplit) -> CIBHashSettings:
-        from hashbench.augment import paper_policy, tiny_policy
-        from hashbench.backbones import input_spec
+        from hashbench.toolkit.augment import paper_policy, tiny_policy
+        from hashbench.toolkit.backbones import input_spec
 
         params, shape = self.params, tuple(train.image_shape)
         if profile == "paper":
@@ -235,15 +235,15 @@ class CIBHash(DeepHashingMethod):
         import torch
         from torch import nn
 
-        from hashbench.augment import augment
-        from hashbench.backbones import (
+        from hashbench.methods._cibhash_model import build_head, cibhash_loss, forward_probabilities
+        from hashbench.toolkit.augment import augment
+        from hashbench.toolkit.backbones import (
             build_backbone,
             match_channels,
             preprocess_for,
             to_float_images,
         )
-        from hashbench.methods._cibhash_model import build_head, cibhash_loss, forward_probabilities
-        from hashbench.training import image_loader, trainable
+        from hashbench.toolkit.training import image_loader, trainable
 
         params, settings = self.params, self.settings
         policy = settings.augment

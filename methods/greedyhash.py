@@ -80,7 +80,7 @@ class GreedyHash(SimilarityPreservingHash):
         return ReleasedScript(RELEASED_BUDGET_16 if self.bits == 16 else RELEASED_BUDGET)
 
     def binarize(self, hidden: torch.Tensor) -> torch.Tensor:
-        from hashbench.torch_layers import straight_through_sign
+        from hashbench.toolkit.layers import straight_through_sign
 
         return straight_through_sign(hidden)
 

@@ -162,7 +162,7 @@ class TBH(DeepHashingMethod):
         import torch
 
         from hashbench.methods._tbh_model import TwinBottleneckNet, tbh_losses
-        from hashbench.torch_layers import feature_tensor, simultaneous_step
+        from hashbench.toolkit.layers import feature_tensor, simultaneous_step
 
         settings = self.settings
         raw = feature_tensor(train, self.device)

@@ -61,7 +61,7 @@ class Counting(HashingMethod):
 @register_method
 class Dying(HashingMethod):
     """Ends its process in fit, as a job killed by the OS or the scheduler would (SIGKILL:
-    an ``os._exit`` in a method only fails its cell, see hashbench.containment)."""
+    an ``os._exit`` in a method only fails its cell, see hashbench.run.containment)."""
 
     name = "dying"
     description = "kills its process in fit"

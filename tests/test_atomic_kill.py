@@ -1,6 +1,6 @@
 """A process SIGKILLed in the middle of a large atomic write leaves the old file whole.
 
-A child process rewrites a real run record through ``hashbench.atomic`` with tens of
+A child process rewrites a real run record through ``hashbench.storage.atomic`` with tens of
 megabytes of padding; as soon as the write has visibly started (its temporary file exists,
 or the record itself changed), the test kills it with SIGKILL: no Python cleanup runs. So
 that a slow test process cannot miss the moment on a loaded machine, the child pauses
@@ -24,15 +24,15 @@ from pathlib import Path
 
 import pytest
 
-from hashbench.runner import GridSpec, run_grid
-from hashbench.store import LOCK_NAME
+from hashbench.run.runner import GridSpec, run_grid
+from hashbench.storage.store import LOCK_NAME
 
 PADDING = 64 * 2**20  # characters: writing them takes a while
 
 CHILD = """
 import json, os, sys, time
 from pathlib import Path
-from hashbench import atomic
+from hashbench.storage import atomic
 
 
 def pause_before_sync(frame, event, function):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from hashbench import augment as A
+from hashbench.toolkit import augment as A
 
 CPU = torch.device("cpu")
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hashbench import backbones
-from hashbench.backbones import VGG16_FILE, build_backbone, preprocess_for, weights_id
 from hashbench.errors import UserError
+from hashbench.toolkit import backbones
+from hashbench.toolkit.backbones import VGG16_FILE, build_backbone, preprocess_for, weights_id
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +205,7 @@ def test_vgg16_cut_at_fc6_keeps_fc6_and_its_relu():
 def test_fc7_run_live_on_cached_fc6_equals_cached_fc7_in_eval_mode(tmp_path):
     """The real feature cache at fc6 and fc7 (random VGG-16, three images): in eval mode the
     live part (Dropout, fc7, ReLU, Dropout) turns the fc6 features into the fc7 ones."""
-    from hashbench.features import BackboneFeatures
+    from hashbench.toolkit.backbone_features import BackboneFeatures
 
     images = np.random.default_rng(0).integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
     fc7 = BackboneFeatures(images, np.arange(3), dataset="toy", manifest_hash="a" * 64, cache_dir=tmp_path, pretrained=False, batch_size=3)

@@ -171,7 +171,7 @@ def test_adam_epsilon_is_the_released_one_except_for_the_tiny_encoder():
 
 
 def _tiny_networks(bits: int = 8, chw=(1, 8, 8)):
-    from hashbench.backbones import build_backbone
+    from hashbench.toolkit.backbones import build_backbone
 
     torch.manual_seed(0)
     backbone = build_backbone("small", image_shape=(chw[1], chw[2], chw[0]))

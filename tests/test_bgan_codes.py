@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from hashbench import registry
-from hashbench.backbones import preprocess_for
 from hashbench.codes import to_bits
 from hashbench.data import DataSplit
 from hashbench.method import RunContext
 from hashbench.params import resolve_params
+from hashbench.toolkit.backbones import preprocess_for
 
 
 def test_encode_returns_the_sign_of_the_encoder_mean():

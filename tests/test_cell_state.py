@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from hashbench import runner
-from hashbench import store as store_module
-from hashbench.records import Status
-from hashbench.results_frame import read_records
-from hashbench.runner import GridSpec
-from hashbench.status import directory_status, grid_status
-from hashbench.store import (
+from hashbench.report.results import read_records
+from hashbench.run import runner
+from hashbench.run.runner import GridSpec
+from hashbench.run.status import directory_status, grid_status
+from hashbench.storage import store as store_module
+from hashbench.storage.records import Status
+from hashbench.storage.store import (
     RUNNING_REASON,
     Mount,
     ResultsStore,
@@ -120,7 +120,7 @@ def test_status_with_and_without_a_grid_report_and_reeval_agree_on_every_cell(in
 
 HOLDER = (
     "import sys, time, pathlib\n"
-    "from hashbench.store import ResultsStore\n"
+    "from hashbench.storage.store import ResultsStore\n"
     "lock = ResultsStore(sys.argv[1]).try_lock(sys.argv[2])\n"
     "assert lock is not None\n"
     "pathlib.Path(sys.argv[3]).write_text('held')\n"
@@ -130,7 +130,7 @@ HOLDER = (
 # many tries there were and how many found it taken.
 HAMMER = (
     "import sys, time\n"
-    "from hashbench.store import ResultsStore\n"
+    "from hashbench.storage.store import ResultsStore\n"
     "store, tries, busy = ResultsStore(sys.argv[1]), 0, 0\n"
     "lock = store.try_lock(sys.argv[2]); lock.release()\n"
     "open(sys.argv[4], 'w').write('ready')\n"

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from hashbench import registry
-from hashbench.backbones import VGG16_FILE
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.errors import UserError
 from hashbench.method import RunContext
@@ -31,8 +30,9 @@ from hashbench.methods.cibhash import (
     released_topk,
 )
 from hashbench.params import resolve_params
-from hashbench.torch_layers import straight_through_sign
-from hashbench.training import CHECKPOINT_NAME, KILL_AFTER_EPOCH_ENV
+from hashbench.toolkit.backbones import VGG16_FILE
+from hashbench.toolkit.layers import straight_through_sign
+from hashbench.toolkit.training import CHECKPOINT_NAME, KILL_AFTER_EPOCH_ENV
 
 # --------------------------------------------------------------------------------------------
 # the loss
@@ -349,7 +349,7 @@ def test_a_nan_loss_keeps_the_best_validated_head_as_released(monkeypatch):
 
 
 def test_paper_profile_trains_only_the_head_over_a_frozen_vgg16(monkeypatch):
-    import hashbench.training as module  # the deep methods take their Trainer from here when they train
+    import hashbench.toolkit.training as module  # the deep methods take their Trainer from here when they train
 
     train, val = toy_splits(shape=(16, 16, 3), count=16)  # 4 training images
     val = DataSplit("val", val.indices[:2], val._arrays)

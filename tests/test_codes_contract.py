@@ -13,7 +13,7 @@ from hashbench.codes import pack, unpack
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
 from hashbench.registry import register_method
-from hashbench.runner import GridSpec, run_grid
+from hashbench.run.runner import GridSpec, run_grid
 
 
 @register_method

@@ -10,12 +10,12 @@ from grid_options import grid_options
 
 from hashbench import registry
 from hashbench.cli.run import build_settings, build_spec, parse_protocol_option
-from hashbench.config import load_config
 from hashbench.data import HashingDataset
+from hashbench.data.splits import SampledProtocol
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod
-from hashbench.runner import plan_grid
-from hashbench.splits import SampledProtocol
+from hashbench.run.config import load_config
+from hashbench.run.runner import plan_grid
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 

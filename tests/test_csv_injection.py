@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hashbench.csv_safe import defuse, to_csv
+from hashbench.report.csv_safe import defuse, to_csv
 
 PLUGINS = Path(__file__).resolve().parent / "plugins.py"
 STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -181,8 +181,8 @@ def test_feature_methods_get_cached_backbone_features(invoke, nuswide_root, resu
     """LSH on a dataset without feature vectors: backbone features, cached under --cache."""
     import torch
 
-    import hashbench.backbones
-    import hashbench.features
+    import hashbench.toolkit.backbone_features
+    import hashbench.toolkit.backbones
 
     class TinyBackbone(torch.nn.Module):
         feature_dim = 6
@@ -200,8 +200,8 @@ def test_feature_methods_get_cached_backbone_features(invoke, nuswide_root, resu
 
         return build
 
-    monkeypatch.setattr(hashbench.features, "_default_factory", factory)
-    monkeypatch.setattr(hashbench.backbones, "weights_id", lambda *args, **kwargs: "tiny-test")
+    monkeypatch.setattr(hashbench.toolkit.backbone_features, "_default_factory", factory)
+    monkeypatch.setattr(hashbench.toolkit.backbones, "weights_id", lambda *args, **kwargs: "tiny-test")
     args = ("run", "--methods", "lsh", "--datasets", "nuswide", "--protocol", "lists", "--bits", "4,6",
             "--data-root", nuswide_root, "--results", results, "--cache", nuswide_root / "cache")  # fmt: skip
     result = invoke(*args)
@@ -242,8 +242,8 @@ def test_a_list_file_of_bad_rows_only_leaves_nothing_to_query(invoke, nuswide_ro
 
 def test_a_split_with_nothing_in_it_is_an_error_for_any_protocol(tmp_path):
     from hashbench.data import DatasetArrays
-    from hashbench.splits import SplitProtocol
-    from hashbench.validate import check_dataset
+    from hashbench.data.checks import check_dataset
+    from hashbench.data.splits import SplitProtocol
 
     class NoTrain(SplitProtocol):
         name, description, topk = "notrain", "draws no training images", 5
@@ -276,7 +276,7 @@ def _link_out(nuswide_root, relative, target):
 
 
 def test_symbolic_links_out_of_the_folder_are_escaping_rows(invoke, nuswide_root, results, image_plugin, monkeypatch):
-    import hashbench.images
+    import hashbench.data.images
 
     outside = nuswide_root / "elsewhere"
     outside.mkdir()
@@ -294,8 +294,8 @@ def test_symbolic_links_out_of_the_folder_are_escaping_rows(invoke, nuswide_root
         (nuswide_root / "nuswide" / "train.txt").read_text() + "images/alias.jpg " + " ".join(["0", "1"] + ["0"] * 19) + "\n"
     )
     opened = []
-    real_decode = hashbench.images.decode_image
-    monkeypatch.setattr(hashbench.images, "decode_image", lambda path, size=224: opened.append(os.path.realpath(path)) or real_decode(path, size))
+    real_decode = hashbench.data.images.decode_image
+    monkeypatch.setattr(hashbench.data.images, "decode_image", lambda path, size=224: opened.append(os.path.realpath(path)) or real_decode(path, size))
     result = invoke("data", "check", "nuswide", "--data-root", nuswide_root, "--protocol", "lists")
     assert result.exit_code == 1, result.output
     assert "error: 2 rows whose path escapes the dataset folder" in result.output

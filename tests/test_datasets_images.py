@@ -9,11 +9,11 @@ import pytest
 from dataset_fixtures import plant, write_coco, write_list_dataset, write_nuswide
 from PIL import Image
 
+from hashbench.data.images import ImageStore
+from hashbench.data.splits import draw_split
 from hashbench.datasets.coco import COCO
 from hashbench.datasets.nuswide import NUSWide, image_path
 from hashbench.errors import UserError
-from hashbench.images import ImageStore
-from hashbench.splits import draw_split
 
 
 def test_nuswide_raw_keeps_the_21_most_frequent_concepts_and_drops_unlabelled(tmp_path):

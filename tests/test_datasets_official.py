@@ -9,10 +9,10 @@ import pytest
 from dataset_fixtures import write_cifar10, write_idx, write_mnist
 
 from hashbench.data import load_dataset
+from hashbench.data.splits import SampledProtocol, draw_split
 from hashbench.datasets.cifar10 import CIFAR10, CIBHashCodeProtocol, TBHCodeProtocol
 from hashbench.datasets.mnist import MNIST, FashionMNIST, read_idx
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol, draw_split
 
 
 def test_cifar10_reads_torchvision_layout_exactly(tmp_path):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from hashbench.data import DatasetArrays
+from hashbench.data.labels import to_multi_hot
+from hashbench.data.splits import draw_split
 from hashbench.datasets.cifar10 import CIFAR10
 from hashbench.datasets.coco import COCO
 from hashbench.datasets.mnist import MNIST, FashionMNIST
 from hashbench.datasets.nuswide import NUSWide
 from hashbench.errors import UserError
-from hashbench.labels import to_multi_hot
-from hashbench.splits import draw_split
 
 
 def single_label_arrays(train_per_class: int, test_per_class: int, seed: int = 0) -> DatasetArrays:

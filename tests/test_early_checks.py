@@ -233,7 +233,7 @@ def test_the_longest_names_allowed_fit_a_run_folder(invoke, results, tmp_path):
 def locks_denied(monkeypatch):
     """Every run's lock file refuses to open, as another user's does in a shared folder (the
     tests run as root, where chmod 000 denies nothing)."""
-    from hashbench import store
+    from hashbench.storage import store
 
     def acquire(self, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", self.lock_file)

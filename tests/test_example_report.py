@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from hashbench.store import LOCK_NAME
+from hashbench.storage.store import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "reports" / "digits" / "results"
@@ -29,7 +29,7 @@ def _results_files(folder: Path) -> dict[Path, bytes]:
 
 @pytest.mark.parametrize("simd", ["best", "avx2"])
 def test_the_example_records_load_and_reeval_reproduces_them(tmp_path, simd):
-    from hashbench.results_frame import read_records
+    from hashbench.report.results import read_records
 
     records, warnings = read_records(EXAMPLE)
     assert len(records) == 90 and all(record.ok for record in records) and not warnings

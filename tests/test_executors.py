@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hashbench.errors import UserError
-from hashbench.executors import THREAD_VARIABLES, SlurmExecutor, _import_submitit, fair_share
+from hashbench.run.executors import THREAD_VARIABLES, SlurmExecutor, _import_submitit, fair_share
 
 PLUGIN = Path(__file__).resolve().parent / "counting_plugin.py"
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from hashbench import registry
-from hashbench.config import load_config
+from hashbench.data.checks import check_dataset
+from hashbench.data.splits import draw_split
 from hashbench.datasets import features as features_module
 from hashbench.datasets.features import Features
 from hashbench.errors import UserError
-from hashbench.splits import draw_split
-from hashbench.validate import check_dataset
+from hashbench.run.config import load_config
 
 pytestmark = pytest.mark.usefixtures("features_plugin")
 

@@ -248,7 +248,7 @@ def test_names_in_the_wrong_case_get_a_suggestion(invoke, tmp_path):
 
 def test_status_shows_an_interrupted_cell_by_method_dataset_bits_and_seed(invoke, tmp_path):
     from hashbench.cli.status import CHECKPOINT_NAME as STATUS_NAME
-    from hashbench.training import CHECKPOINT_NAME
+    from hashbench.toolkit.training import CHECKPOINT_NAME
 
     assert STATUS_NAME == CHECKPOINT_NAME
     results = tmp_path / "results"

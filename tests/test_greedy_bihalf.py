@@ -8,7 +8,6 @@ import torch
 
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.errors import UserError
-from hashbench.features import BackboneFeatures
 from hashbench.method import RunContext
 from hashbench.methods import bihalf as bihalf_module
 from hashbench.methods import greedyhash as greedy_module
@@ -22,7 +21,8 @@ from hashbench.methods._similarity_model import (
 from hashbench.methods.bihalf import BiHalf, BiHalfParams
 from hashbench.methods.greedyhash import GreedyHash, GreedyHashParams
 from hashbench.params import resolve_params
-from hashbench.torch_layers import straight_through_sign
+from hashbench.toolkit.backbone_features import BackboneFeatures
+from hashbench.toolkit.layers import straight_through_sign
 
 
 def test_greedy_sign_forward_and_straight_through_backward():

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from dataset_fixtures import python2_pickle, write_cifar10
 
-from hashbench import atomic
 from hashbench.datasets.cifar10 import CIFAR10, load_batch_pickle, read_batch
 from hashbench.errors import UserError
+from hashbench.storage import atomic
 
 # -- CIFAR-10 batches are pickles: only what the format needs may be unpickled ------------------
 
@@ -183,8 +183,8 @@ def test_a_write_error_crosses_process_boundaries_whole():
 
 
 def test_a_failure_record_that_cannot_be_written_fails_that_cell_only(tmp_path, monkeypatch):
-    from hashbench.executors import _result_or_failure
-    from hashbench.runner import CellJob, GridSpec
+    from hashbench.run.executors import _result_or_failure
+    from hashbench.run.runner import CellJob, GridSpec
 
     job = CellJob(spec=GridSpec(methods=["lsh"], results=tmp_path / "results"), key="lsh-digits-standard-split0-8b-seed0-x",
                   method="lsh", params={}, dataset="digits", protocol="standard", bits=8, seed=0, manifest="",

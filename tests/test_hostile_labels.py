@@ -136,7 +136,7 @@ PLUGIN = '''
 import numpy as np
 from hashbench.data import DatasetArrays, HashingDataset
 from hashbench.registry import register_dataset
-from hashbench.splits import SampledProtocol
+from hashbench.data.splits import SampledProtocol
 
 PER_CLASS = {"standard": SampledProtocol("standard", "5 queries and 10 train items per class", 10,
                                          query_per_class=5, train_per_class=10)}

@@ -96,8 +96,8 @@ def manifests(draw, original: dict) -> bytes:
 
 
 def test_manifest_values_beyond_64_bits_or_nested_are_a_user_error(tmp_path):
+    from hashbench.data.splits import SplitManifest
     from hashbench.errors import UserError
-    from hashbench.splits import SplitManifest
 
     fields = {"dataset": "digits", "protocol": "standard", "split_seed": 0, "num_items": 9, "topk": 1, "hash": "0"}
     path = tmp_path / "manifest.json"

@@ -12,10 +12,10 @@ import pytest
 import torch
 from dataset_fixtures import write_image
 
-from hashbench.cache import CacheEntry
+from hashbench.data.cache import CacheEntry
+from hashbench.data.images import ImageStore, decode_image
 from hashbench.errors import UserError
-from hashbench.features import BackboneFeatures
-from hashbench.images import ImageStore, decode_image
+from hashbench.toolkit.backbone_features import BackboneFeatures
 
 SIZE = 24  # small decoded size: the cache logic does not depend on it
 
@@ -219,7 +219,7 @@ def test_cache_refuses_a_disk_too_small(tmp_path):
 
 
 class FakeBackbone(torch.nn.Module):
-    """Same attributes as hashbench.backbones' networks: feature_dim, weights_source, weights_id."""
+    """Same attributes as hashbench.toolkit.backbones' networks: feature_dim, weights_source, weights_id."""
 
     feature_dim = 5
     weights_source = "test weights"

@@ -83,8 +83,8 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_walker_sees_real_edges_and_finds_a_planted_cycle():
     graph = _graph()
-    assert "hashbench.records" in graph["hashbench.store"]
-    assert "hashbench.results_frame" in graph["hashbench.report"]
+    assert "hashbench.storage.records" in graph["hashbench.storage.store"]
+    assert "hashbench.report.results" in graph["hashbench.report.tables"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
@@ -101,3 +101,46 @@ def test_the_core_never_imports_a_plugin_by_name():
         if not module.startswith(("hashbench.methods", "hashbench.datasets"))
     }
     assert not {m: t for m, t in offenders.items() if t}
+
+
+# The layers of the package, lowest first: a module may import its own layer and those
+# below, never one above (the plugins sit above what a plugin may use, below the harness).
+LAYERS = [
+    ["hashbench.errors"],
+    ["hashbench.storage", "hashbench.params", "hashbench.codes", "hashbench.reproducibility", "hashbench.progress",
+     "hashbench.metric_table"],
+    ["hashbench.environment", "hashbench.data", "hashbench.method"],
+    ["hashbench.registry", "hashbench.metrics", "hashbench.toolkit"],
+    ["hashbench.deep", "hashbench.conformance"],
+    ["hashbench.methods", "hashbench.datasets"],
+    ["hashbench.run"],
+    ["hashbench.report"],
+    ["hashbench.cli", "hashbench.__main__"],
+]
+
+
+def _layer(module: str) -> int | None:
+    if module == "hashbench":  # the package's own __init__: its version, a lazy evaluate
+        return 1
+    for rank, layer in enumerate(LAYERS):
+        if any(module == name or module.startswith(name + ".") for name in layer):
+            return rank
+    return None
+
+
+def test_every_module_has_a_layer_and_none_imports_upward():
+    graph = _graph()
+    unplaced = sorted(module for module in graph if _layer(module) is None)
+    assert not unplaced, f"modules in no layer: {unplaced}"
+    upward = sorted(
+        f"{module} → {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if _layer(target) > _layer(module) and not (module == "hashbench" and target == "hashbench.metrics")
+    )
+    assert not upward, "upward imports: " + "; ".join(upward)
+
+
+def test_the_layer_check_catches_a_planted_upward_import():
+    assert _layer("hashbench.storage.store") < _layer("hashbench.run.runner") < _layer("hashbench.cli.run")
+    assert _layer("hashbench.methods.itq") < _layer("hashbench.run.runner")

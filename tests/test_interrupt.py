@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from hashbench.config import load_config
 from hashbench.errors import UserError
-from hashbench.executors import SlurmExecutor, _import_submitit
+from hashbench.run.config import load_config
+from hashbench.run.executors import SlurmExecutor, _import_submitit
 
 PLUGIN = Path(__file__).resolve().parent / "plugins.py"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hashbench.runner import GridSpec, run_grid
+from hashbench.run.runner import GridSpec, run_grid
 
 BITS = 16
 # The untrained start: one epoch whose steps cannot move the weights.

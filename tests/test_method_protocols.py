@@ -16,9 +16,9 @@ import pytest
 from grid_options import grid_options
 
 from hashbench.cli.run import build_spec
-from hashbench.config import load_config
 from hashbench.errors import UserError
-from hashbench.runner import plan_grid
+from hashbench.run.config import load_config
+from hashbench.run.runner import plan_grid
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 

@@ -11,9 +11,9 @@ import pytest
 from test_metrics import cached_reference, reference_ap
 
 from hashbench.codes import pack
+from hashbench.data.neighbours import exact_neighbours
 from hashbench.errors import UserError
 from hashbench.metrics import evaluate, mean_average_precision
-from hashbench.neighbours import exact_neighbours
 
 # --------------------------------------------------------------------------------------------
 # references

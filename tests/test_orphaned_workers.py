@@ -76,7 +76,7 @@ def test_exit_with_parent_exits_once_reparented(tmp_path):
     """The watch itself, in a process whose 'parent' is a pid that is not its parent."""
     code = (
         "import os, sys, time\n"
-        "from hashbench.executors import exit_with_parent\n"
+        "from hashbench.run.executors import exit_with_parent\n"
         "exit_with_parent(int(sys.argv[1]), poll_seconds=0.05)\n"
         "time.sleep(60)\n"
         "sys.exit(0)\n"

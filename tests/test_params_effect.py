@@ -199,7 +199,7 @@ def test_changing_a_parameter_changes_the_result(method, field, splits):
 def test_the_run_seed_changes_the_codes(tmp_path):
     """The run seed is a parameter of every cell: seed 1 projects otherwise than seed 0, and
     seed 0 run again gives the same codes."""
-    from hashbench.runner import GridSpec, run_grid
+    from hashbench.run.runner import GridSpec, run_grid
 
     def database_codes(seed: int, folder: str) -> np.ndarray:
         results = tmp_path / folder

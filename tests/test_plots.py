@@ -10,9 +10,9 @@ import statistics
 import numpy as np
 import pytest
 
-from hashbench.plots import make_plots
-from hashbench.report import load_runs, read_records, summarise, timing_table, write_report
-from hashbench.runner import GridSpec, run_grid
+from hashbench.report.plots import make_plots
+from hashbench.report.tables import load_runs, read_records, summarise, timing_table, write_report
+from hashbench.run.runner import GridSpec, run_grid
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import re
 import subprocess
 import sys
 
-from hashbench.runner import GridSpec, run_grid
-from hashbench.status import directory_status
+from hashbench.run.runner import GridSpec, run_grid
+from hashbench.run.status import directory_status
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

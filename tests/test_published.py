@@ -13,9 +13,9 @@ import pytest
 from hashbench import registry
 from hashbench.errors import UserError
 from hashbench.metric_table import known_metric
-from hashbench.published import COLUMNS, IDENTITY, builtin_path, compare, load_published
-from hashbench.report import load_runs
-from hashbench.runner import GridSpec, run_grid
+from hashbench.report.published import COLUMNS, IDENTITY, builtin_path, compare, load_published
+from hashbench.report.tables import load_runs
+from hashbench.run.runner import GridSpec, run_grid
 
 HEADER = "method,dataset,protocol,metric,bits,value,source\n"
 

@@ -9,8 +9,8 @@ import html
 import pytest
 
 from hashbench.errors import UserError
-from hashbench.published import COLUMNS, SECONDARY_MARK, builtin_path, load_published
-from hashbench.runner import GridSpec, run_grid
+from hashbench.report.published import COLUMNS, SECONDARY_MARK, builtin_path, load_published
+from hashbench.run.runner import GridSpec, run_grid
 
 SECONDARY_TEXT = "secondary: cited in Survey S (2023) Table 4, quoting Paper B, not checked against the paper"
 

@@ -13,10 +13,10 @@ import pytest
 
 from hashbench import registry
 from hashbench.metric_table import METRICS_VERSION
-from hashbench.records import SCHEMA_VERSION, CellIdentity, RecordError, RunRecord, Status
-from hashbench.runner import GridSpec, run_grid
-from hashbench.status import directory_status, grid_status
-from hashbench.store import ResultsStore
+from hashbench.run.runner import GridSpec, run_grid
+from hashbench.run.status import directory_status, grid_status
+from hashbench.storage.records import SCHEMA_VERSION, CellIdentity, RecordError, RunRecord, Status
+from hashbench.storage.store import ResultsStore
 
 SPEC = dict(methods=["lsh", "itq"], bits=[8, 16], seeds=[0])
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from hashbench.errors import UserError
-from hashbench.report import (
+from hashbench.report.tables import (
     load_runs,
     summarise,
     to_csv,
@@ -18,7 +18,7 @@ from hashbench.report import (
     to_markdown,
     write_report,
 )
-from hashbench.runner import GridSpec, run_grid
+from hashbench.run.runner import GridSpec, run_grid
 
 
 @pytest.fixture(scope="module")

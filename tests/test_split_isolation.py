@@ -23,12 +23,12 @@ import hashbench.metrics
 from hashbench import registry
 from hashbench.codes import to_bits
 from hashbench.data import DatasetArrays, DataSplit, HashingDataset
+from hashbench.data.splits import SplitManifest, SplitProtocol, content_hash, draw_split
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, RunContext
 from hashbench.params import resolve_params
 from hashbench.registry import register_dataset, register_method
-from hashbench.runner import GridSpec, run_grid, run_job
-from hashbench.splits import SplitManifest, SplitProtocol, content_hash, draw_split
+from hashbench.run.runner import GridSpec, run_grid, run_job
 
 SPLIT_LISTS = ("query", "database", "train", "val")
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from hashbench.data import DatasetArrays
+from hashbench.data.splits import SampledProtocol, SplitManifest, draw_split, sample_per_class
 from hashbench.datasets.digits import Digits
 from hashbench.errors import UserError
-from hashbench.splits import SampledProtocol, SplitManifest, draw_split, sample_per_class
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hashbench.runner import GridSpec
-from hashbench.status import counts, directory_status, grid_status
+from hashbench.run.runner import GridSpec
+from hashbench.run.status import counts, directory_status, grid_status
 
 LEAD_PLUGINS = Path(__file__).resolve().parent / "plugins.py"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashbench import atomic
+from hashbench.data.splits import SplitManifest
 from hashbench.metrics import evaluate
-from hashbench.records import CellIdentity, Status
-from hashbench.runner import GridSpec, run_grid
-from hashbench.splits import SplitManifest
+from hashbench.run.runner import GridSpec, run_grid
+from hashbench.storage import atomic
+from hashbench.storage.records import CellIdentity, Status
 
 PLUGINS = Path(__file__).resolve().parent / "plugins.py"
 

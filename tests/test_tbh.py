@@ -16,7 +16,7 @@ from hashbench.methods._tbh_model import (
     tbh_losses,
 )
 from hashbench.methods.tbh import GRAPH_EXPONENT, TBH, TBHParams
-from hashbench.torch_layers import simultaneous_step
+from hashbench.toolkit.layers import simultaneous_step
 
 
 def test_binary_activation_codes_and_gradient():

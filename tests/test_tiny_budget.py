@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from hashbench import augment as A
-from hashbench.backbones import SmallConvNet
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.deep import PARALLEL_THREADS, TinyBudget, steps_per_epoch, thread_count
 from hashbench.method import RunContext
@@ -16,7 +14,9 @@ from hashbench.methods.bgan import BGAN
 from hashbench.methods.cibhash import CIBHash, CIBHashParams
 from hashbench.methods.greedyhash import GreedyHash
 from hashbench.methods.tbh import TBH
-from hashbench.training import cpu_threads
+from hashbench.toolkit import augment as A
+from hashbench.toolkit.backbones import SmallConvNet
+from hashbench.toolkit.training import cpu_threads
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from hashbench.errors import UserError
 from hashbench.method import RunContext
-from hashbench.training import (
+from hashbench.toolkit.training import (
     CHECKPOINT_NAME,
     Schedule,
     Trainer,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench.records import RunRecord
 from hashbench.reproducibility import same_value
+from hashbench.storage.records import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 AVX2 = "X86_V4 AVX512_ICL AVX512_SPR"  # NPY_DISABLE_CPU_FEATURES: numpy's dispatch held at AVX2

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from hashbench.report import write_report
-from hashbench.runner import GridSpec, run_grid
-from hashbench.uncertainty import bootstrap_interval, paired_test
+from hashbench.report.intervals import bootstrap_interval, paired_test
+from hashbench.report.tables import write_report
+from hashbench.run.runner import GridSpec, run_grid
 
 
 def _cell(rng, mean: float, queries: int = 150, seeds: int = 3, query_sd: float = 0.25, seed_sd: float = 0.01):

@@ -14,12 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hashbench.backbones import build_backbone
 from hashbench.data import DatasetArrays, DataSplit
-from hashbench.features import attach_backbone_features
+from hashbench.data.splits import SampledProtocol, draw_split
 from hashbench.method import RunContext
 from hashbench.methods.lsh import LSH
-from hashbench.splits import SampledProtocol, draw_split
+from hashbench.toolkit.backbone_features import attach_backbone_features
+from hashbench.toolkit.backbones import build_backbone
 
 COUNT = 3  # VGG-16 at 224 px costs seconds per image on a CPU
 PROTOCOL = SampledProtocol(name="tiny", description="one query, the rest database, all of it train",

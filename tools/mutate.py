@@ -126,13 +126,13 @@ MUTATIONS: tuple[Mutation, ...] = (
         "gradients are never cleared between steps",
     ),
     Mutation(
-        "training-selects-the-worst-epoch", ("hashbench/training.py",),
+        "training-selects-the-worst-epoch", ("hashbench/toolkit/training.py",),
         'ranked > best["score"]', 'ranked < best["score"]',
         ("tests/test_training.py::test_best_validation_epoch_is_selected_and_restored",),
         "model selection keeps the lowest validation score",
     ),
     Mutation(
-        "training-best-weights-not-restored", ("hashbench/training.py",),
+        "training-best-weights-not-restored", ("hashbench/toolkit/training.py",),
         '_load_trainable_state(self.model, best["state"])', "pass",
         (f"{ISOLATION}::test_the_epoch_validated_best_is_the_model_kept",),
         "the selected epoch is recorded but its weights are not restored",
@@ -166,89 +166,89 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # ---- runner: the cell logic ------------------------------------------------------------
     Mutation(
-        "runner-query-as-validation", ("hashbench/runner.py",),
+        "runner-query-as-validation", ("hashbench/run/runner.py",),
         'method.fit(train, data.split("val"))', 'method.fit(train, data.split("query"))',
         (f"{ISOLATION}::test_the_runner_fits_on_train_validates_on_val_and_never_shows_queries",),
         "the runner hands the query split to fit as the validation split",
     ),
     Mutation(
-        "runner-every-seed-is-zero", ("hashbench/runner.py",),
+        "runner-every-seed-is-zero", ("hashbench/run/runner.py",),
         "context = RunContext(seed=cell.seed,", "context = RunContext(seed=0,",
         ("tests/test_params_effect.py::test_the_run_seed_changes_the_codes",),
         "every run seed trains like seed 0",
     ),
     Mutation(
-        "runner-split-seed-ignored", ("hashbench/runner.py",),
+        "runner-split-seed-ignored", ("hashbench/run/runner.py",),
         "manifest = draw_split(name, protocol, arrays, spec.split_seed)",
         "manifest = draw_split(name, protocol, arrays, 0)",
         (f"{ISOLATION}::test_the_split_seed_draws_another_split",),
         "every split seed draws the split of seed 0",
     ),
     Mutation(
-        "runner-worker-trusts-a-changed-manifest", ("hashbench/runner.py",),
+        "runner-worker-trusts-a-changed-manifest", ("hashbench/run/runner.py",),
         "if manifest is not None and manifest.hash != job.manifest_hash:", "if False:",
         (f"{ISOLATION}::test_a_worker_refuses_a_manifest_changed_after_planning",),
         "a worker runs on a manifest edited after the grid was planned",
     ),
     # ---- splits ----------------------------------------------------------------------------
     Mutation(
-        "splits-leak-check-disabled", ("hashbench/splits.py",),
+        "splits-leak-check-disabled", ("hashbench/data/splits.py",),
         "if np.intersect1d(query, train).size:", "if False:",
         (f"{ISOLATION}::test_a_leaking_draw_is_refused", f"{ISOLATION}::test_the_runner_refuses_a_leaking_protocol_before_writing_anything"),
         "training items in the query set are not refused",
     ),
     Mutation(
-        "splits-val-train-overlap-allowed", ("hashbench/splits.py",),
+        "splits-val-train-overlap-allowed", ("hashbench/data/splits.py",),
         'if np.intersect1d(splits["val"], query).size or np.intersect1d(splits["val"], train).size:',
         'if np.intersect1d(splits["val"], query).size:',
         (f"{ISOLATION}::test_a_leaking_draw_is_refused",),
         "validation items may also be training items",
     ),
     Mutation(
-        "splits-hash-ignores-val", ("hashbench/splits.py",),
+        "splits-hash-ignores-val", ("hashbench/data/splits.py",),
         "for name in SPLIT_NAMES if name in splits}", "for name in SPLIT_NAMES[:3] if name in splits}",
         (f"{ISOLATION}::test_an_edited_manifest_list_is_refused_on_load",),
         "the manifest's content hash does not cover the validation list",
     ),
     Mutation(
-        "splits-load-skips-hash-check", ("hashbench/splits.py",),
+        "splits-load-skips-hash-check", ("hashbench/data/splits.py",),
         "if not matches:", "if False:",
         (f"{ISOLATION}::test_an_edited_manifest_list_is_refused_on_load",),
         "a manifest is trusted without checking its content hash",
     ),
     Mutation(
-        "splits-val-drawn-from-whole-database", ("hashbench/splits.py",),
+        "splits-val-drawn-from-whole-database", ("hashbench/data/splits.py",),
         "rest = np.setdiff1d(database, train)", "rest = database",
         ("tests/test_splits.py::test_digits_standard_protocol_sizes_and_invariants",),
         "validation items are drawn without excluding the training items",
     ),
     Mutation(
-        "splits-multilabel-item-drawn-twice", ("hashbench/splits.py",),
+        "splits-multilabel-item-drawn-twice", ("hashbench/data/splits.py",),
         "        available[picked] = False\n", "",
         ("tests/test_splits.py::test_multilabel_per_class_sampling_draws_each_concept_from_undrawn_items",),
         "a multi-label item can be drawn once per class it carries",
     ),
     # ---- store -----------------------------------------------------------------------------
     Mutation(
-        "store-damaged-codes-trusted", ("hashbench/store.py",),
+        "store-damaged-codes-trusted", ("hashbench/storage/store.py",),
         "return file_sha256(path) == record.codes_sha256", "return True",
         ("tests/test_records.py::test_missing_or_truncated_codes_make_a_run_damaged_and_run_redoes_it",),
         "codes changed after the run still count as whole",
     ),
     Mutation(
-        "store-failed-run-counts-as-done", ("hashbench/store.py",),
+        "store-failed-run-counts-as-done", ("hashbench/storage/store.py",),
         "if record.status is Status.FAILED:", "if False:",
         ("tests/test_status.py::test_status_reflects_a_planted_failure",),
         "a failed run is taken for one whose codes were damaged (status shows the wrong state and reason)",
     ),
     Mutation(
-        "store-run-key-ignores-params", ("hashbench/records.py", "hashbench/store.py"),
+        "store-run-key-ignores-params", ("hashbench/storage/records.py", "hashbench/storage/store.py"),
         '            "params": dict(self.params),\n', "",
         ("tests/test_store_runner.py::test_run_key_is_stable_and_distinguishes_every_field_and_version",),
         "two hyperparameter settings of a cell share one run folder",
     ),
     Mutation(
-        "store-run-key-digest-ignores-seed", ("hashbench/records.py", "hashbench/store.py"),
+        "store-run-key-digest-ignores-seed", ("hashbench/storage/records.py", "hashbench/storage/store.py"),
         '            "seed": self.seed,\n', "",
         ("tests/test_store_runner.py::test_run_key_is_stable_and_distinguishes_every_field_and_version",),
         "the run key's digest leaves out the seed",
@@ -376,7 +376,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # ---- atomic writes ---------------------------------------------------------------------
     Mutation(
-        "atomic-writes-in-place", ("hashbench/atomic.py",),
+        "atomic-writes-in-place", ("hashbench/storage/atomic.py",),
         'descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)',
         "descriptor, temporary = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), str(path)",
         ("tests/test_atomic_kill.py",),
@@ -384,21 +384,21 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     # ---- caches ----------------------------------------------------------------------------
     Mutation(
-        "cache-no-recheck-under-lock", ("hashbench/cache.py",),
+        "cache-no-recheck-under-lock", ("hashbench/data/cache.py",),
         "array = self.open()  # another process may have built it while we waited\n                if array is not None:\n                    return array\n",
         "",
         ("tests/test_images_cache.py::test_two_builders_at_once_build_once",),
         "a builder that waited for another's lock builds the entry again",
     ),
     Mutation(
-        "features-vgg16-in-train-mode", ("hashbench/features.py",),
+        "features-vgg16-in-train-mode", ("hashbench/toolkit/backbone_features.py",),
         "network = network.to(self.device).eval()", "network = network.to(self.device).train()",
         ("tests/test_vgg_features.py",),
         "cached VGG-16 features are computed with dropout active",
     ),
     # ---- report ----------------------------------------------------------------------------
     Mutation(
-        "report-bold-on-the-worst", ("hashbench/report.py", "hashbench/metric_table.py"),
+        "report-bold-on-the-worst", ("hashbench/report/tables.py", "hashbench/metric_table.py"),
         "self.mean.max(axis=0) if self.info.higher_is_better else self.mean.min(axis=0)",
         "self.mean.min(axis=0) if self.info.higher_is_better else self.mean.max(axis=0)",
         ("tests/test_report_bold.py",),
@@ -446,7 +446,7 @@ def environment(copy: Path) -> dict[str, str]:
 
 def check_imports(copy: Path, python: str) -> None:
     probe = (
-        "import hashbench, hashbench.methods.lsh, hashbench.datasets.digits, hashbench.runner;"
+        "import hashbench, hashbench.methods.lsh, hashbench.datasets.digits, hashbench.run.runner;"
         "print(hashbench.__file__); print(hashbench.methods.lsh.__file__); print(hashbench.datasets.digits.__file__)"
     )
     result = subprocess.run([python, "-c", probe], cwd=copy, env=environment(copy), capture_output=True, text=True)

@@ -19,8 +19,8 @@ import re
 import sys
 from pathlib import Path
 
-from hashbench.records import RunRecord
-from hashbench.results_frame import frame_from_records, read_records
+from hashbench.report.results import frame_from_records, read_records
+from hashbench.storage.records import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ from rich.table import Table
 from hashbench import registry
 from hashbench.cli.options import DATA_ROOT_OPTION
 from hashbench.cli.options import data_root as resolve_data_root
+from hashbench.data.checks import FAULTS, MAX_EXAMPLES, CheckReport, check_dataset
 from hashbench.errors import UserError
-from hashbench.validate import FAULTS, MAX_EXAMPLES, CheckReport, check_dataset
 
 
 @click.group("data")

@@ -18,8 +18,8 @@ from hashbench.cli.options import data_root as resolve_data_root
 def reeval_command(results: Path | None, data_root: Path | None, cache: Path | None) -> None:
     """Recompute every ok run's metrics from its codes.npz and split manifest, without
     training; refuse runs whose files no longer match their recorded hashes (exit 1)."""
-    from hashbench.reeval import reevaluate
     from hashbench.reproducibility import TOLERANCE_TEXT
+    from hashbench.run.reeval import reevaluate
 
     results = results_dir(results)
     data_root = resolve_data_root(data_root)

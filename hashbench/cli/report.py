@@ -48,7 +48,7 @@ def report_command(
 ) -> None:
     """Write the table (Markdown, LaTeX, CSV, HTML), timings, plots (PNG, PDF) and report.html;
     print the table."""
-    from hashbench.report import write_report
+    from hashbench.report.tables import write_report
 
     results = results_dir(results)
     if not results.is_dir():

@@ -22,11 +22,11 @@ from hashbench.cli.options import (
     RESULTS_OPTION,
     FolderPath,
 )
-from hashbench.config import EXECUTORS, MAX_CELL_TIMEOUT, load_config
 from hashbench.errors import UserError
 from hashbench.params import parse_assignments
-from hashbench.records import Status
-from hashbench.runner import CellOutcome, GridInterrupted, GridSpec, run_grid
+from hashbench.run.config import EXECUTORS, MAX_CELL_TIMEOUT, load_config
+from hashbench.run.runner import CellOutcome, GridInterrupted, GridSpec, run_grid
+from hashbench.storage.records import Status
 
 # The exit status of a run stopped by Ctrl-C: 128 + SIGINT, as shells report it.
 INTERRUPTED_EXIT = 130
@@ -162,7 +162,7 @@ def build_spec(options: dict, config_path: Path | None, plugins: tuple[str, ...]
 
 def build_executor(settings: dict[str, Any]):
     """None (in this process), local worker processes, or Slurm jobs."""
-    from hashbench.executors import LocalPoolExecutor, SlurmExecutor
+    from hashbench.run.executors import LocalPoolExecutor, SlurmExecutor
 
     timeout = settings.get("cell_timeout")
     if settings["executor"] == "local":

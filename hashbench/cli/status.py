@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hashbench.cli.run import build_settings, grid_options, plugin_specs, spec_from_settings
-from hashbench.records import Status
-from hashbench.status import STATES, CellStatus, counts, directory_status, grid_status
+from hashbench.run.status import STATES, CellStatus, counts, directory_status, grid_status
+from hashbench.storage.records import Status
 
 # Counted even at zero, so a glance says how much is done and what is left.
 _ALWAYS = (Status.OK, Status.FAILED, Status.RUNNING, Status.PENDING)
@@ -28,10 +28,10 @@ _STYLE = {
 }
 
 
-# The trainer's checkpoint in a run folder (hashbench.training.CHECKPOINT_NAME; not imported
+# The trainer's checkpoint in a run folder (hashbench.toolkit.training.CHECKPOINT_NAME; not imported
 # from there, as that module loads torch).
 CHECKPOINT_NAME = "checkpoint.pt"
-# A run key (hashbench.records.CellIdentity.prefix, then the digest):
+# A run key (hashbench.storage.records.CellIdentity.prefix, then the digest):
 # METHOD-DATASET-PROTOCOL-splitN-BITSb-seedN-DIGEST
 _KEY = re.compile(r"(?P<head>.+)-split(?P<split>\d+)-(?P<bits>\d+)b-seed(?P<seed>\d+)-(?P<digest>[0-9a-f]+)")
 

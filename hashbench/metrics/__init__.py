@@ -4,7 +4,7 @@ README.md (both under "Metrics").
 Ranking: the database is ranked for each query by Hamming distance, ties broken by database
 index (a stable order). An item is relevant when it shares at least one label with the query,
 or, given ``relevance`` instead of labels, when the query's own list names it (its K true
-nearest neighbours, say: see :mod:`hashbench.neighbours`).
+nearest neighbours, say: see :mod:`hashbench.data.neighbours`).
 
 Everything is computed per chunk of queries on bit-packed codes (XOR + popcount), so memory is
 bounded by the chunk size and never holds a queries x database float matrix. Relevance rows

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from hashbench.codes import to_bits
+from hashbench.data.labels import check_class_ids, check_label_shape, to_multi_hot
 from hashbench.errors import UserError
-from hashbench.labels import check_class_ids, check_label_shape, to_multi_hot
 
 UNLABELLED = "give an item without a label an all-zero row of multi-hot labels (never relevant), or leave it out"
 REMAP_BOTH = (

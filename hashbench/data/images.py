@@ -10,7 +10,7 @@ evaluation never decode JPEGs again. The cache covers the whole dataset rather t
 split: the database is nearly all of it anyway, and every protocol and split seed then share
 one file. Its key is the list of relative paths with each file's size and modification time,
 the size and the decoder version: a changed image list or image file makes it stale, and it is
-rebuilt (see :mod:`hashbench.cache` for the atomic write and the checks on open).
+rebuilt (see :mod:`hashbench.data.cache` for the atomic write and the checks on open).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from hashbench.cache import CacheEntry
+from hashbench.data.cache import CacheEntry
 from hashbench.errors import UserError
 
 IMAGE_SIZE = 224

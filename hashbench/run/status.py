@@ -1,9 +1,9 @@
 """Where a grid stands: each cell ok, failed (and why), stale, damaged, running, interrupted or
-pending (the states of :class:`hashbench.records.Status`).
+pending (the states of :class:`hashbench.storage.records.Status`).
 
 Read-only: nothing is created in the results directory. Every state comes from the store's
-one resolver (:meth:`hashbench.store.ResultsStore.cell_state` for a grid's cells,
-:meth:`~hashbench.store.ResultsStore.run_state` for each run folder); this module adds the
+one resolver (:meth:`hashbench.storage.store.ResultsStore.cell_state` for a grid's cells,
+:meth:`~hashbench.storage.store.ResultsStore.run_state` for each run folder); this module adds the
 installed versions, which the store does not know. A cell is *running* when a process holds
 its run lock, seen in the kernel's lock table on a local file system (no lock taken), else
 probed by taking and at once releasing it (the runner then looks twice before calling a cell
@@ -21,8 +21,8 @@ from typing import Any
 
 from hashbench import registry
 from hashbench.errors import UserError
-from hashbench.records import RunRecord, Status
-from hashbench.store import UNREADABLE_DATA, ResultsStore, StoredState
+from hashbench.storage.records import RunRecord, Status
+from hashbench.storage.store import UNREADABLE_DATA, ResultsStore, StoredState
 
 # The order states are counted and listed in.
 STATES = tuple(Status)
@@ -62,8 +62,8 @@ def _status(key: str, stored: StoredState, cell=None) -> CellStatus:
 
 
 def grid_status(spec) -> list[CellStatus]:
-    """The state of every cell of ``spec`` (a :class:`hashbench.runner.GridSpec`), in grid order."""
-    from hashbench.runner import plan_grid
+    """The state of every cell of ``spec`` (a :class:`hashbench.run.runner.GridSpec`), in grid order."""
+    from hashbench.run.runner import plan_grid
 
     store = ResultsStore(spec.results)
     return [_status(cell.key, store.cell_state(cell.identity, cell.method_version, cell.protocol_version), cell) for cell in plan_grid(spec)]

@@ -209,7 +209,7 @@ def check_loaded(plugin: Any, arrays: Any) -> Any:
     here), and features or images with another number of rows than the labels."""
     if not isinstance(arrays, DatasetArrays):
         return arrays
-    from hashbench.labels import LabelError, dataset_labels
+    from hashbench.data.labels import LabelError, dataset_labels
 
     where = f"dataset {plugin.name} ({type(plugin).__module__}.{type(plugin).__qualname__}.load)"
     classes = getattr(plugin, "classes", ()) or ()

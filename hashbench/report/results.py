@@ -15,9 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from hashbench.records import RunRecord, Status
-from hashbench.status import current_versions
-from hashbench.store import ResultsStore
+from hashbench.run.status import current_versions
+from hashbench.storage.records import RunRecord, Status
+from hashbench.storage.store import ResultsStore
 
 ID_COLUMNS = [
     "key", "method", "params", "dataset", "protocol", "split_seed", "seed", "bits", "status",

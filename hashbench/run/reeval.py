@@ -25,14 +25,14 @@ import numpy as np
 
 from hashbench import registry
 from hashbench.data import DatasetArrays, load_dataset
+from hashbench.data.neighbours import relevance_for
+from hashbench.data.splits import SplitManifest, check_manifest, labels_digest
 from hashbench.errors import UserError
 from hashbench.metric_table import METRICS_VERSION
-from hashbench.neighbours import relevance_for
-from hashbench.records import RunRecord, Status
 from hashbench.reproducibility import TOLERANCE_TEXT, bit_differences, differing
-from hashbench.runner import evaluate_codes, protocol_version
-from hashbench.splits import SplitManifest, check_manifest, labels_digest
-from hashbench.store import CODES_NAME, ResultsStore, file_sha256
+from hashbench.run.runner import evaluate_codes, protocol_version
+from hashbench.storage.records import RunRecord, Status
+from hashbench.storage.store import CODES_NAME, ResultsStore, file_sha256
 
 
 @dataclass
@@ -63,7 +63,7 @@ class _Datasets:
     def arrays(self, record: RunRecord) -> DatasetArrays:
         dropped = bool(record.data and "dropped_by_reason" in record.data)
         if (record.dataset, dropped) not in self.loaded:
-            from hashbench.cache import default_cache_dir
+            from hashbench.data.cache import default_cache_dir
 
             configured = (record.data or {}).get("configured")
             if configured is not None and record.dataset not in registry.datasets.names():

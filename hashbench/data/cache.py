@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from hashbench import atomic
 from hashbench.errors import UserError
+from hashbench.storage import atomic
 
 CACHE_FOLDER_NAME = ".hashbench-cache"
 _CHECKSUM_ROWS = 16

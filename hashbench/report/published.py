@@ -18,7 +18,7 @@ mAP at the protocol's k, ``map_all``, ``precision_radius2``, ``precision_at_k.10
 Every output that shows a secondary number marks it with ``‡`` (the report's † means "not
 distinguishable from the best") and says "secondary: cited in <source>, not checked against
 the paper". The CSV written beside the report neutralises spreadsheet formulas
-(:mod:`hashbench.csv_safe`): a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+(:mod:`hashbench.report.csv_safe`): a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a
 carriage return gets a leading ``'``, unless it reads as a plain number.
 
 The shipped file holds each number with its citation and how it was checked, primary or
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from hashbench import csv_safe
 from hashbench.errors import UserError
 from hashbench.metric_table import metric_info
-from hashbench.results_frame import row_labels
+from hashbench.report import csv_safe
+from hashbench.report.results import row_labels
 
 COLUMNS = ["method", "dataset", "protocol", "metric", "bits", "value", "source"]
 OPTIONAL_COLUMNS = ["checked", "kind"]
@@ -119,7 +119,7 @@ def load_published(path: Path | None = None) -> pd.DataFrame:
 def compare(runs: pd.DataFrame, published: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Published ``metric`` values beside the reproduced mean ± std over seeds.
 
-    ``runs`` is :func:`hashbench.report.load_runs`' frame. Only datasets present in the runs
+    ``runs`` is :func:`hashbench.report.tables.load_runs`' frame. Only datasets present in the runs
     are compared; a method run with several parameter sets gets one line per set. The
     difference is reproduced − published. ``kind`` is primary or secondary; ``source`` is the
     citation as shown (:func:`citation`).

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from hashbench import atomic
 from hashbench.data import DatasetArrays
 from hashbench.errors import UserError
+from hashbench.storage import atomic
 
 SPLIT_NAMES = ("query", "database", "train", "val")
 

@@ -3,7 +3,7 @@
 Rows are methods, columns are dataset × bits, cells are mean ± std over seeds (with a 95%
 interval and a † where per-query values were stored); every mean that, at the precision the
 table prints, equals its column's best is in bold. Written as Markdown, LaTeX (booktabs), CSV
-and HTML; every CSV goes through :mod:`hashbench.csv_safe`, so that no cell of it runs as a
+and HTML; every CSV goes through :mod:`hashbench.report.csv_safe`, so that no cell of it runs as a
 spreadsheet formula.
 """
 
@@ -16,10 +16,18 @@ from typing import Any
 
 import pandas as pd
 
-from hashbench import atomic, csv_safe
 from hashbench.errors import UserError
 from hashbench.metric_table import MetricInfo, metric_info
-from hashbench.results_frame import (
+from hashbench.report import csv_safe
+from hashbench.report.intervals import (
+    BOOTSTRAP_DRAWS,
+    Comparison,
+    Interval,
+    bootstrap_interval,
+    paired_test,
+)
+from hashbench.report.intervals import SEED as BOOTSTRAP_SEED
+from hashbench.report.results import (
     ID_COLUMNS,
     column_captions,
     dataset_columns,
@@ -28,15 +36,8 @@ from hashbench.results_frame import (
     read_records,
     row_labels,
 )
-from hashbench.store import ResultsStore
-from hashbench.uncertainty import (
-    BOOTSTRAP_DRAWS,
-    Comparison,
-    Interval,
-    bootstrap_interval,
-    paired_test,
-)
-from hashbench.uncertainty import SEED as BOOTSTRAP_SEED
+from hashbench.storage import atomic
+from hashbench.storage.store import ResultsStore
 
 
 @dataclass
@@ -469,7 +470,7 @@ def html_report(
             parts.append(f"<p>No published {html.escape(table.metric)} numbers for the datasets that were run "
                          f"({html.escape(str(published_source))}).</p>")
         else:
-            from hashbench.published import SECONDARY_LEGEND, has_secondary, published_text
+            from hashbench.report.published import SECONDARY_LEGEND, has_secondary, published_text
 
             shown = comparison.drop(columns=["metric", "kind"], errors="ignore")
             # The published value as text, so that a secondary number carries its mark.
@@ -525,7 +526,7 @@ def write_report(
     ``published``: True for the package's published numbers, a path for a user's CSV.
     Returns the summary table, the paths written (by kind) and warnings.
     """
-    from hashbench.published import (
+    from hashbench.report.published import (
         builtin_path,
         compare,
         comparison_csv,
@@ -590,7 +591,7 @@ def write_report(
         atomic.write_text(paths["published_csv"], comparison_csv(comparison))
     figures = []
     if plots:
-        from hashbench.plots import write_plots
+        from hashbench.report.plots import write_plots
 
         try:
             figures = write_plots(records, out / "plots", metric, table.captions)
@@ -601,7 +602,7 @@ def write_report(
                 paths[f"plot_{plot.kind}_{plot.dataset}_{extension}"] = path
     elif (out / "plots").is_dir():
         # --no-plots: the plots an earlier report wrote here would no longer be the report's.
-        from hashbench.plots import remove_plots
+        from hashbench.report.plots import remove_plots
 
         try:
             removed = remove_plots(out / "plots")

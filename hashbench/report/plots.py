@@ -21,10 +21,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from hashbench import atomic
 from hashbench.metric_table import metric_info
-from hashbench.records import RunRecord
-from hashbench.results_frame import dataset_columns, frame_from_records, row_labels
+from hashbench.report.results import dataset_columns, frame_from_records, row_labels
+from hashbench.storage import atomic
+from hashbench.storage.records import RunRecord
 
 # series[label] = {"x": [...], "y": [...], ...}: what one line of one panel shows.
 Series = dict[str, dict[str, list[float]]]

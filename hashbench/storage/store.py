@@ -46,10 +46,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from hashbench import atomic
-from hashbench.atomic import file_sha256
 from hashbench.errors import UserError
-from hashbench.records import CellIdentity, NewerRecordError, RecordError, RunRecord, Status
+from hashbench.storage import atomic
+from hashbench.storage.atomic import file_sha256
+from hashbench.storage.records import CellIdentity, NewerRecordError, RecordError, RunRecord, Status
 
 RECORD_NAME = "run.json"
 CODES_NAME = "codes.npz"

@@ -1,11 +1,11 @@
 """Where the cells of a grid run: local worker processes, or Slurm jobs through submitit.
 
 Running in this process, in order, needs no executor (``run_grid(spec)``). The executors
-here take :class:`hashbench.runner.CellJob` s (plain data) and run each with
-:func:`hashbench.runner.run_job` in a fresh process, which writes into the shared results
+here take :class:`hashbench.run.runner.CellJob` s (plain data) and run each with
+:func:`hashbench.run.runner.run_job` in a fresh process, which writes into the shared results
 directory under the run's file lock, so several runners or jobs can share one directory.
 A worker guards its methods as the runner's own process does (``os._exit`` fails the cell,
-the working directory is restored: :mod:`hashbench.containment`, through ``run_cell``).
+the working directory is restored: :mod:`hashbench.run.containment`, through ``run_cell``).
 Local workers are handed one cell at a time, so the runner knows which cell each runs: a
 worker that dies fails that cell alone, a cell past its time limit is stopped with its
 worker, and on Ctrl-C no further cell is handed out and the running workers are stopped
@@ -34,12 +34,12 @@ from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hashbench.containment import exit_now
 from hashbench.errors import UserError
-from hashbench.records import Status
+from hashbench.run.containment import exit_now
+from hashbench.storage.records import Status
 
 if TYPE_CHECKING:
-    from hashbench.runner import CellJob, JobResult
+    from hashbench.run.runner import CellJob, JobResult
 
 # The thread-count variables of the BLAS/OpenMP runtimes numpy, scipy and torch may load.
 THREAD_VARIABLES = (
@@ -113,7 +113,7 @@ def exit_with_parent(parent_pid: int, poll_seconds: float = PARENT_POLL_SECONDS)
         while os.getppid() == parent_pid:
             time.sleep(poll_seconds)
         # No clean-up: nobody is left to collect it; the kernel drops its locks. The real
-        # os._exit, not the guard a running method sees (hashbench.containment).
+        # os._exit, not the guard a running method sees (hashbench.run.containment).
         exit_now(1)
 
     threading.Thread(target=watch, name="hashbench-exit-with-parent", daemon=True).start()
@@ -367,7 +367,7 @@ class LocalPoolExecutor:
         ]
 
     def _collect(self, worker: _Worker, jobs: list[CellJob], on_result) -> None:
-        from hashbench.runner import JobResult
+        from hashbench.run.runner import JobResult
 
         position = worker.position
         assert position is not None
@@ -400,7 +400,7 @@ def _pool_entry(job: CellJob) -> JobResult:
     """What a local worker runs: the cell, with the worker's thread limits in the record."""
     from dataclasses import replace
 
-    from hashbench.runner import run_job
+    from hashbench.run.runner import run_job
 
     return run_job(replace(job, execution={**job.execution, "pid": os.getpid(), "threads": thread_report()}))
 
@@ -408,7 +408,7 @@ def _pool_entry(job: CellJob) -> JobResult:
 def _record_failure(job: CellJob, reason: str, log: str | None = None) -> str:
     """Record the cell as failed; returns the reason, which says so when the record could not
     be written (a full or read-only disk fails that cell only: the grid goes on)."""
-    from hashbench.runner import record_failure
+    from hashbench.run.runner import record_failure
 
     try:
         record_failure(job, reason, log)
@@ -419,7 +419,7 @@ def _record_failure(job: CellJob, reason: str, log: str | None = None) -> str:
 
 def _result_or_failure(job: CellJob, get: Callable[[], JobResult], where: str = "") -> JobResult:
     """The job's result, or a failed one with the reason when the process or job died."""
-    from hashbench.runner import JobResult
+    from hashbench.run.runner import JobResult
 
     try:
         return get()
@@ -444,7 +444,7 @@ def _slurm_entry(job: CellJob) -> JobResult:
     """What a Slurm job runs: the cell, with the job's identity added to the record."""
     from dataclasses import replace
 
-    from hashbench.runner import run_job
+    from hashbench.run.runner import run_job
 
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus and cpus.isdigit():
@@ -534,7 +534,7 @@ class SlurmExecutor:
         on_submit: Callable[[int, str | None], None],
         on_result: Callable[[int, JobResult], None],
     ) -> None:
-        from hashbench.runner import JobResult
+        from hashbench.run.runner import JobResult
 
         if not jobs:
             return

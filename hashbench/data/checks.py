@@ -188,7 +188,7 @@ def check_files(
     A path escapes when it is absolute or climbs out with ``..``, or when a symbolic link on
     the way leads out of the dataset folder: paths are judged by where they really lead.
     """
-    from hashbench.images import available_cpus, try_decode
+    from hashbench.data.images import available_cpus, try_decode
 
     escaping = np.array([escapes_folder(path) for path in paths], dtype=bool)
     resolve = _Resolver(folder)
@@ -258,8 +258,8 @@ def check_dataset(
     can be drawn from these files.
     """
     from hashbench.data import check_loaded, load_dataset
-    from hashbench.labels import LabelError
-    from hashbench.splits import draw_split
+    from hashbench.data.labels import LabelError
+    from hashbench.data.splits import draw_split
 
     def refused(error: UserError) -> CheckReport:
         # labels that cannot be used are a problem of the labels, not of missing files

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hashbench.backbones import IMAGENET_MEAN, IMAGENET_STD
+from hashbench.toolkit.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)

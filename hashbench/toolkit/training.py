@@ -66,10 +66,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench import atomic, progress
+from hashbench import progress
 from hashbench.environment import seed_everything
 from hashbench.errors import UserError
 from hashbench.method import RunContext
+from hashbench.storage import atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1

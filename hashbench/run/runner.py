@@ -20,20 +20,21 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from hashbench import atomic, registry
-from hashbench.cache import default_cache_dir
+from hashbench import registry
 from hashbench.codes import pack
-from hashbench.containment import ExitCalled, contained
 from hashbench.data import DatasetArrays, DataSplit, HashingDataset, load_dataset
+from hashbench.data.cache import default_cache_dir
+from hashbench.data.neighbours import relevance_for
+from hashbench.data.splits import SplitManifest, check_manifest, draw_split, labels_digest
 from hashbench.environment import describe_environment, resolve_device, seed_everything
 from hashbench.errors import UserError
 from hashbench.method import HashingMethod, RunContext
 from hashbench.metric_table import METRICS_VERSION
-from hashbench.neighbours import relevance_for
 from hashbench.params import params_to_dict, resolve_params
-from hashbench.records import CellIdentity, RunRecord, SplitInfo, Status
-from hashbench.splits import SplitManifest, check_manifest, draw_split, labels_digest
-from hashbench.store import CODES_NAME, LOG_NAME, ResultsStore, file_sha256
+from hashbench.run.containment import ExitCalled, contained
+from hashbench.storage import atomic
+from hashbench.storage.records import CellIdentity, RunRecord, SplitInfo, Status
+from hashbench.storage.store import CODES_NAME, LOG_NAME, ResultsStore, file_sha256
 
 # Candidate cut-offs of P@k / R@k; those above the database size are dropped per dataset.
 PRECISION_KS = (1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000)
@@ -213,7 +214,7 @@ def prepare_dataset(
     name: str, protocol_name: str, spec: GridSpec, device: str = "cpu", manifest: SplitManifest | None = None
 ) -> PreparedDataset:
     """Load a dataset and split it; with ``manifest`` (a saved one), reuse that split instead."""
-    from hashbench.features import attach_backbone_features
+    from hashbench.toolkit.backbone_features import attach_backbone_features
 
     plugin = registry.get_dataset(name)()
     protocol = plugin.protocol(protocol_name)
@@ -614,7 +615,7 @@ def run_job(job: CellJob) -> JobResult:
 
 
 class Executor(Protocol):
-    """Runs jobs somewhere else than this process (see :mod:`hashbench.executors`)."""
+    """Runs jobs somewhere else than this process (see :mod:`hashbench.run.executors`)."""
 
     # True when jobs run on other machines: the device is then resolved there, not here.
     remote: bool

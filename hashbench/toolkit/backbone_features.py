@@ -8,7 +8,7 @@ Dropout, since their released code runs the rest of VGG-16's classifier in train
 are computed batch by batch on the run's device for every item of a split manifest, and
 stored as one float32 ``.npy`` keyed by (dataset, manifest hash, backbone, layer, weights,
 preprocessing); see
-:mod:`hashbench.cache` for the atomic write and the checks that make a stale or truncated
+:mod:`hashbench.data.cache` for the atomic write and the checks that make a stale or truncated
 entry be rebuilt. The dataset then exposes them as a function from an index array to a
 float32 matrix, so nothing is computed until a feature-input method asks.
 """
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from hashbench.cache import CacheEntry
-from hashbench.images import ImageStore, available_cpus, loader_options
+from hashbench.data.cache import CacheEntry
+from hashbench.data.images import ImageStore, available_cpus, loader_options
 
 FEATURE_BACKBONE = "vgg16"
 FEATURE_LAYER = "fc7"
@@ -37,7 +37,7 @@ NetworkFactory = Callable[[], tuple[Any, Callable[[Any, Any], Any]]]
 
 def _default_factory(backbone: str, weights: str | None, pretrained: bool, image_shape) -> NetworkFactory:
     def build():
-        from hashbench.backbones import build_backbone, preprocess_for
+        from hashbench.toolkit.backbones import build_backbone, preprocess_for
 
         return build_backbone(backbone, weights=weights, pretrained=pretrained), preprocess_for(backbone, image_shape)
 
@@ -76,7 +76,7 @@ class BackboneFeatures:
     """Features of the items ``covered`` (sorted dataset indices), as ``features(indices)``.
 
     ``layer`` is where the backbone is cut (``fc7``, or ``fc6`` for VGG-16); ``weights`` and
-    ``pretrained`` say which weights (as for :func:`hashbench.backbones.build_backbone`).
+    ``pretrained`` say which weights (as for :func:`hashbench.toolkit.backbones.build_backbone`).
     """
 
     returns_copies = True  # each call gathers new rows (see hashbench.data.DataSplit.features)
@@ -116,7 +116,7 @@ class BackboneFeatures:
         build = factory or _default_factory(backbone, weights, pretrained, image_shape)
         self.factory = build if layer == FEATURE_LAYER else _cut(build, layer)
         if weights_key is None:
-            from hashbench.backbones import weights_id
+            from hashbench.toolkit.backbones import weights_id
 
             weights_key = weights_id(backbone, weights=weights, pretrained=pretrained)
         self.weights_key = weights_key
@@ -162,7 +162,7 @@ class BackboneFeatures:
 
     def fc7_layer(self) -> Any:
         """VGG-16's fc7 (a frozen ``nn.Linear``) with these features' weights, to run on fc6 ones."""
-        from hashbench.backbones import vgg16_fc7_layer
+        from hashbench.toolkit.backbones import vgg16_fc7_layer
 
         return vgg16_fc7_layer(weights=self.weights, pretrained=self.pretrained)
 

@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench.atomic import file_sha256
 from hashbench.errors import UserError
+from hashbench.storage.atomic import file_sha256
 
 BACKBONES = ("vgg16", "small")
 # Where VGG-16 can be cut: how many modules of torchvision's classifier are kept

@@ -1,0 +1,1 @@
+"""What the report prints: tables, plots, confidence intervals, published numbers, CSV safety."""

@@ -1,0 +1,1 @@
+"""The torch toolkit of the deep methods: the trainer, augmentations, backbones, shared layers."""
