@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashbench.errors import UserError
-from hashbench.metrics import DEFAULT_KS, compiled, evaluate, mean_average_precision
-from hashbench.metrics.engine import thread_count
+from hashbench.metrics import DEFAULT_KS, evaluate, kernel_choice, mean_average_precision
+from hashbench.metrics.engine import metric_threads
 
 
 @dataclass(frozen=True)
@@ -250,9 +250,9 @@ def kernel_start() -> str:
     codes = rng.random((size, 64)) < 0.5
     labels = rng.integers(0, 10, size)
     start = time.perf_counter()
-    use = compiled.enabled(compiled.MIN_PAIRS)
+    use = kernel_choice.enabled(kernel_choice.MIN_PAIRS)
     if not use:
-        return "CPU kernels: numpy (" + (compiled._module.get("reason") or "HASHBENCH_KERNELS") + ")"
+        return "CPU kernels: numpy (" + (kernel_choice._module.get("reason") or "HASHBENCH_KERNELS") + ")"
     import numba
 
     try:
@@ -409,9 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     if use_faiss:
         import faiss
 
-        faiss.omp_set_num_threads(thread_count())  # the threads hashbench uses
+        faiss.omp_set_num_threads(metric_threads())  # the threads hashbench uses
     print(
-        f"{os.cpu_count()} cores, {thread_count()} threads; load average "
+        f"{os.cpu_count()} cores, {metric_threads()} threads; load average "
         + " ".join(f"{load:.2f}" for load in os.getloadavg())
     )
     print(kernel_start())

@@ -14,7 +14,7 @@
   of short strings;
 * the tiny profile's budget (:class:`TinyBudget`): its epochs on small training sets, capped
   at a number of optimiser steps on larger ones (``settings.max_steps``);
-* the run's device, seeds and CPU thread budget (:func:`thread_count`: for the tiny profile
+* the run's device, seeds and CPU thread budget (:func:`training_threads`: for the tiny profile
   on the CPU, 2 threads for images of at least 256 values, such as 28×28, which also train
   and encode in channels-last memory format, ``settings.memory_format``; 1 thread for
   smaller images, such as 8×8 digits, and for feature methods);
@@ -58,7 +58,7 @@ FEATURE_ENCODE_BATCH = 1024
 IMAGE_ENCODE_BATCH = 256
 # The tiny profile on the CPU: images of at least PARALLEL_ITEM_VALUES values (pixels ×
 # channels) train and encode with up to PARALLEL_THREADS intra-op threads, in channels-last
-# memory format (see thread_count).
+# memory format (see training_threads).
 PARALLEL_ITEM_VALUES = 256
 PARALLEL_THREADS = 2
 # Feature-input methods train for thousands of sub-second epochs (TBH's released budget is
@@ -194,7 +194,7 @@ def large_images(image_values: int) -> bool:
     return image_values >= PARALLEL_ITEM_VALUES
 
 
-def thread_count(requested: int | None, profile: str, device: torch.device, image_values: int = 0) -> int | None:
+def training_threads(requested: int | None, profile: str, device: torch.device, image_values: int = 0) -> int | None:
     """Intra-op CPU threads of a run: as asked; for the tiny profile on the CPU, by input;
     otherwise None (torch's setting as it is).
 
@@ -396,7 +396,7 @@ class DeepHashingMethod(HashingMethod):
         self.settings = self.resolve_settings(train)
         self.input_shape = self._input_shape(train)
         image_values = math.prod(self.input_shape) if self.input == "images" else 0
-        self.threads = thread_count(self.params.cpu_threads, self.settings.profile, self.device, image_values)
+        self.threads = training_threads(self.params.cpu_threads, self.settings.profile, self.device, image_values)
         # Channels-last images on the CPU: oneDNN's convolutions, batch norm and pooling run
         # faster on them (a 28×28 step of the small backbone about 1.3 times on one thread).
         self.channels_last = self.device.type == "cpu" and self.settings.profile == "tiny" and large_images(image_values)

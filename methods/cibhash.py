@@ -53,7 +53,7 @@ Profiles (``profile``):
            ``epochs``, ``steps``, ``max_steps``); on the CPU, 28×28
            and larger images train on 2 threads in channels-last memory format, smaller
            ones on one (``settings.cpu_threads``, ``settings.memory_format``: see
-           :func:`hashbench.deep.thread_count`);
+           :func:`hashbench.deep.training_threads`);
 ``auto``   what the dataset declares (a dataset class attribute ``image_profile`` of
            ``"natural"`` or ``"tiny"``), else ``tiny`` for single-channel images or images
            smaller than 32 pixels, ``paper`` otherwise (CIFAR-10, NUS-WIDE, MS-COCO).

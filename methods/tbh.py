@@ -37,7 +37,7 @@ Profiles (``profile``):
            250, 1,000 epochs (2,000 steps on digits' 500 items), validated every 100, at
            most 2,000 steps: 100 epochs of 5,000 items, validated every 10
            (``training.settings``: ``max_steps``); one CPU thread (two gained little on
-           784 pixel values, see :func:`hashbench.deep.thread_count`);
+           784 pixel values, see :func:`hashbench.deep.training_threads`);
 ``auto``   ``paper`` on backbone (fc7) features, ``tiny`` on a dataset's own vectors
            (a dataset's declared ``image_profile`` wins).
 

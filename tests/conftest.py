@@ -87,7 +87,7 @@ def invoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 @pytest.fixture(params=["numba", "numpy"])
 def cpu_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run the test with each CPU ranking kernel: the compiled counting kernels (numba, at
-    every problem size) and the numpy sorts (see hashbench.metrics.compiled)."""
+    every problem size) and the numpy sorts (see hashbench.metrics.kernel_choice)."""
     if request.param == "numba":
         pytest.importorskip("numba")
     monkeypatch.setenv("HASHBENCH_KERNELS", request.param)

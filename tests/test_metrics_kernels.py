@@ -17,7 +17,7 @@ import pytest
 from test_metrics import multi_hot, reference
 
 from hashbench.errors import UserError
-from hashbench.metrics import compiled, evaluate, mean_average_precision
+from hashbench.metrics import evaluate, kernel_choice, mean_average_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,15 +162,15 @@ def test_compiled_map_only_counts_everything_where_the_sampled_cutoff_falls_shor
 def test_auto_compiles_for_large_evaluations_only(monkeypatch):
     pytest.importorskip("numba")
     monkeypatch.delenv("HASHBENCH_KERNELS", raising=False)
-    monkeypatch.setattr(compiled, "_module", {})  # as in a fresh process: nothing loaded
-    assert not compiled.enabled(compiled.MIN_PAIRS - 1)
-    assert compiled._module == {}  # numba not even imported for a small evaluation
-    assert compiled.enabled(compiled.MIN_PAIRS)
-    assert compiled.enabled(10)  # once loaded, at every size
+    monkeypatch.setattr(kernel_choice, "_module", {})  # as in a fresh process: nothing loaded
+    assert not kernel_choice.enabled(kernel_choice.MIN_PAIRS - 1)
+    assert kernel_choice._module == {}  # numba not even imported for a small evaluation
+    assert kernel_choice.enabled(kernel_choice.MIN_PAIRS)
+    assert kernel_choice.enabled(10)  # once loaded, at every size
     monkeypatch.setenv("HASHBENCH_KERNELS", "numpy")
-    assert not compiled.enabled(compiled.MIN_PAIRS)
+    assert not kernel_choice.enabled(kernel_choice.MIN_PAIRS)
     monkeypatch.setenv("HASHBENCH_KERNELS", "numba")
-    assert compiled.enabled(1)
+    assert kernel_choice.enabled(1)
     monkeypatch.setenv("HASHBENCH_KERNELS", "fast")
     with pytest.raises(UserError, match="HASHBENCH_KERNELS must be one of auto, numba, numpy; got 'fast'"):
         evaluate(np.zeros((1, 8)), np.ones((3, 8)), [0], [0, 1, 0])
@@ -187,13 +187,13 @@ def test_without_numba_the_numpy_kernels_rank(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)
     monkeypatch.delitem(sys.modules, "hashbench.metrics.counting", raising=False)
     monkeypatch.delattr(hashbench.metrics, "counting", raising=False)
-    monkeypatch.setattr(compiled, "_module", {})
-    monkeypatch.setattr(compiled, "MIN_PAIRS", 0)
+    monkeypatch.setattr(kernel_choice, "_module", {})
+    monkeypatch.setattr(kernel_choice, "MIN_PAIRS", 0)
     monkeypatch.setenv("HASHBENCH_KERNELS", "auto")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a documented fallback: no warning
         assert as_text(call(evaluate, problem, topk=50)) == expected
-    assert compiled._module["counting"] is None and "numba does not import" in compiled._module["reason"]
+    assert kernel_choice._module["counting"] is None and "numba does not import" in kernel_choice._module["reason"]
     monkeypatch.setenv("HASHBENCH_KERNELS", "numba")
     with pytest.raises(UserError, match="HASHBENCH_KERNELS=numba, but the compiled kernels are unavailable: numba does not import"):
         call(evaluate, problem, topk=50)
@@ -213,15 +213,15 @@ def test_a_kernel_that_does_not_compile_falls_back_to_numpy_with_a_warning(monke
     expected = as_text(call(evaluate, problem, topk=50))
     expected_map = call(mean_average_precision, problem, topk=50)
     monkeypatch.setattr(counting, "rank_chunk", Broken())
-    monkeypatch.setattr(compiled, "_compiled", {})
-    monkeypatch.setattr(compiled, "MIN_PAIRS", 0)
+    monkeypatch.setattr(kernel_choice, "_compiled", {})
+    monkeypatch.setattr(kernel_choice, "MIN_PAIRS", 0)
     monkeypatch.setenv("HASHBENCH_KERNELS", "auto")
     with pytest.warns(RuntimeWarning, match="compiled kernels unavailable \\(RuntimeError: LLVM failed\\); using the numpy kernels"):
         assert as_text(call(evaluate, problem, topk=50)) == expected
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
         assert call(mean_average_precision, problem, topk=50) == expected_map
-    monkeypatch.setattr(compiled, "_compiled", {})
+    monkeypatch.setattr(kernel_choice, "_compiled", {})
     monkeypatch.setenv("HASHBENCH_KERNELS", "numba")
     with pytest.raises(UserError, match="unavailable: RuntimeError: LLVM failed"):
         call(evaluate, problem, topk=50)

@@ -105,7 +105,7 @@ _VGG = "only the VGG-16 backbone (paper profile, 224-px inputs) reads it; tiny i
 NOT_HERE = {
     "backbone_weights": _VGG,
     "pretrained": _VGG,
-    "cpu_threads": "the thread count: how fast, not what is computed (at most the last bits of float sums, see thread_count)",
+    "cpu_threads": "the thread count: how fast, not what is computed (at most the last bits of float sums, see training_threads)",
     ("cibhash", "profile"): "the only other profile on digits is the paper's VGG-16 at 224 px (minutes on a CPU)",
     ("clhash", "profile"): "the only other profile on digits is the paper's VGG-16 at 224 px (minutes on a CPU)",
     ("bgan", "backbone"): "the only other backbone is VGG-16 at 224 px (minutes on a CPU)",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hashbench.data import DatasetArrays, DataSplit
-from hashbench.deep import PARALLEL_THREADS, TinyBudget, steps_per_epoch, thread_count
+from hashbench.deep import PARALLEL_THREADS, TinyBudget, steps_per_epoch, training_threads
 from hashbench.method import RunContext
 from hashbench.methods.bgan import BGAN
 from hashbench.methods.cibhash import CIBHash, CIBHashParams
@@ -97,17 +97,17 @@ def test_the_cap_and_the_thread_choice_are_recorded_in_the_settings():
 
 
 def test_thread_rule_one_thread_for_small_images_and_features_two_for_larger_images():
-    assert thread_count(None, "tiny", CPU, 8 * 8) == 1  # digits
-    assert thread_count(None, "tiny", CPU, 255) == 1
+    assert training_threads(None, "tiny", CPU, 8 * 8) == 1  # digits
+    assert training_threads(None, "tiny", CPU, 255) == 1
     with cpu_threads(4):
-        assert thread_count(None, "tiny", CPU, 28 * 28) == PARALLEL_THREADS == 2  # not the 4 available
-        assert thread_count(None, "tiny", CPU, 256) == 2
+        assert training_threads(None, "tiny", CPU, 28 * 28) == PARALLEL_THREADS == 2  # not the 4 available
+        assert training_threads(None, "tiny", CPU, 256) == 2
     with cpu_threads(1):  # a worker's share of one thread is respected
-        assert thread_count(None, "tiny", CPU, 28 * 28) == 1
-    assert thread_count(None, "tiny", CPU, 0) == 1  # a feature method
-    assert thread_count(3, "tiny", CPU, 8 * 8) == 3  # as asked
-    assert thread_count(None, "paper", CPU, 28 * 28) is None  # torch's own setting
-    assert thread_count(None, "tiny", CUDA, 28 * 28) is None
+        assert training_threads(None, "tiny", CPU, 28 * 28) == 1
+    assert training_threads(None, "tiny", CPU, 0) == 1  # a feature method
+    assert training_threads(3, "tiny", CPU, 8 * 8) == 3  # as asked
+    assert training_threads(None, "paper", CPU, 28 * 28) is None  # torch's own setting
+    assert training_threads(None, "tiny", CUDA, 28 * 28) is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ The tie-aware terms of the distance group cut by k (one per possible number of i
 items entering the top k) are computed here too, in the operations and order of
 :func:`hashbench.metrics.tie_aware._boundary_terms`, with numpy's exp in between.
 
-Only imported through :mod:`hashbench.metrics.compiled`, which falls back to the numpy
+Only imported through :mod:`hashbench.metrics.kernel_choice`, which falls back to the numpy
 kernels when numba is missing or a kernel does not compile.
 """
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from hashbench.errors import UserError
-from hashbench.metrics import compiled, cuda, kernels
+from hashbench.metrics import cuda, kernel_choice, kernels
 from hashbench.metrics.inputs import Inputs, Options, check_options, prepare
 from hashbench.metrics.result import ChunkResult, RetrievalResult, Summary
 
@@ -21,7 +21,7 @@ MAX_THREADS = 1024  # of HASHBENCH_THREADS: more is a typo (threads are capped b
 T = TypeVar("T")
 
 
-def thread_count() -> int:
+def metric_threads() -> int:
     """Threads for query chunks: HASHBENCH_THREADS if set, else the usable cores, at most 4.
 
     The compiled kernels run without the GIL, as numpy does inside its loops and sorts, so
@@ -45,13 +45,13 @@ def thread_count() -> int:
 def check_environment() -> None:
     """Refuse a bad HASHBENCH_THREADS or HASHBENCH_KERNELS at once: the commands that compute
     metrics call this before they run or write anything (else every evaluation fails)."""
-    thread_count()
-    compiled.choice()
+    metric_threads()
+    kernel_choice.choice()
 
 
 def map_in_order(function: Callable[[slice], T], chunks: Sequence[slice]) -> Iterator[T]:
     """``function`` of every chunk, on threads, yielded in chunk order."""
-    workers = min(thread_count(), len(chunks))
+    workers = min(metric_threads(), len(chunks))
     if workers <= 1:
         yield from map(function, chunks)
         return
@@ -117,12 +117,12 @@ def evaluate_on(
     chunk_size: int | None = None,
 ) -> RetrievalResult:
     """:func:`evaluate` with the rankings computed by torch on ``device``, or by the CPU
-    kernels (compiled or numpy, see :mod:`hashbench.metrics.compiled`) when ``device`` is
+    kernels (compiled or numpy, see :mod:`hashbench.metrics.kernel_choice`) when ``device`` is
     None."""
     options = check_options(topk, ks, radius, chunk_size)
     inputs = prepare(query_codes, database_codes, query_labels, database_labels, bits, relevance)
     map_k = inputs.map_k(options.topk)
-    use_compiled = device is None and compiled.enabled(inputs.num_queries * inputs.num_database)
+    use_compiled = device is None and kernel_choice.enabled(inputs.num_queries * inputs.num_database)
     summary = Summary(
         inputs.bits,
         inputs.num_database,
@@ -130,7 +130,7 @@ def evaluate_on(
         options.topk,
         options.ks,
         options.radius,
-        compiled.boundary_terms if use_compiled else None,
+        kernel_choice.boundary_terms if use_compiled else None,
     )
     chunks = inputs.chunks(options.chunk_size)
     if device is not None:
@@ -156,7 +156,7 @@ def _cpu_chunk(
         bit_rows = inputs.relevance.bit_rows(rows)
         ranking = None
         if use_compiled:
-            ranking = compiled.whole_ranking(
+            ranking = kernel_choice.whole_ranking(
                 query_words, inputs.database_words, bit_rows, inputs.bits, map_k, ks_clipped
             )
         if ranking is None:
@@ -203,13 +203,13 @@ def mean_average_precision(
     size = inputs.num_database
     map_k = inputs.map_k(options.topk)
     groups = inputs.groups
-    use_compiled = compiled.enabled(inputs.num_queries * size)
+    use_compiled = kernel_choice.enabled(inputs.num_queries * size)
 
     def run(rows: slice) -> np.ndarray:
         query_words = inputs.query_words[rows]
         bit_rows = inputs.relevance.bit_rows(rows)
         if use_compiled:
-            ap = compiled.head_average_precision(
+            ap = kernel_choice.head_average_precision(
                 query_words, inputs.database_words, bit_rows, inputs.bits, map_k
             )
             if ap is not None:

@@ -45,7 +45,7 @@ def tie_aware(
     top ``depth`` is hypergeometric, and since AP@k divides by R_k = R_before + X the
     expectation is taken exactly by conditioning on every value of X.
 
-    ``boundary_terms`` (:func:`hashbench.metrics.compiled.boundary_terms`) computes the
+    ``boundary_terms`` (:func:`hashbench.metrics.kernel_choice.boundary_terms`) computes the
     terms of every value of X with the compiled kernels, the same values bit for bit; when
     it is None or returns None, numpy does.
     """
