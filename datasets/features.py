@@ -52,7 +52,8 @@ import re
 import sys
 import zipfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -95,28 +96,13 @@ class FeatureSettings:
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], where: str) -> FeatureSettings:
-        known = {item.name for item in fields(cls)}
-        for key in table:
-            if key not in known:
-                raise UserError(f"{where}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}")
-        if "path" not in table:
-            raise UserError(f"{where}: needs path = \"FILE\" (.npy, .npz, .parquet, .hdf5)")
-        values = dict(table)
-        for key in ("path", "format", "metric", "split", "relevance", "column", "ground_truth"):
-            if values.get(key) is not None and not isinstance(values[key], str):
-                raise UserError(f"{where}: {key} must be a string, got {values[key]!r}")
-        if not isinstance(values.get("labels", ""), (str, bool)) or values.get("labels") is True:
-            raise UserError(f"{where}: labels must name an array or column, or be false, got {values['labels']!r}")
-        for key in ("neighbours", "topk", "query_size", "train_size", "val_size"):
-            value = values.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise UserError(f"{where}: {key} must be a positive integer, got {value!r}")
-        choices = {"format": sorted(set(FORMATS.values())), "metric": METRICS, "relevance": RELEVANCE}
-        choices["split"] = ("declared", "standard", "standard-val")
-        choices["ground_truth"] = ("file", "exact")
-        for key, allowed in choices.items():
-            if values.get(key) is not None and values[key] not in allowed:
-                raise UserError(f"{where}: {key} {values[key]!r}: expected one of {', '.join(allowed)}")
+        from pydantic import ValidationError
+
+        model = _table_schema()
+        try:
+            values = model.model_validate(dict(table)).model_dump(exclude_unset=True)
+        except ValidationError as error:
+            raise UserError(_table_message(error.errors()[0], where, model)) from None
         values["path"] = str(Path(values["path"]).expanduser().resolve())
         return cls(**values)
 
@@ -131,6 +117,57 @@ class FeatureSettings:
                 ".parquet or .hdf5, or set format = \"npy\" | \"npz\" | \"parquet\" | \"hdf5\""
             )
         return FORMATS[suffix]
+
+
+# The settings that take one of a few values, and the positive integers.
+_CHOICES = {
+    "format": tuple(sorted(set(FORMATS.values()))), "metric": METRICS, "relevance": RELEVANCE,
+    "split": ("declared", "standard", "standard-val"), "ground_truth": ("file", "exact"),
+}
+_COUNTS = ("neighbours", "topk", "query_size", "train_size", "val_size")
+
+
+@cache
+def _table_schema() -> type:
+    """FeatureSettings as a strict pydantic model, its fields those of the dataclass (built on
+    first use: listing the datasets imports no pydantic)."""
+    import typing
+    from typing import Annotated, Literal
+
+    from pydantic import AfterValidator, ConfigDict, Field, create_model
+    from pydantic_core import PydanticCustomError
+
+    def not_true(value: Any) -> Any:
+        if value is True:
+            raise PydanticCustomError("labels_true", "true names no array")
+        return value
+
+    hints = typing.get_type_hints(FeatureSettings)
+    overrides: dict[str, Any] = {key: Literal[allowed] | None for key, allowed in _CHOICES.items()}
+    overrides.update({key: Annotated[int, Field(ge=1)] | None for key in _COUNTS})
+    overrides["labels"] = Annotated[str | bool, AfterValidator(not_true)] | None
+    definitions = {
+        item.name: (overrides.get(item.name, hints[item.name]), ... if item.default is MISSING else item.default)
+        for item in fields(FeatureSettings)
+    }
+    return create_model("FeatureTable", __config__=ConfigDict(strict=True, extra="forbid"), **definitions)
+
+
+def _table_message(error: Mapping[str, Any], where: str, model: type) -> str:
+    """One line for a pydantic error of a [datasets.NAME] table: the table, the setting, what
+    is wrong and what to give instead."""
+    key, kind, value = str(error["loc"][0]), error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown setting {key!r}; known settings: {', '.join(sorted(model.model_fields))}"
+    if kind == "missing":
+        return f"{where}: needs path = \"FILE\" (.npy, .npz, .parquet, .hdf5)"
+    if key == "labels":
+        return f"{where}: labels must name an array or column, or be false, got {value!r}"
+    if kind == "literal_error":
+        return f"{where}: {key} {value!r}: expected one of {', '.join(_CHOICES[key])}"
+    if key in _COUNTS:
+        return f"{where}: {key} must be a positive integer, got {value!r}"
+    return f"{where}: {key} must be a string, got {value!r}"
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}

@@ -53,96 +53,186 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from hashbench.errors import UserError
 
-_LIST_KEYS = {"methods": str, "datasets": str, "bits": int, "seeds": int, "plugins": str}
-# Lists that must hold something (an empty one would make a grid of no cells), with an example.
-_NON_EMPTY = {"methods": '["lsh"]', "datasets": '["digits"]', "bits": "[16, 32, 64]", "seeds": "[0]"}
 # An experiment file is a few hundred bytes; anything this large is not one.
 MAX_CONFIG_BYTES = 1 << 20
-# Settings naming a folder: an empty string would be the working directory, unasked for.
-_FOLDER_KEYS = ("results", "data_root", "cache")
 # Python reads integers of at most this many digits (tomllib raises ValueError beyond).
 _INT_DIGITS = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 4300
-_SCALAR_KEYS = {
-    "description": str,
-    "split_seed": int,
-    "protocol": str,
-    "results": str,
-    "data_root": str,
-    "cache": str,
-    "drop_bad_rows": bool,
-    "device": str,
-    "force": bool,
-    "executor": str,
-    "jobs": int,
-    "cell_timeout": float,  # seconds
-}
-# Keys of the [slurm] table and their types (float where submitit takes fractions).
-SLURM_KEYS: dict[str, type] = {
-    "partition": str,
-    "gpus_per_run": int,
-    "time_limit": int,
-    "mem_gb": float,
-    "cpus_per_run": int,
-    "array_parallelism": int,
-    "account": str,
-    "qos": str,
-    "constraint": str,
-    "folder": str,
-}
 EXECUTORS = ("local", "slurm")
 # A cell time limit above a year is a typo, not a limit.
 MAX_CELL_TIMEOUT = 366 * 24 * 3600.0
-
-
-def _check_type(value: Any, expected: type, where: str) -> Any:
-    if expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise UserError(f"{where}: expected an integer, got {value!r}")
-    if expected is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        return value
-    if expected is not int and not isinstance(value, expected):
-        raise UserError(f"{where}: expected {expected.__name__}, got {value!r}")
-    return value
-
-
+# Lists that must hold something (an empty one would make a grid of no cells), with an example.
+_NON_EMPTY = {"methods": '["lsh"]', "datasets": '["digits"]', "bits": "[16, 32, 64]", "seeds": "[0]"}
+# Settings naming a folder: an empty string would be the working directory, unasked for.
 _FOLDER_EXAMPLES = {"results": "results", "data_root": "data", "cache": "data/.hashbench-cache"}
+# What the tables of tables hold, by table and depth, for messages.
+_TABLE_HINTS = {
+    ("protocols", 1): 'a table of dataset = "protocol name"',
+    ("method_protocols", 1): 'tables [method_protocols.METHOD] of dataset = "protocol name"',
+    ("method_protocols", 2): 'a table of dataset = "protocol name"',
+    ("params", 1): "tables [params.METHOD] of parameter = value",
+}
+_TYPE_WORDS = {
+    "int_type": "an integer", "float_type": "a number", "string_type": "str", "bool_type": "bool",
+    "list_type": "a list", "dict_type": "a table", "model_type": "a table",
+}
 
 
-def _refuse_repeats(items: list[Any], where: str, key: str) -> None:
-    """A grid names each method, dataset, code length and seed once: a repeat would be the
-    same cells twice."""
-    seen: set[Any] = set()
-    for item in items:
-        if item in seen:
-            once = ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in dict.fromkeys(items))
-            shown = f'"{item}"' if isinstance(item, str) else str(item)
-            raise UserError(f"{where}: {shown} is listed twice; name each once: {key} = [{once}]")
-        seen.add(item)
+@cache
+def schema() -> type:
+    """The experiment file's settings as a pydantic model (built on first use: pydantic is
+    imported by ``load_config`` only, never by ``hashbench list`` or ``--help``)."""
+    from typing import Annotated, Literal
+
+    from pydantic import (
+        BaseModel,
+        ConfigDict,
+        Discriminator,
+        Field,
+        Tag,
+        ValidationInfo,
+        WrapValidator,
+        field_validator,
+    )
+    from pydantic_core import PydanticCustomError
+
+    def keep_int(value: Any, handler: Any) -> Any:  # a number setting keeps an integer as written
+        checked = handler(value)
+        return value if type(value) is int else checked
+
+    strict = ConfigDict(strict=True, extra="forbid")
+    Positive = Annotated[int, Field(gt=0)]
+    PositiveNumber = Annotated[float, Field(gt=0), WrapValidator(keep_int)]
+
+    def one_or_many(value: Any) -> Any:  # methods = "lsh" means methods = ["lsh"]
+        return value if isinstance(value, (list, dict)) else [value]
+
+    def form(value: Any) -> str:
+        return "tables" if isinstance(value, dict) else "list"
+
+    Datasets = Annotated[
+        Annotated[list[str], Tag("list")] | Annotated[dict[str, dict[str, Any]], Tag("tables")], Discriminator(form)
+    ]
+
+    class Slurm(BaseModel):
+        """The [slurm] table (float where submitit takes fractions)."""
+
+        model_config = strict
+        partition: str | None = None
+        gpus_per_run: Positive | None = None
+        time_limit: Positive | None = None  # minutes
+        mem_gb: PositiveNumber | None = None
+        cpus_per_run: Positive | None = None
+        array_parallelism: Positive | None = None
+        account: str | None = None
+        qos: str | None = None
+        constraint: str | None = None
+        folder: str | None = None
+
+    class Experiment(BaseModel):
+        model_config = strict
+        methods: list[str] | None = None
+        datasets: Datasets | None = None
+        bits: list[int] | None = None
+        seeds: list[int] | None = None
+        plugins: list[str] | None = None
+        description: str | None = None
+        split_seed: int | None = None
+        protocol: str | None = None
+        results: str | None = None
+        data_root: str | None = None
+        cache: str | None = None
+        drop_bad_rows: bool | None = None
+        device: str | None = None
+        force: bool | None = None
+        executor: Literal[EXECUTORS] | None = None
+        jobs: Annotated[int, Field(ge=1)] | None = None
+        cell_timeout: Annotated[float, Field(gt=0, le=MAX_CELL_TIMEOUT)] | None = Field(
+            None, description="seconds: more than 0, at most a year"
+        )
+        params: dict[str, dict[str, Any]] | None = None
+        protocols: dict[str, str] | None = None
+        method_protocols: dict[str, dict[str, str]] | None = None
+        slurm: Slurm | None = None
+
+        _lists = field_validator("methods", "datasets", "bits", "seeds", "plugins", mode="before")(one_or_many)
+
+        @field_validator("methods", "datasets", "bits", "seeds")
+        @classmethod
+        def _once_each(cls, items: Any, info: ValidationInfo) -> Any:
+            """A grid names each method, dataset, code length and seed once: a repeat would be
+            the same cells twice; and an empty list would be a grid of no cells."""
+            key = info.field_name
+            if not items:
+                what = "table runs nothing; add [datasets.NAME] tables, or" if isinstance(items, dict) else (
+                    "list runs nothing; give at least one, e.g."
+                )
+                raise PydanticCustomError("empty", f"an empty {what} {key} = {_NON_EMPTY[key]}")
+            if isinstance(items, list) and len(set(items)) < len(items):
+                shown = [f'"{x}"' if isinstance(x, str) else str(x) for x in items]
+                repeat = next(s for i, s in enumerate(shown) if s in shown[:i])
+                once = ", ".join(dict.fromkeys(shown))
+                raise PydanticCustomError("repeated", f"{repeat} is listed twice; name each once: {key} = [{once}]")
+            return items
+
+        @field_validator("results", "data_root", "cache")
+        @classmethod
+        def _a_folder(cls, value: str, info: ValidationInfo) -> str:
+            if not value.strip():
+                raise PydanticCustomError(
+                    "empty_path",
+                    f"an empty path would be the working directory; name a folder "
+                    f'(e.g. {info.field_name} = "{_FOLDER_EXAMPLES[info.field_name]}"), or "." to mean the working directory',
+                )
+            return value
+
+    return Experiment
 
 
-def _string_table(value: Any, where: str, what: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(item, str) for item in value.values()):
-        raise UserError(f"{where}: expected a table of {what}")
-    return dict(value)
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _slurm_table(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise UserError(f"{where}: expected a table [slurm] of setting = value")
-    table = {}
-    for key, item in value.items():
-        if key not in SLURM_KEYS:
-            raise UserError(f"{where}.{key}: unknown setting; known settings: {', '.join(SLURM_KEYS)}")
-        table[key] = _check_type(item, SLURM_KEYS[key], f"{where}.{key}")
-        if SLURM_KEYS[key] in (int, float) and table[key] <= 0:
-            raise UserError(f"{where}.{key}: must be positive, got {item!r}")
-    return table
+def schema_message(error: Any, where: str, model: type) -> str:
+    """One line for the first error of a pydantic ValidationError: ``WHERE: KEY: what was
+    wrong; how to fix it``, KEY dotted (``slurm.time_limit``, ``datasets.emb``)."""
+    first = error.errors()[0]
+    kind, value, context = first["type"], first.get("input"), first.get("ctx") or {}
+    # the tags of the datasets' two forms are not keys; list positions are not named either
+    loc = [part for i, part in enumerate(first["loc"]) if isinstance(part, str) and not (i == 1 and part in ("list", "tables"))]
+    key, fields = ".".join(loc), model.model_fields
+    for part in loc[:-1]:  # the model holding the last key, for its known settings
+        annotation = fields[part].annotation if part in fields else None
+        inner = [a for a in getattr(annotation, "__args__", ()) if hasattr(a, "model_fields")]
+        fields = inner[0].model_fields if inner else {}
+    container = loc if len(loc) == 1 else loc[:-1]
+    if (loc[0], len(container)) in _TABLE_HINTS and kind.endswith("_type"):
+        got = f"{value!r}" if len(loc) == 1 else f"{key} = {value!r}"
+        return f"{where}: {'.'.join(container)}: expected {_TABLE_HINTS[loc[0], len(container)]}, got {got}"
+    if kind == "extra_forbidden":
+        return f"{where}: {key}: unknown setting; known settings: {', '.join(fields)}"
+    if kind == "missing":
+        return f"{where}: {key}: missing; add {key} = ..."
+    if kind in ("dict_type", "model_type"):
+        return f"{where}: {key}: expected a table [{key}] of setting = value, got {value!r}"
+    if kind in _TYPE_WORDS:
+        return f"{where}: {key}: expected {_TYPE_WORDS[kind]}, got {value!r}"
+    if kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", context.get("expected", ""))
+        return f"{where}: {key}: expected one of {', '.join(choices)}, got {value!r}"
+    bounds = {"greater_than": "more than", "greater_than_equal": "at least", "less_than": "less than", "less_than_equal": "at most"}
+    if kind in bounds:
+        limit = next(iter(context.values()))
+        what = "positive" if kind == "greater_than" and limit == 0 else f"{bounds[kind]} {_number(limit)}"
+        info = fields.get(loc[-1])
+        unit = f" ({info.description})" if info is not None and info.description else ""
+        return f"{where}: {key}: must be {what}{unit}, got {value!r}"
+    return f"{where}: {key}: {first['msg']}"  # the validators' own messages (repeats, empty lists)
 
 
 def _read_text(path: Path) -> str:
@@ -193,58 +283,17 @@ def load_config(path: Path) -> dict[str, Any]:
     if not raw:
         what = "is empty" if not text.strip() else "holds no settings"
         raise UserError(f"{path}: {what}; write at least methods = [...] (see experiments/digits-quick.toml)")
-    config: dict[str, Any] = {}
-    for key, value in raw.items():
-        where = f"{path}: {key}"
-        if key == "datasets" and isinstance(value, dict):
-            if not value:
-                raise UserError(f"{where}: an empty table runs nothing; add [datasets.NAME] tables, or datasets = {_NON_EMPTY[key]}")
-            for name, table in value.items():
-                if not isinstance(table, dict):
-                    raise UserError(f"{where}.{name}: expected a table [datasets.{name}] of setting = value")
-            config["datasets"] = list(value)
-            config["dataset_options"] = {name: dict(table) for name, table in value.items()}
-        elif key in _LIST_KEYS:
-            items = value if isinstance(value, list) else [value]
-            if not items and key in _NON_EMPTY:
-                raise UserError(f"{where}: an empty list runs nothing; give at least one, e.g. {key} = {_NON_EMPTY[key]}")
-            config[key] = [_check_type(item, _LIST_KEYS[key], where) for item in items]
-            if key in _NON_EMPTY:
-                _refuse_repeats(config[key], where, key)
-        elif key in _SCALAR_KEYS:
-            config[key] = _check_type(value, _SCALAR_KEYS[key], where)
-            if key in _FOLDER_KEYS and not value.strip():
-                raise UserError(
-                    f"{where}: an empty path would be the working directory; name a folder "
-                    f'(e.g. {key} = "{_FOLDER_EXAMPLES[key]}"), or "." to mean the working directory'
-                )
-        elif key == "params":
-            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-                raise UserError(f"{where}: expected tables [params.METHOD] of parameter = value")
-            config["params"] = value
-        elif key == "protocols":
-            config["protocols"] = _string_table(value, where, "dataset = \"protocol name\"")
-        elif key == "method_protocols":
-            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-                raise UserError(f"{where}: expected tables [method_protocols.METHOD] of dataset = \"protocol name\"")
-            config["method_protocols"] = {
-                method: _string_table(table, f"{where}.{method}", "dataset = \"protocol name\"")
-                for method, table in value.items()
-            }
-        elif key == "slurm":
-            config["slurm"] = _slurm_table(value, where)
-        else:
-            known = ", ".join([*_LIST_KEYS, *_SCALAR_KEYS, "params", "protocols", "method_protocols", "slurm"])
-            raise UserError(f"{where}: unknown setting; known settings: {known}")
-    if "executor" in config and config["executor"] not in EXECUTORS:
-        raise UserError(f"{path}: executor: expected one of {', '.join(EXECUTORS)}, got {config['executor']!r}")
-    if "jobs" in config and config["jobs"] < 1:
-        raise UserError(f"{path}: jobs: must be at least 1, got {config['jobs']}")
-    if "cell_timeout" in config:
-        timeout = config["cell_timeout"]
-        if not 0 < timeout <= MAX_CELL_TIMEOUT:  # also refuses NaN
-            raise UserError(
-                f"{path}: cell_timeout: seconds, more than 0 and at most {MAX_CELL_TIMEOUT:g} (a year), got {timeout!r}"
-            )
-        config["cell_timeout"] = float(timeout)
+    from pydantic import ValidationError
+
+    model = schema()
+    try:
+        checked = model.model_validate(raw).model_dump(exclude_unset=True)
+    except ValidationError as error:
+        raise UserError(schema_message(error, str(path), model)) from None
+    config = {key: checked[key] for key in raw}  # in the file's order
+    if isinstance(config.get("datasets"), dict):
+        config["dataset_options"] = config["datasets"]
+        config["datasets"] = list(config["dataset_options"])
+    if "slurm" in config:
+        config["slurm"] = {key: value for key, value in config["slurm"].items() if value is not None}
     return config
