@@ -8,8 +8,8 @@ Built-ins register exactly as third-party packages do, through the entry-point g
 Configured datasets. A dataset plugin that takes settings (``features``: any embedding
 file) is named in a grid as ``KIND:ARGUMENT`` (``features:emb.npz``) or by the name of a
 ``[datasets.NAME]`` table of the experiment file; :func:`resolve_datasets` turns such
-entries into dataset classes registered under a name that is safe in file names (the
-file's stem, or the table's name). The plugin declares ``argument_setting`` (what ARGUMENT
+entries into dataset classes named by a name that is safe in file names (the file's stem,
+or the table's name), held by the grid (:class:`GridDatasets`), never registered. The plugin declares ``argument_setting`` (what ARGUMENT
 sets), ``default_name(argument)`` and ``configured(name, settings, where)``, which returns
 a subclass carrying the checked ``settings``.
 """
@@ -152,6 +152,11 @@ class Registry:
         self.get(name)
         return self._entries[name].origin
 
+    def knows(self, name: str) -> bool:
+        """Whether a plugin is registered or installed under ``name`` (nothing is imported)."""
+        self._discover()
+        return name in self._entries or name in self._pending
+
 
 def check_plugin_class(kind: str, obj: Any, origin: str) -> None:
     """Refuse a registered object that is not a method (or dataset) class."""
@@ -255,13 +260,29 @@ def get_method(name: str) -> Any:
 
 def get_dataset(name: str) -> Any:
     """The dataset class of a registered name or of ``KIND:ARGUMENT`` (configured here)."""
-    if ":" in name and name not in datasets._entries:
-        name = resolve_datasets([name])[0]
+    if ":" in name and not datasets.knows(name):
+        grid = resolve_datasets([name])
+        return grid.get(grid.names[0])
     return datasets.get(name)
 
 
-# Configured datasets registered so far: name → the plugin kind and settings they came from.
-_configured: dict[str, tuple[str, Any]] = {}
+@dataclass
+class GridDatasets:
+    """The datasets of one grid by name: registered ones, and those the grid configures
+    (``features:PATH``, ``[datasets.NAME]`` tables). A configured dataset belongs to its grid,
+    not to the registry: two grids in one process (a run, the records `reeval` reads) may
+    give one name to different files."""
+
+    names: list[str]
+    configured: dict[str, Any] = field(default_factory=dict)  # name → its configured class
+
+    def get(self, name: str) -> Any:
+        return self.configured[name] if name in self.configured else datasets.get(name)
+
+    def origin(self, name: str) -> str:
+        return self.configured[name].configured_where if name in self.configured else datasets.origin(name)
+
+
 DEFAULT_KIND = "features"  # the plugin of a [datasets.NAME] table without `kind`
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -274,16 +295,19 @@ def _configured_class(kind: str, name: str, settings: Mapping[str, Any], where: 
     if not _SAFE_NAME.fullmatch(name):
         raise UserError(f"{where}: dataset name {name!r}: use letters, digits, '.', '_' and '-' (it names files)")
     check_name_length("dataset", name, where)
-    if name in datasets._entries and name not in _configured:
+    if datasets.knows(name):
         raise UserError(
             f"{where}: the dataset name {name!r} belongs to {datasets.origin(name)}; give this one another "
             f"name with a [datasets.NAME] table"
         )
-    return plugin.configured(name, settings, where)
+    cls = plugin.configured(name, settings, where)
+    # What the run record keeps, to make the same class again in another process.
+    cls.configured_kind, cls.configured_where = kind, where
+    return cls
 
 
-def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
-    """The dataset names of a grid, registering the configured datasets among ``entries``.
+def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, Any]] | None = None) -> GridDatasets:
+    """The datasets of a grid: their names, and a class for each configured one among ``entries``.
 
     An entry is a registered name (``digits``), ``KIND:ARGUMENT`` (``features:emb.npz``: the
     plugin configured with ARGUMENT, named by it after the file; a ``[datasets.NAME]`` table of
@@ -294,6 +318,7 @@ def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, A
     tables = dict(tables or {})
     names: list[str] = []
     chosen: dict[str, tuple[str, Any, str]] = {}  # name → kind, settings, entry
+    configured: dict[str, Any] = {}  # name → class
     for entry in entries:
         kind, sep, argument = entry.partition(":")
         if sep:
@@ -317,7 +342,7 @@ def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, A
                     )
                 where = f"{entry} with [datasets.{name}]"
             settings = {**table, setting: argument}
-        elif entry in tables and (tables[entry] or entry not in datasets.names()):
+        elif entry in tables and (tables[entry] or not datasets.knows(entry)):
             settings = dict(tables[entry])
             kind = settings.pop("kind", DEFAULT_KIND)
             if not isinstance(kind, str):
@@ -333,20 +358,19 @@ def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, A
                 "name them with [datasets.NAME] tables"
             )
         chosen[name] = (kind, cls.settings, entry)
-        # A configured name is this process's current meaning of it: a later grid may change it.
-        datasets._entries[name] = _Entry(cls, where)
-        _configured[name] = (kind, cls.settings)
+        configured.setdefault(name, cls)
         if name not in names:
             names.append(name)
-    return names
+    return GridDatasets(names, configured)
 
 
-def configuration(name: str) -> dict[str, Any] | None:
-    """How the configured dataset ``name`` was made (its plugin kind and settings, as a table
+def configuration(cls: Any) -> dict[str, Any] | None:
+    """How a configured dataset class was made (its plugin kind and settings, as a table
     :func:`resolve_datasets` takes again), for the run record; None for a registered one."""
-    if name not in _configured:
+    kind = getattr(cls, "configured_kind", None)
+    if kind is None:
         return None
-    kind, settings = _configured[name]
+    settings = cls.settings
     values = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings or {})
     return {"kind": kind, **{key: value for key, value in values.items() if value is not None}}
 
@@ -360,13 +384,6 @@ def configured_dataset(name: str, table: Mapping[str, Any]) -> Any:
     settings = dict(table)
     kind = settings.pop("kind")
     return _configured_class(kind, name, settings, f"the recorded configuration of dataset {name}")
-
-
-def register_configured(name: str, table: Mapping[str, Any]) -> None:
-    """Register ``name`` again from a table written by :func:`configuration` (a run record's)."""
-    if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
-        raise UserError(f"dataset {name}: its run record holds no usable dataset configuration")
-    resolve_datasets([name], {name: dict(table)})
 
 
 def load_plugin(spec: str) -> None:

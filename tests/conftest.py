@@ -96,16 +96,13 @@ def cpu_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.fixture
 def features_plugin():
-    """`features` registered (as its entry point does), and the registry as it was afterwards
-    (datasets configured by a test are dropped)."""
+    """`features` registered (as its entry point does), and the registry as it was afterwards."""
     from hashbench import registry
     from hashbench.datasets.features import Features
 
     registry.datasets.names()  # entry points first, so that they are in the snapshot
-    entries, configured = dict(registry.datasets._entries), dict(registry._configured)
+    entries = dict(registry.datasets._entries)
     registry.datasets._entries.setdefault("features", registry._Entry(Features, "tests"))
     yield
     registry.datasets._entries.clear()
     registry.datasets._entries.update(entries)
-    registry._configured.clear()
-    registry._configured.update(configured)

@@ -318,14 +318,15 @@ def test_registry_names_files_by_their_stem(tmp_path):
         (tmp_path / folder).mkdir()
         np.save(tmp_path / folder / "emb.npy", np.eye(20, 4, dtype=np.float32) + (folder == "b"))
     a, b = f"features:{tmp_path / 'a' / 'emb.npy'}", f"features:{tmp_path / 'b' / 'emb.npy'}"
-    assert registry.resolve_datasets(["digits", a, a]) == ["digits", "emb"]
-    assert registry.get_dataset("emb").settings.path == str(tmp_path / "a" / "emb.npy")
+    grid = registry.resolve_datasets(["digits", a, a])
+    assert grid.names == ["digits", "emb"]
+    assert grid.get("emb").settings.path == str(tmp_path / "a" / "emb.npy")
+    assert not registry.datasets.knows("emb")  # the grid's, not the registry's
     with pytest.raises(UserError, match="two datasets of the grid are named 'emb'"):
         registry.resolve_datasets([a, b])
-    assert registry.resolve_datasets(["one", "two"], {"one": {"path": a[9:]}, "two": {"path": b[9:]}}) == ["one", "two"]
+    assert registry.resolve_datasets(["one", "two"], {"one": {"path": a[9:]}, "two": {"path": b[9:]}}).names == ["one", "two"]
     # a table of the file's name adds its settings
-    registry.resolve_datasets([a], {"emb": {"neighbours": 3}})
-    assert registry.get_dataset("emb").settings.neighbours == 3
+    assert registry.resolve_datasets([a], {"emb": {"neighbours": 3}}).get("emb").settings.neighbours == 3
     with pytest.raises(UserError, match="like the table \\[datasets.emb\\], which names another path"):
         registry.resolve_datasets([a], {"emb": {"path": b[9:]}})
     np.save(tmp_path / "digits.npy", np.eye(20, 4, dtype=np.float32))
@@ -440,22 +441,39 @@ def test_reeval_loads_an_embedding_files_dataset_from_the_record(invoke, results
         "kind": "features", "path": str(tmp_path / "emb.npz"), "neighbours": 100, "topk": 1000, "query_size": 1000,
         "val_size": 1000,
     }  # fmt: skip
-    registry.datasets._entries.pop("emb")
-    registry._configured.pop("emb")
+    assert not registry.datasets.knows("emb")  # the grid's dataset, never registered
     monkeypatch.chdir(tmp_path.parent)  # the recorded path is absolute
     reeval = invoke("reeval", "--results", results)
     assert reeval.exit_code == 0, reeval.output
     assert "1 unchanged, 0 updated, 0 refused" in reeval.output
     # same size, other labels: another protocol version, so other relevance, refused
     np.savez(tmp_path / "emb.npz", features=vectors, labels=(ids + 1) % 8)
-    registry.datasets._entries.pop("emb")
-    registry._configured.pop("emb")
+    assert not registry.datasets.knows("emb")  # the grid's dataset, never registered
     reeval = invoke("reeval", "--results", results)
     assert "0 unchanged, 0 updated, 1 refused" in reeval.output
     assert "the data or the protocol changed); rerun the cell" in reeval.output
     (tmp_path / "emb.npz").unlink()
-    registry.datasets._entries.pop("emb")
-    registry._configured.pop("emb")
+    assert not registry.datasets.knows("emb")  # the grid's dataset, never registered
     reeval = invoke("reeval", "--results", results)
     assert "1 refused" in reeval.output and "emb.npz not found" in reeval.output
     assert _records(results)[0]["metrics"] == record["metrics"]  # nothing rewritten
+
+
+def test_a_grid_owns_its_configured_datasets_and_the_registry_is_left_as_it_was(tmp_path, invoke):
+    """Two grids in one process may give one name to two files: each keeps its own, and
+    neither run nor reeval writes a configured dataset into the registry."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        vectors = np.random.default_rng(folder == "b").normal(size=(1_200, 4)).astype(np.float32)
+        np.save(tmp_path / folder / "emb.npy", vectors)
+    first = registry.resolve_datasets([f"features:{tmp_path / 'a' / 'emb.npy'}"])
+    second = registry.resolve_datasets([f"features:{tmp_path / 'b' / 'emb.npy'}"])
+    assert first.get("emb").settings.path.endswith("a/emb.npy")  # not replaced by the second grid's
+    assert second.get("emb").settings.path.endswith("b/emb.npy")
+    assert registry.configuration(first.get("emb"))["path"].endswith("a/emb.npy")
+    before = dict(registry.datasets._entries)
+    ran = invoke("run", "--methods", "lsh", "--datasets", f"features:{tmp_path / 'a' / 'emb.npy'}", "--bits", "8",
+                 "--results", tmp_path / "results", "--quiet")  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    assert invoke("reeval", "--results", tmp_path / "results").exit_code == 0
+    assert registry.datasets._entries == before and not registry.datasets.knows("emb")

@@ -256,7 +256,8 @@ def _dataset(console: Console, name: str) -> None:
     plugin = cls()
     plugin.protocol(None)  # a configured file: reads what its protocols need
     console.print(f"[bold]{escape(plugin.name)}[/bold]: {escape(cls.description)}", highlight=False)
-    console.print(f"labels {_dataset_labels(cls)} · from {escape(registry.datasets.origin(plugin.name))}", highlight=False)
+    origin = getattr(cls, "configured_where", None) or registry.datasets.origin(plugin.name)
+    console.print(f"labels {_dataset_labels(cls)} · from {escape(origin)}", highlight=False)
     path = getattr(getattr(plugin, "settings", None), "path", None)
     layout = getattr(plugin, "layout_help", "")
     if path is not None:

@@ -66,9 +66,10 @@ class _Datasets:
             from hashbench.data.cache import default_cache_dir
 
             configured = (record.data or {}).get("configured")
-            if configured is not None and record.dataset not in registry.datasets.names():
-                registry.register_configured(record.dataset, configured)  # an embedding file's dataset
-            plugin = registry.get_dataset(record.dataset)()
+            if configured is not None:  # an embedding file's dataset, made again from the record
+                plugin = registry.configured_dataset(record.dataset, configured)()
+            else:
+                plugin = registry.get_dataset(record.dataset)()
             self.plugins[record.dataset] = plugin
             cache = self.cache_dir if self.cache_dir is not None else default_cache_dir(self.data_root)
             arrays = load_dataset(plugin, self.data_root, cache_dir=cache, drop_bad_rows=dropped)

@@ -8,6 +8,7 @@ reason and the grid goes on.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import resource
 import time
@@ -81,6 +82,8 @@ class Cell:
     seed: int
     split_seed: int
     protocol_version: str = "1"
+    # The dataset's class: the grid's own for a configured dataset (an embedding file).
+    dataset_cls: Any = field(default=None, compare=False, repr=False)
 
     @property
     def identity(self) -> CellIdentity:
@@ -161,7 +164,8 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
             raise UserError(f"no {name} given: the grid would be empty; pass --{name} (e.g. --{name} {'16,32,64' if name == 'bits' else '0'})")
     _positive_ints(spec.bits, "--bits")
     # features:PATH and [datasets.NAME] tables become registered datasets with plain names
-    datasets = registry.resolve_datasets(spec.datasets, spec.dataset_options)
+    grid = registry.resolve_datasets(spec.datasets, spec.dataset_options)
+    datasets = grid.names
     for seed in [*spec.seeds, spec.split_seed]:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < MAX_SEED:
             raise UserError(f"seeds must be integers from 0 to 2**63 - 1, got {seed!r}")
@@ -194,29 +198,36 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
     }
     cells = []
     for dataset_name in datasets:
-        dataset = registry.get_dataset(dataset_name)()
+        dataset_cls = grid.get(dataset_name)
+        dataset = dataset_cls()
         shared = spec.protocols.get(dataset_name, spec.protocol)
         for method in spec.methods:
             protocol = dataset.protocol(spec.method_protocols.get(method, {}).get(dataset_name, shared))
-            registry.check_file_name("protocol", protocol.name, f"dataset {dataset_name} ({registry.datasets.origin(dataset_name)})")
+            registry.check_file_name("protocol", protocol.name, f"dataset {dataset_name} ({grid.origin(dataset_name)})")
             for bits in spec.bits:
                 for seed in spec.seeds:
                     cells.append(
                         Cell(
                             method, method_classes[method], resolved[method], dataset_name, protocol.name,
-                            bits, seed, spec.split_seed, protocol_version(protocol),
+                            bits, seed, spec.split_seed, protocol_version(protocol), dataset_cls,
                         )
                     )
     return cells
 
 
 def prepare_dataset(
-    name: str, protocol_name: str, spec: GridSpec, device: str = "cpu", manifest: SplitManifest | None = None
+    name: str,
+    protocol_name: str,
+    spec: GridSpec,
+    device: str = "cpu",
+    manifest: SplitManifest | None = None,
+    dataset_cls: Any = None,
 ) -> PreparedDataset:
-    """Load a dataset and split it; with ``manifest`` (a saved one), reuse that split instead."""
+    """Load a dataset and split it; with ``manifest`` (a saved one), reuse that split instead.
+    ``dataset_cls``: the grid's class of a configured dataset (default: the registered ``name``)."""
     from hashbench.toolkit.backbone_features import attach_backbone_features
 
-    plugin = registry.get_dataset(name)()
+    plugin = (registry.get_dataset(name) if dataset_cls is None else dataset_cls)()
     protocol = plugin.protocol(protocol_name)
     cache_dir = spec.cache_dir if spec.cache_dir is not None else default_cache_dir(Path(spec.data_root))
     arrays = load_dataset(plugin, Path(spec.data_root), cache_dir=cache_dir, drop_bad_rows=spec.drop_bad_rows)
@@ -235,11 +246,11 @@ def prepare_dataset(
     return PreparedDataset(name, plugin, protocol, arrays, manifest, relevance=relevance)
 
 
-def _provenance(name: str, arrays: DatasetArrays) -> dict[str, Any]:
+def _provenance(data: PreparedDataset) -> dict[str, Any]:
     """The record's ``data``: where the data came from, and for a configured dataset (an
     embedding file) its settings, so that `reeval` can load it again in another process."""
-    configured = registry.configuration(name)
-    return arrays.provenance if configured is None else {**arrays.provenance, "configured": configured}
+    configured = registry.configuration(type(data.plugin))
+    return data.arrays.provenance if configured is None else {**data.arrays.provenance, "configured": configured}
 
 
 def _feature_dimension(arrays: DatasetArrays) -> int | None:
@@ -276,7 +287,7 @@ def check_dataset_names(store: ResultsStore, prepared: dict[tuple[str, str], Pre
     files = {
         (name, protocol): (configured["path"], protocol_version(data.protocol))
         for (name, protocol), data in prepared.items()
-        if isinstance(configured := registry.configuration(name), dict) and isinstance(configured.get("path"), str)
+        if isinstance(configured := registry.configuration(type(data.plugin)), dict) and isinstance(configured.get("path"), str)
     }
     if not files:
         return
@@ -396,7 +407,7 @@ def run_cell(
                 data.manifest.hash,
                 {name: int(indices.size) for name, indices in data.manifest.splits.items()},
             ),
-            data=_provenance(cell.dataset, data.arrays),
+            data=_provenance(data),
             timings=timings,
             peak_memory_mb=_peak_memory_mb(),
             training=context.record or None,
@@ -519,9 +530,10 @@ def make_job(cell: Cell, data: PreparedDataset, spec: GridSpec, execution: dict[
 _job_data_cache: dict[tuple, PreparedDataset] = {}
 
 
-def _job_data(job: CellJob, device: str) -> PreparedDataset:
+def _job_data(job: CellJob, device: str, dataset_cls: Any = None) -> PreparedDataset:
     spec = job.spec
-    cache_key = (job.dataset, job.protocol, job.manifest_hash, spec.data_root, spec.cache_dir, spec.drop_bad_rows)
+    configured = json.dumps(registry.configuration(dataset_cls), sort_keys=True, default=str)
+    cache_key = (job.dataset, configured, job.protocol, job.manifest_hash, spec.data_root, spec.cache_dir, spec.drop_bad_rows)
     if cache_key not in _job_data_cache:
         _job_data_cache.clear()
         try:
@@ -530,7 +542,7 @@ def _job_data(job: CellJob, device: str) -> PreparedDataset:
             manifest = None  # damaged since planning: drawn again below
         if manifest is not None and manifest.hash != job.manifest_hash:
             raise UserError(f"split manifest {job.manifest} changed since the grid was planned; rerun the grid")
-        data = prepare_dataset(job.dataset, job.protocol, spec, device, manifest=manifest)
+        data = prepare_dataset(job.dataset, job.protocol, spec, device, manifest=manifest, dataset_cls=dataset_cls)
         if data.manifest.hash != job.manifest_hash:
             raise UserError(
                 f"split manifest {job.manifest} is damaged and drawing {job.dataset}/{job.protocol} with split seed "
@@ -583,12 +595,12 @@ def run_job(job: CellJob) -> JobResult:
         if os.path.isdir(job.working_dir):
             os.chdir(job.working_dir)
         registry.load_plugins(job.spec.plugins)
-        registry.resolve_datasets(job.spec.datasets, job.spec.dataset_options)  # configured datasets, as planned
+        grid = registry.resolve_datasets(job.spec.datasets, job.spec.dataset_options)  # configured datasets, as planned
         method_cls = registry.get_method(job.method)
         params = resolve_params(method_cls.Params, job.params, owner=job.method)
         cell = Cell(
             job.method, method_cls, params, job.dataset, job.protocol, job.bits, job.seed, job.spec.split_seed,
-            job.protocol_version,
+            job.protocol_version, grid.get(job.dataset),
         )
         if cell.key != job.key:
             raise UserError(
@@ -596,7 +608,7 @@ def run_job(job: CellJob) -> JobResult:
                 "the installed method differs from the one that planned the grid"
             )
         device = resolve_device(job.spec.device)
-        data = _job_data(job, device)
+        data = _job_data(job, device, cell.dataset_cls)
         if protocol_version(data.protocol) != job.protocol_version:
             raise UserError(
                 f"protocol {job.dataset}/{job.protocol} is version {protocol_version(data.protocol)} here, "
@@ -659,7 +671,9 @@ def run_grid(
     prepared: dict[tuple[str, str], PreparedDataset] = {}
     for cell in cells:
         if (cell.dataset, cell.protocol) not in prepared:
-            prepared[cell.dataset, cell.protocol] = prepare_dataset(cell.dataset, cell.protocol, spec, device)
+            prepared[cell.dataset, cell.protocol] = prepare_dataset(
+                cell.dataset, cell.protocol, spec, device, dataset_cls=cell.dataset_cls
+            )
     preflight(cells, prepared)
     check_dataset_names(store, prepared)
     # Only now, with every input checked, is anything written.
