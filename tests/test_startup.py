@@ -10,7 +10,7 @@ import os
 import subprocess
 import sys
 
-HEAVY = ("torch", "torchvision", "scipy", "pandas", "matplotlib", "numba")
+HEAVY = ("torch", "torchvision", "scipy", "pandas", "matplotlib", "numba", "pydantic")
 
 # Runs the CLI in-process with the given arguments, then prints the heavy modules it imported
 # as the last line of output.
