@@ -7,7 +7,7 @@ one state resolver does not call it ok against its dataset as it is now (its ``c
 longer matches its record; its protocol is now another version or its labels changed: the
 data changed), or when its manifest no longer matches the hash in its record; the method's
 version is not compared, as its codes are evaluated as they are. A dataset made from an
-embedding file is registered again from the settings its records carry (``data.configured``).
+embedding file is made again from the settings its records carry (``data.configured``).
 A record is rewritten only when something changed: a metric's value, the metrics version,
 or a codes hash or per-query values that an older record lacked.
 """

@@ -682,16 +682,19 @@ def run_grid(
         data.manifest_path = data.manifest.save(store.splits_dir)
     if executor is None:
         outcomes = []
-        for index, cell in enumerate(cells):
-            if on_start is not None:
-                on_start(cell, index, len(cells))
-            try:
+        running = False  # whether a cell was midway when Ctrl-C came (not a callback between cells)
+        try:
+            for index, cell in enumerate(cells):
+                if on_start is not None:
+                    on_start(cell, index, len(cells))
+                running = True
                 outcome = run_cell(cell, prepared[cell.dataset, cell.protocol], store, device, spec.force)
-            except KeyboardInterrupt:
-                raise GridInterrupted(outcomes, 1, len(cells)) from None
-            outcomes.append(outcome)
-            if on_done is not None:
-                on_done(outcome)
+                running = False
+                outcomes.append(outcome)
+                if on_done is not None:
+                    on_done(outcome)
+        except KeyboardInterrupt:
+            raise GridInterrupted(outcomes, int(running), len(cells)) from None
         return outcomes
 
     results: dict[int, CellOutcome] = {}
