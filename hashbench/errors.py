@@ -9,3 +9,10 @@ class UserError(Exception):
     The message must say what is wrong and how to fix it; the CLI prints it
     without a traceback.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (``no message`` when it has none): a one-line
+    reason for a failure that happened in code we do not own (a plugin, a worker, submitit)."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else "no message"

@@ -28,7 +28,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
-from hashbench.errors import UserError
+from hashbench.errors import UserError, first_line
 
 METHOD_GROUP = "hashbench.methods"
 DATASET_GROUP = "hashbench.datasets"
@@ -111,9 +111,7 @@ class Registry:
             obj = point.load()
             self.add(name, obj, origin)
         except Exception as error:  # a broken third-party plugin must not hide the others
-            lines = str(error).strip().splitlines()
-            first = lines[0] if lines else "no message"
-            reason = first if isinstance(error, UserError) else f"{type(error).__name__}: {first}"
+            reason = first_line(error) if isinstance(error, UserError) else f"{type(error).__name__}: {first_line(error)}"
             self._broken[name] = f"{self.kind} plugin {name!r} ({origin}) cannot be loaded: {reason}"
             print(f"warning: {self._broken[name]}; the other plugins work", file=sys.stderr)
 

@@ -34,7 +34,7 @@ from multiprocessing.connection import wait as connection_wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hashbench.errors import UserError
+from hashbench.errors import UserError, first_line
 from hashbench.run.containment import exit_now
 from hashbench.storage.records import Status
 
@@ -224,8 +224,7 @@ def _worker_main(connection: Any, threads: int, parent_pid: int) -> None:
         try:
             result: Any = _pool_entry(job)
         except BaseException as error:  # outside the method (run_cell contains those): say what
-            message = str(error).strip().splitlines()
-            result = _Crash(f"{type(error).__name__}: {message[0] if message else 'no message'}", traceback.format_exc())
+            result = _Crash(f"{type(error).__name__}: {first_line(error)}", traceback.format_exc())
         connection.send(result)
 
 
@@ -424,8 +423,7 @@ def _result_or_failure(job: CellJob, get: Callable[[], JobResult], where: str = 
     try:
         return get()
     except Exception as error:  # a worker killed by the OS, a Slurm job out of time or memory
-        message = str(error).strip().splitlines()
-        reason = f"{type(error).__name__}: {message[0] if message else 'no message'}{where}"
+        reason = f"{type(error).__name__}: {first_line(error)}{where}"
         reason = _record_failure(job, reason, str(error))
         return JobResult(job.key, Status.FAILED.value, None, reason)
 
@@ -493,7 +491,7 @@ class SlurmExecutor:
             executor = submitit.AutoExecutor(folder=str(Path(self.folder) / "%j"), cluster=self.cluster)
             executor.update_parameters(**self.parameters())
         except Exception as error:  # no srun here, an option Slurm does not know, ...
-            raise UserError(f"--executor slurm: {str(error).strip().splitlines()[0]}") from error
+            raise UserError(f"--executor slurm: {first_line(error)}") from error
         return executor
 
     def describe(self) -> dict[str, Any]:
@@ -543,7 +541,7 @@ class SlurmExecutor:
         try:
             submitted = executor.map_array(_slurm_entry, jobs)
         except Exception as error:  # no Slurm here, a rejected partition or account, ...
-            raise UserError(f"--executor slurm: submitting the jobs failed: {str(error).strip().splitlines()[0]}") from error
+            raise UserError(f"--executor slurm: submitting the jobs failed: {first_line(error)}") from error
         positions = {id(job): position for position, job in enumerate(submitted)}
         for position, job in enumerate(submitted):
             on_submit(position, str(job.job_id))
