@@ -315,8 +315,7 @@ def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, A
     """
     tables = dict(tables or {})
     names: list[str] = []
-    chosen: dict[str, tuple[str, Any, str]] = {}  # name → kind, settings, entry
-    configured: dict[str, Any] = {}  # name → class
+    configured: dict[str, tuple[Any, str]] = {}  # name → its class, and the entry that last named it
     for entry in entries:
         kind, sep, argument = entry.partition(":")
         if sep:
@@ -350,16 +349,18 @@ def resolve_datasets(entries: Sequence[str], tables: Mapping[str, Mapping[str, A
             names.append(entry)  # a registered name (checked by the runner)
             continue
         cls = _configured_class(kind, name, settings, where)
-        if name in chosen and chosen[name][:2] != (kind, cls.settings):
-            raise UserError(
-                f"two datasets of the grid are named {name!r} ({chosen[name][2]} and {entry}); "
-                "name them with [datasets.NAME] tables"
-            )
-        chosen[name] = (kind, cls.settings, entry)
-        configured.setdefault(name, cls)
+        if name in configured:
+            first, named_by = configured[name]
+            if (first.configured_kind, first.settings) != (kind, cls.settings):
+                raise UserError(
+                    f"two datasets of the grid are named {name!r} ({named_by} and {entry}); "
+                    "name them with [datasets.NAME] tables"
+                )
+            cls = first
+        configured[name] = (cls, entry)
         if name not in names:
             names.append(name)
-    return GridDatasets(names, configured)
+    return GridDatasets(names, {name: cls for name, (cls, _) in configured.items()})
 
 
 def configuration(cls: Any) -> dict[str, Any] | None:
