@@ -440,14 +440,6 @@ def _glob_escape(text: str) -> str:
 PROC_LOCKS = Path("/proc/locks")
 MOUNTINFO = Path("/proc/self/mountinfo")
 MOUNTS = Path("/proc/mounts")
-# Locks of other machines' processes never show in this one's /proc/locks.
-NETWORKED_FILE_SYSTEMS = frozenset(
-    {
-        "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs", "afs", "9p",
-        "virtiofs", "ocfs2", "gfs2", "orangefs", "pvfs2", "panfs", "wekafs", "quobyte", "davfs", "ncpfs", "fuse",
-        "fuseblk",
-    }
-)  # fmt: skip
 # File systems whose locks all show in /proc/locks under the device mountinfo names and the
 # inode stat gives. Any other type (overlay, whose inode numbers may not be stat's; FUSE;
 # anything unknown) counts as networked: its locks are probed.
@@ -540,9 +532,7 @@ def lock_table_shows(mount: Mount | None) -> bool:
 
 def is_local(fstype: str) -> bool:
     """Whether a file system type is local, its locks all in this machine's /proc/locks."""
-    if fstype in NETWORKED_FILE_SYSTEMS or fstype.startswith("fuse."):
-        return False
-    return fstype in LOCAL_FILE_SYSTEMS
+    return fstype in LOCAL_FILE_SYSTEMS  # networked ones (nfs, cifs, lustre, fuse.*, ...) are not
 
 
 def _lock_ids(path: Path, device: tuple[int, int] | None) -> list[tuple[int, int, int]]:
