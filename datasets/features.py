@@ -66,6 +66,7 @@ from hashbench.data.labels import LabelError, class_id_problem
 from hashbench.data.neighbours import NEIGHBOURS_VERSION, ProgressLine, exact_neighbours
 from hashbench.data.splits import SplitProtocol, sample_count
 from hashbench.errors import UserError
+from hashbench.storage import atomic
 
 FORMATS = {".npy": "npy", ".npz": "npz", ".parquet": "parquet", ".pq": "parquet", ".hdf5": "hdf5", ".h5": "hdf5"}
 RELEVANCE = ("labels", "neighbours")
@@ -181,8 +182,7 @@ def file_sha256(path: str) -> str:
         raise UserError(f"features file {path}: {error.strerror or error}") from error
     key = (path, status.st_size, status.st_mtime_ns)
     if key not in _DIGESTS:
-        with open(path, "rb") as handle:
-            _DIGESTS[key] = hashlib.file_digest(handle, "sha256").hexdigest()
+        _DIGESTS[key] = atomic.file_sha256(Path(path))
     return _DIGESTS[key]
 
 
