@@ -36,7 +36,7 @@ from hashbench.codes import pack
 from hashbench.data import DatasetArrays, DataSplit
 from hashbench.environment import seed_everything
 from hashbench.errors import UserError
-from hashbench.method import HashingMethod, RunContext
+from hashbench.method import FAMILIES, HashingMethod, RunContext
 from hashbench.params import params_to_dict, resolve_params
 from hashbench.storage.records import CellIdentity
 
@@ -83,11 +83,13 @@ def _check_declaration(method_cls, params, splits) -> str:
             problems.append(f"{attribute} must be a non-empty string, got {value!r}")
     if getattr(method_cls, "input", None) not in ("features", "images"):
         problems.append(f"input must be 'features' or 'images', got {getattr(method_cls, 'input', None)!r}")
+    if getattr(method_cls, "family", "other") not in FAMILIES:
+        problems.append(f"family must be one of {', '.join(FAMILIES)}, got {getattr(method_cls, 'family', None)!r}")
     if not dataclasses.is_dataclass(method_cls.Params):
         problems.append("Params must be a dataclass")
     if problems:
         raise AssertionError("; ".join(problems))
-    return f"{method_cls.name} version {method_cls.version}, input {method_cls.input}"
+    return f"{method_cls.name} version {method_cls.version}, input {method_cls.input}, family {method_cls.family}"
 
 
 def _check_params_round_trip(method_cls, params, splits) -> str:

@@ -41,6 +41,12 @@ class RunContext:
         return np.random.default_rng([self.seed, stream])
 
 
+# The families of the field, in the order the report shows them: classic (shallow projections
+# and graphs), generative (reconstruction and generative models), similarity (codes pulled to a
+# similarity structure of deep features), contrastive (augmented views).
+FAMILIES = ("classic", "generative", "similarity", "contrastive", "other")
+
+
 class HashingMethod(abc.ABC):
     """Base class of every hashing method plugin (compare scikit-learn's estimators)."""
 
@@ -53,6 +59,8 @@ class HashingMethod(abc.ABC):
     # Bump when what the method computes changes (a fix, a new default): runs recorded under
     # another version are stale, so `hashbench run` redoes them instead of reusing them.
     version: ClassVar[str] = "1"
+    # Where the report groups the method (its plots and colours), one of FAMILIES.
+    family: ClassVar[str] = "other"
 
     def __init__(self, bits: int, params: Any = None, context: RunContext | None = None) -> None:
         if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 1:

@@ -201,6 +201,7 @@ RELEASED_ADAM_EPS = 1.0  # BGAN.py: AdamOptimizer(..., epsilon=1.0) for all thre
 
 class BGAN(DeepHashingMethod):
     name = "bgan"
+    family = "generative"
     version = "3"
     description = "Binary generative adversarial networks (Song et al. 2018): VAE-GAN encoder with tanh codes, kNN neighbour structure"
     Params = BGANParams

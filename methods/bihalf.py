@@ -86,6 +86,7 @@ COCO_SCRIPT = ReleasedScript(
 
 class BiHalf(SimilarityPreservingHash):
     name = "bihalf"
+    family = "similarity"
     version = "4"
     description = "Bi-half (Li & van Gemert 2021): per-bit half/half split of the batch, cosine-similarity loss"
     Params = BiHalfParams

@@ -177,6 +177,7 @@ def released_topk(train_items: int) -> int:
 
 class CIBHash(DeepHashingMethod):
     name = "cibhash"
+    family = "contrastive"
     version = "3"
     description = "Contrastive information bottleneck hashing (Qiu et al. 2021): VGG-16 fc7 + trained head, NT-Xent on codes + Bernoulli KL"
     Params = CIBHashParams

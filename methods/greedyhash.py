@@ -66,6 +66,7 @@ RELEASED_BUDGET_16 = ReleasedBudget.from_epochs(RELEASED_TRAIN_IMAGES, RELEASED_
 
 class GreedyHash(SimilarityPreservingHash):
     name = "greedyhash"
+    family = "similarity"
     version = "3"
     description = "GreedyHash (Su et al. 2018), unsupervised: sign layer with straight-through gradient, cosine-similarity loss + cubic |h|=1 penalty"
     Params = GreedyHashParams

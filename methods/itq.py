@@ -36,6 +36,7 @@ def itq_rotation(projected: np.ndarray, iterations: int, rng: np.random.Generato
 
 class ITQ(HashingMethod):
     name = "itq"
+    family = "classic"
     description = "Iterative quantisation: PCA then a learned rotation (bits <= input dimension)"
     Params = ITQParams
 

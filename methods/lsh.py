@@ -19,6 +19,7 @@ class LSHParams:
 
 class LSH(HashingMethod):
     name = "lsh"
+    family = "classic"
     description = "Locality-sensitive hashing: signs of centred Gaussian random projections"
     Params = LSHParams
 

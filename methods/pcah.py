@@ -11,6 +11,7 @@ from hashbench.methods._linear import principal_components
 
 class PCAH(HashingMethod):
     name = "pcah"
+    family = "classic"
     description = "PCA hashing: signs of the top principal components (bits <= input dimension)"
 
     def check_input(self, dimension: int) -> None:

@@ -35,6 +35,7 @@ def spectral_modes(ranges: np.ndarray, bits: int) -> np.ndarray:
 
 class SpectralHashing(HashingMethod):
     name = "sh"
+    family = "classic"
     description = "Spectral hashing: lowest-frequency 1-D eigenfunctions along principal directions"
 
     def fit(self, train: DataSplit, val: DataSplit | None = None) -> None:

@@ -142,6 +142,7 @@ TINY_BUDGET = TinyBudget(epochs=1000, eval_every=100, max_steps=2000)
 
 class TBH(DeepHashingMethod):
     name = "tbh"
+    family = "generative"
     version = "3"
     description = "Auto-encoding twin-bottleneck hashing (Shen et al. 2020): binary + continuous bottlenecks, code graph, adversarial priors"
     Params = TBHParams
