@@ -379,3 +379,57 @@ def test_methods_learn_the_protocol_their_splits_were_drawn_under(tmp_path):
     registry.register_method(ProtocolSpy)
     (outcome,) = run_grid(GridSpec(methods=["protocol-spy"], bits=[8], results=tmp_path / "results"))
     assert outcome.record.training["protocols"] == ["standard", "standard"]
+
+
+def _example_record() -> dict:
+    path = sorted((Path(__file__).resolve().parent.parent / "reports/digits/results/runs").glob("itq-*/run.json"))[0]
+    return json.loads(path.read_text())
+
+
+def test_the_record_schema_declares_every_field_of_the_run_record():
+    from hashbench.storage.records import record_schema
+
+    declared = set(record_schema().model_fields)
+    assert declared == {f.name for f in dataclasses.fields(RunRecord)} - {"schema_version"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"bits": "8"}, "bits: input should be a valid integer, got '8'"),
+        ({"bits": True}, "bits: input should be a valid integer, got True"),
+        ({"seed": -1}, "seed: input should be greater than or equal to 0, got -1"),
+        ({"key": ""}, "key: string should have at least 1 character, got ''"),
+        ({"status": "done"}, "status: input should be 'ok' or 'failed', got 'done'"),
+        ({"timings": {"fit": "1s"}}, "timings.fit: input should be a valid number, got '1s'"),
+        ({"metrics": "all"}, "metrics: input should be a valid dictionary, got 'all'"),
+        ({"split": {"sizes": {"train": 1.5}}}, "split.sizes.train: input should be a valid integer, got 1.5"),
+    ],
+)
+def test_a_record_with_a_wrong_field_is_one_line_naming_the_field_and_value(change, message):
+    with pytest.raises(RecordError) as error:
+        RunRecord.from_json({**_example_record(), **change})
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        ({"map": "x"}, "metrics.map: input should be a valid number, got 'x'"),
+        ({"precision_at_k": {"top": 0.5}}, "metrics.precision_at_k.top: string should match pattern '^[0-9]+$', got 'top'"),
+        ({"pr_curve": {"radius": [0, 1], "precision": [1.0], "recall": [0.0, 1.0]}},
+         "metrics.pr_curve: radius, precision and recall differ in length"),
+        ({"num_queries": 2.5}, "metrics.num_queries: input should be a valid integer, got 2.5"),
+    ],
+)
+def test_a_record_with_a_wrong_metric_is_one_line_naming_the_metric(metrics, message):
+    record = _example_record()
+    with pytest.raises(RecordError) as error:
+        RunRecord.from_json({**record, "metrics": {**record["metrics"], **metrics}})
+    assert str(error.value) == message
+
+
+def test_every_example_record_reads_and_round_trips_unchanged():
+    for path in sorted((Path(__file__).resolve().parent.parent / "reports/digits/results/runs").glob("*/run.json")):
+        value = json.loads(path.read_text())
+        assert RunRecord.from_json(value).to_json() == value, path

@@ -2,9 +2,11 @@
 
 Every writer (the runner, a failed job, ``reeval``) and every reader (``status``, ``report``,
 plots, published numbers, the run summary) goes through :class:`RunRecord`, never through a
-raw dict. :meth:`RunRecord.from_json` checks each field's type and migrates records written
-by earlier versions of the format; a file that parses but holds wrong types raises
-:class:`RecordError`, which readers report with the file's path and skip.
+raw dict. :meth:`RunRecord.from_json` checks each field against one declarative schema
+(:func:`record_schema`, strict pydantic, as the experiment files and dataset settings are)
+and migrates records written by earlier versions of the format; a file that parses but holds
+wrong types raises :class:`RecordError` (one line: the dotted field, what is wrong, the value),
+which readers report with the file's path and skip.
 
 Versions. Each method and each split protocol declares a ``version`` (a string bumped when
 its behaviour changes); both are part of the run key, so a changed method gets new run
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 SCHEMA_VERSION = 2
@@ -102,77 +106,118 @@ class CellIdentity:
 
 
 # --------------------------------------------------------------------------------------------
-# field checks
+# the record's schema
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _text(value: Any, name: str, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or (not optional and not value):
-        raise RecordError(f"{name} must be a {'string' if optional else 'non-empty string'}, got {value!r}")
-    return value
+# Metrics that count (integers) rather than measure.
+_COUNTS = ("map_k", "num_queries", "num_database", "bits")
 
 
-def _integer(value: Any, name: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise RecordError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+@cache
+def record_schema() -> type:
+    """The run record's fields as a strict pydantic model (built on first use). It checks a
+    record read from disk; the :class:`RunRecord` built from it keeps the values as read.
+    Keys it does not know are ignored, so a record with a later optional field still reads."""
+    from typing import Annotated, Literal
+
+    from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+    strict = ConfigDict(strict=True, extra="ignore")
+    Text = Annotated[str, StringConstraints(min_length=1)]
+    Count = Annotated[int, Field(ge=0)]
+    Number = float | None  # strict float takes an int too, never a bool
+    Cutoff = Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+
+    class Curve(BaseModel):
+        model_config = strict
+        radius: list[float]
+        precision: list[float]
+        recall: list[float]
+
+        @model_validator(mode="after")
+        def _same_length(self) -> Curve:
+            if not len(self.radius) == len(self.precision) == len(self.recall):
+                raise ValueError("radius, precision and recall differ in length")
+            return self
+
+    class Metrics(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        __pydantic_extra__: dict[str, Number]  # every other metric is a number (or null)
+        precision_at_k: dict[Cutoff, Number] | None = None
+        recall_at_k: dict[Cutoff, Number] | None = None
+        pr_curve: Curve | None = None
+        topk: Annotated[int, Field(ge=1)] | None = None
+        map_k: Count | None = None
+        num_queries: Count | None = None
+        num_database: Count | None = None
+        bits: Count | None = None
+
+    class Split(BaseModel):
+        model_config = strict
+        manifest: str | None = None  # path relative to the results directory
+        hash: str | None = None  # the manifest's content hash
+        sizes: dict[str, int] = {}
+
+    class Record(BaseModel):
+        model_config = strict
+        key: Text
+        cell_id: Text
+        method: Text
+        dataset: Text
+        protocol: Text
+        bits: Annotated[int, Field(ge=1)]
+        seed: Count
+        split_seed: Count
+        status: Literal[tuple(s.value for s in RECORDED)]
+        params: dict[str, Any] = {}
+        method_version: Text
+        protocol_version: Text
+        method_description: str = ""
+        protocol_description: str = ""
+        input: str | None = None
+        split: Split | None = None
+        data: dict[str, Any] | None = None
+        metrics: Metrics | None = None
+        metrics_version: str | None = None
+        codes_sha256: str | None = None
+        per_query_sha256: str | None = None
+        timings: dict[str, Number] | None = None
+        peak_memory_mb: Number = None
+        training: dict[str, Any] | None = None
+        environment: dict[str, Any] | None = None
+        execution: dict[str, Any] | None = None
+        error: str | None = None
+        started: str | None = None
+        finished: str | None = None
+        reevaluated: str | None = None
+
+        @model_validator(mode="after")
+        def _ok_has_metrics(self) -> Record:
+            if self.status == Status.OK.value:
+                if self.metrics is None:
+                    raise ValueError("an ok record must hold metrics")
+                if not _is_number((self.metrics.__pydantic_extra__ or {}).get("map")):
+                    raise ValueError("metrics.map must be a number")
+            return self
+
+    return Record
 
 
-def _mapping(value: Any, name: str, optional: bool = True) -> dict[str, Any] | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, dict):
-        raise RecordError(f"{name} must be an object, got {type(value).__name__}")
-    return value
-
-
-def _number(value: Any, name: str, optional: bool = True) -> float | None:
-    if value is None and optional:
-        return None
-    if not _is_number(value):
-        raise RecordError(f"{name} must be a number, got {value!r}")
-    return value
-
-
-def _number_map(value: Any, name: str) -> dict[str, float]:
-    mapping = _mapping(value, name, optional=False)
-    for key, item in mapping.items():
-        if item is not None and not _is_number(item):
-            raise RecordError(f"{name}.{key} must be a number, got {item!r}")
-    return mapping
-
-
-def _check_metrics(metrics: Any) -> dict[str, Any]:
-    metrics = _mapping(metrics, "metrics", optional=False)
-    for key, value in metrics.items():
-        where = f"metrics.{key}"
-        if key in ("precision_at_k", "recall_at_k"):
-            for k in _number_map(value, where):
-                if not k.isdigit():
-                    raise RecordError(f"{where} keys must be cut-offs k, got {k!r}")
-        elif key == "pr_curve":
-            curve = _mapping(value, where, optional=False)
-            lengths = set()
-            for part in ("radius", "precision", "recall"):
-                points = curve.get(part)
-                if not isinstance(points, list) or not all(_is_number(p) for p in points):
-                    raise RecordError(f"{where}.{part} must be a list of numbers")
-                lengths.add(len(points))
-            if len(lengths) != 1:
-                raise RecordError(f"{where}: radius, precision and recall differ in length")
-        elif key == "topk":
-            if value is not None:
-                _integer(value, where, 1)
-        elif key in ("map_k", "num_queries", "num_database", "bits"):
-            _integer(value, where, 0)
-        elif value is not None and not _is_number(value):
-            raise RecordError(f"{where} must be a number, got {value!r}")
-    return metrics
+def _record_message(error: Any) -> str:
+    """One line for the first error of a record's ValidationError: the dotted field, what
+    was wrong, and the value found."""
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"] if str(part) != "[key]" and not str(part).startswith("function-"))
+    message = re.sub(r" or instance of \w+", "", first["msg"].removeprefix("Value error, "))
+    if first["type"] == "value_error":
+        return f"{where}: {message}" if where else message
+    found = first.get("input")
+    shown = type(found).__name__ if isinstance(found, (dict, list)) else repr(found)
+    return f"{where or 'record'}: {message[0].lower()}{message[1:]}, got {shown}"
 
 
 @dataclass(frozen=True)
@@ -182,12 +227,9 @@ class SplitInfo:
     sizes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, value: Any) -> SplitInfo:
-        value = _mapping(value, "split", optional=False)
-        sizes = value.get("sizes") or {}
-        if not isinstance(sizes, dict) or not all(isinstance(n, int) and not isinstance(n, bool) for n in sizes.values()):
-            raise RecordError("split.sizes must map split names to integers")
-        return cls(_text(value.get("manifest"), "split.manifest", True), _text(value.get("hash"), "split.hash", True), sizes)
+    def from_json(cls, value: Mapping[str, Any]) -> SplitInfo:
+        """From a record's checked ``split`` object."""
+        return cls(value.get("manifest"), value.get("hash"), dict(value.get("sizes") or {}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,62 +365,36 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, value: Any) -> RunRecord:
-        """Check every field's type; migrate records of earlier schema versions."""
+        """Check every field against :func:`record_schema`; migrate records of earlier
+        schema versions."""
         if not isinstance(value, dict):
             raise RecordError(f"a run record must be a JSON object, got {type(value).__name__}")
-        value = dict(value)
         schema = value.get("schema_version", 1)
-        schema = _integer(schema, "schema_version", 1)
+        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+            raise RecordError(f"schema_version must be an integer >= 1, got {schema!r}")
         if schema > SCHEMA_VERSION:
             raise NewerRecordError(
                 f"schema_version {schema} is newer than this hashbench reads ({SCHEMA_VERSION}); upgrade hashbench"
             )
         if schema == 1:
             value = _migrate_v1(value)
-        status = value.get("status")
-        if not isinstance(status, str) or status not in {s.value for s in RECORDED}:
-            raise RecordError(f"status must be one of {', '.join(s.value for s in RECORDED)}, got {status!r}")
-        params = value.get("params", {})
-        if not isinstance(params, dict):
-            raise RecordError(f"params must be an object, got {type(params).__name__}")
-        record = cls(
-            key=_text(value.get("key"), "key"),
-            cell_id=_text(value.get("cell_id"), "cell_id"),
-            method=_text(value.get("method"), "method"),
-            dataset=_text(value.get("dataset"), "dataset"),
-            protocol=_text(value.get("protocol"), "protocol"),
-            bits=_integer(value.get("bits"), "bits", 1),
-            seed=_integer(value.get("seed"), "seed"),
-            split_seed=_integer(value.get("split_seed"), "split_seed"),
-            status=Status(status),
-            params=params,
-            method_version=_text(value.get("method_version"), "method_version"),
-            protocol_version=_text(value.get("protocol_version"), "protocol_version"),
+        from pydantic import ValidationError
+
+        try:
+            record_schema().model_validate(value)
+        except ValidationError as error:
+            raise RecordError(_record_message(error)) from None
+        fields = {name: value[name] for name in cls.__dataclass_fields__ if name in value}
+        fields.update(
             schema_version=SCHEMA_VERSION,
-            method_description=_text(value.get("method_description", ""), "method_description", True) or "",
-            protocol_description=_text(value.get("protocol_description", ""), "protocol_description", True) or "",
-            input=_text(value.get("input"), "input", True),
+            status=Status(value["status"]),
+            params=value.get("params", {}),
+            method_description=value.get("method_description") or "",
+            protocol_description=value.get("protocol_description") or "",
             split=None if value.get("split") is None else SplitInfo.from_json(value["split"]),
-            data=_mapping(value.get("data"), "data"),
-            metrics=None if value.get("metrics") is None else _check_metrics(value["metrics"]),
-            metrics_version=_text(value.get("metrics_version"), "metrics_version", True),
-            codes_sha256=_text(value.get("codes_sha256"), "codes_sha256", True),
-            per_query_sha256=_text(value.get("per_query_sha256"), "per_query_sha256", True),
-            timings=_number_map(value.get("timings") or {}, "timings"),
-            peak_memory_mb=_number(value.get("peak_memory_mb"), "peak_memory_mb"),
-            training=_mapping(value.get("training"), "training"),
-            environment=_mapping(value.get("environment"), "environment"),
-            execution=_mapping(value.get("execution"), "execution"),
-            error=_text(value.get("error"), "error", True),
-            started=_text(value.get("started"), "started", True),
-            finished=_text(value.get("finished"), "finished", True),
-            reevaluated=_text(value.get("reevaluated"), "reevaluated", True),
+            timings=value.get("timings") or {},
         )
-        if record.ok and record.metrics is None:
-            raise RecordError("an ok record must hold metrics")
-        if record.ok and not isinstance(record.metrics.get("map"), (int, float)):
-            raise RecordError("metrics.map must be a number")
-        return record
+        return cls(**fields)
 
     def with_updates(self, **changes: Any) -> RunRecord:
         return replace(self, **changes)
