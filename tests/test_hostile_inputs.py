@@ -185,10 +185,11 @@ def test_a_write_error_crosses_process_boundaries_whole():
 def test_a_failure_record_that_cannot_be_written_fails_that_cell_only(tmp_path, monkeypatch):
     from hashbench.run.executors import _result_or_failure
     from hashbench.run.runner import CellJob, GridSpec
+    from hashbench.storage.records import CellIdentity
 
-    job = CellJob(spec=GridSpec(methods=["lsh"], results=tmp_path / "results"), key="lsh-digits-standard-split0-8b-seed0-x",
-                  method="lsh", params={}, dataset="digits", protocol="standard", bits=8, seed=0, manifest="",
-                  manifest_hash="", working_dir=str(tmp_path))  # fmt: skip
+    identity = CellIdentity("lsh", {}, "digits", "standard", 0, 8, 0)
+    job = CellJob(spec=GridSpec(methods=["lsh"], results=tmp_path / "results"), identity=identity, method_version="1",
+                  protocol_version="1", manifest="", manifest_hash="", working_dir=str(tmp_path))  # fmt: skip
 
     def died():
         raise RuntimeError("the worker died")

@@ -175,11 +175,20 @@ class _Worker:
             self.process.start()
         child_end.close()
         self.position: int | None = None  # the job it runs, None while idle
-        self.started = 0.0  # time.monotonic() when that job was sent
+        self.sent = 0.0  # time.monotonic() when that job was sent
+        # When the worker said it had started: a spawned interpreter importing torch takes
+        # seconds (more on a busy machine), which are not its first cell's.
+        self.ready_at: float | None = None
+
+    @property
+    def started(self) -> float | None:
+        """When its cell's clock started: the later of sending the job and the worker's start
+        (None while the worker is still starting)."""
+        return None if self.ready_at is None else max(self.sent, self.ready_at)
 
     def send(self, position: int, job: CellJob) -> None:
         self.connection.send(job)
-        self.position, self.started = position, time.monotonic()
+        self.position, self.sent = position, time.monotonic()
 
     def stop(self) -> None:
         """End the process now (SIGTERM, then SIGKILL): its cell stays an interrupted folder,
@@ -214,6 +223,13 @@ def _worker_main(connection: Any, threads: int, parent_pid: int) -> None:
     """A worker's life: run the jobs it is sent, one at a time, until it is sent None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle
     _worker_initializer(threads, parent_pid)
+    # What every cell imports (torch among it: seconds on a busy machine) is imported before
+    # the worker says it is ready, so that a cell's time limit counts the cell's own time.
+    import torch  # noqa: F401
+
+    import hashbench.run.runner  # noqa: F401
+
+    connection.send(_READY)
     while True:
         try:
             job = connection.recv()
@@ -226,6 +242,10 @@ def _worker_main(connection: Any, threads: int, parent_pid: int) -> None:
         except BaseException as error:  # outside the method (run_cell contains those): say what
             result = _Crash(f"{type(error).__name__}: {first_line(error)}", traceback.format_exc())
         connection.send(result)
+
+
+# What a worker sends once it has started (interpreter, imports, thread limits).
+_READY = "ready"
 
 
 @dataclass
@@ -334,7 +354,7 @@ class LocalPoolExecutor:
                     break
                 for worker in self._wait(busy):
                     self._collect(worker, jobs, on_result)
-                    if worker.position is None and worker.process.is_alive():
+                    if worker.position is not None or worker.process.is_alive():
                         continue
                     workers.remove(worker)  # dead or stopped: its cell is settled, a fresh one goes on
                     if waiting:
@@ -350,10 +370,11 @@ class LocalPoolExecutor:
 
     def _wait(self, busy: list[_Worker]) -> list[_Worker]:
         """The busy workers with news: a result, a death, or a cell past its time limit."""
+        limit = self.cell_timeout
         timeout = None
-        if self.cell_timeout is not None:
-            now = time.monotonic()
-            timeout = max(0.0, min(worker.started + self.cell_timeout - now for worker in busy))
+        clocks = [worker.started for worker in busy if worker.started is not None]
+        if limit is not None and clocks:
+            timeout = max(0.0, min(clocks) + limit - time.monotonic())
         handles = [worker.connection for worker in busy] + [worker.process.sentinel for worker in busy]
         ready = set(connection_wait(handles, timeout))
         now = time.monotonic()
@@ -362,7 +383,7 @@ class LocalPoolExecutor:
             for worker in busy
             if worker.connection in ready
             or worker.process.sentinel in ready
-            or (self.cell_timeout is not None and now - worker.started >= self.cell_timeout)
+            or (limit is not None and worker.started is not None and now - worker.started >= limit)
         ]
 
     def _collect(self, worker: _Worker, jobs: list[CellJob], on_result) -> None:
@@ -378,6 +399,9 @@ class LocalPoolExecutor:
                 message = worker.connection.recv()
             except (EOFError, OSError):
                 hung_up = True
+        if message == _READY:  # it has started: its cell's clock starts now
+            worker.ready_at = time.monotonic()
+            return
         if isinstance(message, _Crash):
             result = JobResult(job.key, Status.FAILED.value, None, _record_failure(job, message.reason, message.log))
         elif message is not None:

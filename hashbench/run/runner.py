@@ -378,6 +378,9 @@ def run_cell(
             result = evaluate_codes(
                 data.manifest, query_codes, database_codes, query.labels, database.labels, cell.bits, data.relevance
             )
+            extra = evaluate_extra(
+                cell.method_cls, data.manifest, query_codes, database_codes, query.labels, database.labels, cell.bits, data.relevance
+            )
             timings["evaluate"] = time.perf_counter() - start
             atomic.save_npz(run_dir / CODES_NAME, query_codes=query_codes, database_codes=database_codes)
             outcome.update(
@@ -386,6 +389,7 @@ def run_cell(
                 metrics_version=METRICS_VERSION,
                 codes_sha256=file_sha256(run_dir / CODES_NAME),
                 per_query_sha256=store.write_per_query(key, result),
+                extra_metrics=extra,
             )
             (run_dir / LOG_NAME).unlink(missing_ok=True)
         except BaseException as error:  # a failing cell must not stop the grid, not even sys.exit
@@ -455,6 +459,40 @@ def evaluate_codes(
     )
 
 
+def evaluate_extra(
+    method_cls: type[HashingMethod],
+    manifest: SplitManifest,
+    query_codes: Any,
+    database_codes: Any,
+    query_labels: Any,
+    database_labels: Any,
+    bits: int,
+    relevance: Any = None,
+) -> dict[str, dict[str, Any]] | None:
+    """A method's own metrics beside the standard set, stored as the record's
+    ``extra_metrics``: its optional classmethod ``extra_metrics(query_codes, database_codes,
+    query_labels, database_labels, *, bits, topk, relevance)`` (packed codes; labels None when
+    ``relevance`` decides) returns {name: {"value": number, "description": text}}. None for a
+    method without one, whose record stays as it was."""
+    hook = getattr(method_cls, "extra_metrics", None)
+    if hook is None:
+        return None
+    labelled = relevance is None
+    values = hook(
+        query_codes,
+        database_codes,
+        query_labels if labelled else None,
+        database_labels if labelled else None,
+        bits=bits,
+        topk=manifest.topk,
+        relevance=relevance,
+    )
+    return {
+        str(name): {"value": None if entry["value"] is None else float(entry["value"]), "description": str(entry["description"])}
+        for name, entry in values.items()
+    }
+
+
 @dataclass(frozen=True)
 class CellJob:
     """One cell as plain, picklable data: all a worker process or cluster job needs to run it.
@@ -464,19 +502,17 @@ class CellJob:
     """
 
     spec: GridSpec  # paths made absolute, plugin files included
-    key: str
-    method: str
-    params: dict[str, Any]  # resolved hyperparameters (the run key's)
-    dataset: str
-    protocol: str
-    bits: int
-    seed: int
+    identity: CellIdentity  # the cell: method, resolved parameters (as recorded), dataset, ...
+    method_version: str
+    protocol_version: str
     manifest: str  # absolute path of the saved split manifest
     manifest_hash: str
     working_dir: str  # the parent's, for dotted --plugin modules and relative paths in plugins
     execution: dict[str, Any] = field(default_factory=dict)  # stored as "execution" in the record
-    method_version: str = "1"
-    protocol_version: str = "1"
+
+    @property
+    def key(self) -> str:
+        return self.identity.key(self.method_version, self.protocol_version)
 
 
 @dataclass
@@ -510,19 +546,13 @@ def make_job(cell: Cell, data: PreparedDataset, spec: GridSpec, execution: dict[
         raise ValueError("the split manifest must be saved before jobs are made")
     return CellJob(
         spec=_portable(spec),
-        key=cell.key,
-        method=cell.method,
-        params=params_to_dict(cell.params),
-        dataset=cell.dataset,
-        protocol=cell.protocol,
-        bits=cell.bits,
-        seed=cell.seed,
+        identity=cell.identity,
+        method_version=cell.method_version,
+        protocol_version=cell.protocol_version,
         manifest=str(Path(data.manifest_path).resolve()),
         manifest_hash=data.manifest.hash,
         working_dir=str(Path.cwd()),
         execution=execution,
-        method_version=cell.method_version,
-        protocol_version=cell.protocol_version,
     )
 
 
@@ -531,9 +561,9 @@ _job_data_cache: dict[tuple, PreparedDataset] = {}
 
 
 def _job_data(job: CellJob, device: str, dataset_cls: Any = None) -> PreparedDataset:
-    spec = job.spec
+    spec, cell = job.spec, job.identity
     configured = json.dumps(registry.configuration(dataset_cls), sort_keys=True, default=str)
-    cache_key = (job.dataset, configured, job.protocol, job.manifest_hash, spec.data_root, spec.cache_dir, spec.drop_bad_rows)
+    cache_key = (cell.dataset, configured, cell.protocol, job.manifest_hash, spec.data_root, spec.cache_dir, spec.drop_bad_rows)
     if cache_key not in _job_data_cache:
         _job_data_cache.clear()
         try:
@@ -542,10 +572,10 @@ def _job_data(job: CellJob, device: str, dataset_cls: Any = None) -> PreparedDat
             manifest = None  # damaged since planning: drawn again below
         if manifest is not None and manifest.hash != job.manifest_hash:
             raise UserError(f"split manifest {job.manifest} changed since the grid was planned; rerun the grid")
-        data = prepare_dataset(job.dataset, job.protocol, spec, device, manifest=manifest, dataset_cls=dataset_cls)
+        data = prepare_dataset(cell.dataset, cell.protocol, spec, device, manifest=manifest, dataset_cls=dataset_cls)
         if data.manifest.hash != job.manifest_hash:
             raise UserError(
-                f"split manifest {job.manifest} is damaged and drawing {job.dataset}/{job.protocol} with split seed "
+                f"split manifest {job.manifest} is damaged and drawing {cell.dataset}/{cell.protocol} with split seed "
                 f"{spec.split_seed} again gives another split (the data or the protocol changed); rerun the grid"
             )
         data.manifest.save(Path(job.manifest).parent)
@@ -572,10 +602,9 @@ def record_failure(job: CellJob, reason: str, log: str | None = None) -> bool:
         run_dir.mkdir(parents=True, exist_ok=True)
         if log:
             atomic.write_text(run_dir / LOG_NAME, log)
-        identity = CellIdentity(job.method, job.params, job.dataset, job.protocol, job.spec.split_seed, job.bits, job.seed)
         store.write_record(
             RunRecord.new(
-                identity,
+                job.identity,
                 job.method_version,
                 job.protocol_version,
                 status=Status.FAILED,
@@ -596,22 +625,23 @@ def run_job(job: CellJob) -> JobResult:
             os.chdir(job.working_dir)
         registry.load_plugins(job.spec.plugins)
         grid = registry.resolve_datasets(job.spec.datasets, job.spec.dataset_options)  # configured datasets, as planned
-        method_cls = registry.get_method(job.method)
-        params = resolve_params(method_cls.Params, job.params, owner=job.method)
+        planned = job.identity
+        method_cls = registry.get_method(planned.method)
+        params = resolve_params(method_cls.Params, dict(planned.params), owner=planned.method)
         cell = Cell(
-            job.method, method_cls, params, job.dataset, job.protocol, job.bits, job.seed, job.spec.split_seed,
-            job.protocol_version, grid.get(job.dataset),
+            planned.method, method_cls, params, planned.dataset, planned.protocol, planned.bits, planned.seed,
+            planned.split_seed, job.protocol_version, grid.get(planned.dataset),
         )
         if cell.key != job.key:
             raise UserError(
-                f"{job.method} rebuilt in this process has another run key ({cell.key}, expected {job.key}); "
+                f"{planned.method} rebuilt in this process has another run key ({cell.key}, expected {job.key}); "
                 "the installed method differs from the one that planned the grid"
             )
         device = resolve_device(job.spec.device)
         data = _job_data(job, device, cell.dataset_cls)
         if protocol_version(data.protocol) != job.protocol_version:
             raise UserError(
-                f"protocol {job.dataset}/{job.protocol} is version {protocol_version(data.protocol)} here, "
+                f"protocol {planned.dataset}/{planned.protocol} is version {protocol_version(data.protocol)} here, "
                 f"{job.protocol_version} where the grid was planned; install the same hashbench everywhere"
             )
     except Exception as error:  # the cell fails; the grid goes on
