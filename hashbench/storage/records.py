@@ -156,6 +156,11 @@ def record_schema() -> type:
         num_database: Count | None = None
         bits: Count | None = None
 
+    class ExtraMetric(BaseModel):
+        model_config = strict
+        value: Number
+        description: Text
+
     class Split(BaseModel):
         model_config = strict
         manifest: str | None = None  # path relative to the results directory
@@ -185,6 +190,7 @@ def record_schema() -> type:
         metrics_version: str | None = None
         codes_sha256: str | None = None
         per_query_sha256: str | None = None
+        extra_metrics: dict[str, ExtraMetric] | None = None
         timings: dict[str, Number] | None = None
         peak_memory_mb: Number = None
         training: dict[str, Any] | None = None
@@ -260,6 +266,9 @@ class RunRecord:
     metrics_version: str | None = None
     codes_sha256: str | None = None
     per_query_sha256: str | None = None  # of per_query.npz: each query's AP@k, AP@all, ... (float32)
+    # A method's own metrics beside the standard set (its optional ``extra_metrics`` hook):
+    # {name: {"value": number, "description": what it is}}; absent for methods without one.
+    extra_metrics: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     peak_memory_mb: float | None = None
     training: dict[str, Any] | None = None
