@@ -52,9 +52,34 @@ _COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "*"]
 
 
-def method_styles(labels: list[str]) -> dict[str, Style]:
-    """One style per row label, assigned in sorted order over the whole report."""
-    ordered = sorted(set(labels))
+# A report of more row labels than this draws one row of panels per method family (classic,
+# generative, similarity, contrastive): small multiples in which every line can be told apart.
+GROUP_ABOVE = len(_COLOURS)
+
+
+def method_family(method: str) -> str:
+    """The family a method declares (``HashingMethod.family``); ``other`` for a method this
+    process cannot load (a plugin not given to ``report``)."""
+    from hashbench import registry
+    from hashbench.method import FAMILIES
+
+    try:
+        family = getattr(registry.get_method(method), "family", "other")
+    except Exception:  # an unknown or broken plugin: its runs are still reported
+        return "other"
+    return family if family in FAMILIES else "other"
+
+
+def method_styles(labels: list[str], families: dict[str, str] | None = None) -> dict[str, Style]:
+    """One style per row label, assigned over the whole report: in sorted order, or with
+    ``families`` (label → family) family by family, so that the lines of one family's panel
+    have different colours."""
+    from hashbench.method import FAMILIES
+
+    if families:
+        ordered = sorted(set(labels), key=lambda label: (FAMILIES.index(families.get(label, "other")), label))
+    else:
+        ordered = sorted(set(labels))
     return {
         label: Style(_COLOURS[index % len(_COLOURS)], _MARKERS[(index // len(_COLOURS) + index) % len(_MARKERS)])
         for index, label in enumerate(ordered)
@@ -69,8 +94,23 @@ def label_records(records: list[RunRecord]) -> pd.DataFrame:
     frame = frame_from_records(ok)
     frame["label"] = row_labels(frame)
     frame["column_dataset"] = dataset_columns(frame)
+    frame["family"] = [method_family(method) for method in frame["method"]]
     frame["record"] = ok
     return frame
+
+
+def family_groups(frame: pd.DataFrame) -> list[tuple[str, set[str]]]:
+    """The rows of panels: ``[("", every label)]``, or, for more than ``GROUP_ABOVE`` labels
+    of several families, one ``(family, its labels)`` per family in the report's order."""
+    from hashbench.method import FAMILIES
+
+    labels = set(frame["label"])
+    by_family: dict[str, set[str]] = {}
+    for label, family in zip(frame["label"], frame["family"], strict=True):
+        by_family.setdefault(family, set()).add(label)
+    if len(labels) <= GROUP_ABOVE or len(by_family) < 2:
+        return [("", labels)]
+    return [(family, by_family[family]) for family in FAMILIES if family in by_family]
 
 
 def _mean_curves(curves: list[dict[str, list[float]]], x: str, y: str) -> dict[str, list[float]]:
@@ -136,21 +176,32 @@ def metric_vs_bits_series(frame: pd.DataFrame, dataset: str, metric: str) -> Ser
 PANEL_INCHES = 4.2  # every panel has the same size, so figures share one scale in report.html
 
 
-def _figure(panels: int) -> tuple[Figure, list]:
-    figure = Figure(figsize=(PANEL_INCHES * panels + 1.8, 3.8), layout="constrained")
+def _figure(panels: int, rows: int = 1) -> tuple[Figure, list[list]]:
+    figure = Figure(figsize=(PANEL_INCHES * panels + 1.8, 3.8 + 3.2 * (rows - 1)), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, panels, squeeze=False)[0]
-    return figure, list(axes)
+    axes = figure.subplots(rows, panels, squeeze=False)
+    return figure, [list(row) for row in axes]
 
 
-def _legend(figure: Figure, styles: dict[str, Style], labels: set[str]) -> None:
-    """One legend for the figure, built from the styles (not from drawing order)."""
+def _handles(styles: dict[str, Style], labels: set[str]) -> tuple[list, list[str]]:
+    """Legend entries for ``labels`` in the styles' order, drawn from the styles."""
     from matplotlib.lines import Line2D
 
     shown = [label for label in styles if label in labels]
-    handles = [Line2D([], [], color=styles[label].colour, marker=styles[label].marker, linewidth=1.2) for label in shown]
-    if handles:
+    return [Line2D([], [], color=styles[label].colour, marker=styles[label].marker, linewidth=1.2) for label in shown], shown
+
+
+def _legend(figure: Figure, styles: dict[str, Style], labels: set[str], axes: Any = None, title: str = "") -> None:
+    """A legend built from the styles (not from drawing order), outside the panels: one for
+    the figure, or, given ``axes`` (a row's last panel), one beside that row."""
+    handles, shown = _handles(styles, labels)
+    if not handles:
+        return
+    if axes is None:
         figure.legend(handles, shown, loc="outside right upper", fontsize="small")
+    else:
+        axes.legend(handles, shown, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small", title=title or None,
+                    borderaxespad=0.0)
 
 
 def _seeds_text(frame: pd.DataFrame, dataset: str) -> str:
@@ -162,68 +213,92 @@ def _seeds_text(frame: pd.DataFrame, dataset: str) -> str:
     return f"{count} seed{'s' if high != 1 else ''}"
 
 
+def _curves_plot(
+    kind: str, frame: pd.DataFrame, dataset: str, styles: dict[str, Style], series_of: Any, draw: Any, setup: Any, title: str
+) -> Plot:
+    """A panel per code length (a row of them per family when the report groups methods);
+    ``series_of(frame, dataset, bits)`` gives the lines, ``draw(ax, line, style, label)``
+    draws one, ``setup(ax)`` sets a panel's axes, ``title`` is the figure's."""
+    subset = frame[frame["column_dataset"] == dataset]
+    bits_values = sorted(subset["bits"].unique())
+    groups = family_groups(subset)
+    figure, rows = _figure(len(bits_values), len(groups))
+    data = {int(bits): series_of(frame, dataset, int(bits)) for bits in bits_values}
+    drawn: set[str] = set()
+    for axes, (family, labels) in zip(rows, groups, strict=True):
+        for ax, bits in zip(axes, bits_values, strict=True):
+            for label, line in data[int(bits)].items():
+                if label in labels:
+                    draw(ax, line, styles[label], label)
+                    drawn.add(label)
+            setup(ax)
+            ax.set_title(f"{dataset}, {bits} bits" + (f" · {family}" if family else ""))
+        if family:
+            _legend(figure, styles, labels & drawn, axes=axes[-1], title=family)
+    figure.suptitle(f"{title} (mean over {_seeds_text(frame, dataset)})")
+    if not groups[0][0]:
+        _legend(figure, styles, drawn)
+    return Plot(kind, dataset, figure, data)
+
+
 def pr_plot(frame: pd.DataFrame, dataset: str, styles: dict[str, Style]) -> Plot:
-    bits_values = sorted(frame[frame["column_dataset"] == dataset]["bits"].unique())
-    figure, axes = _figure(len(bits_values))
-    data, drawn = {}, set()
-    for ax, bits in zip(axes, bits_values, strict=True):
-        series = pr_series(frame, dataset, int(bits))
-        data[int(bits)] = series
-        for label, line in series.items():
-            style = styles[label]
-            ax.plot(line["recall"], line["precision"], color=style.colour, marker=style.marker, markersize=3, linewidth=1.2, label=label)
-            drawn.add(label)
-        ax.set(title=f"{dataset}, {bits} bits", xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    def draw(ax: Any, line: dict, style: Style, label: str) -> None:
+        ax.plot(line["recall"], line["precision"], color=style.colour, marker=style.marker, markersize=3, linewidth=1.2, label=label)
+
+    def setup(ax: Any) -> None:
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-    figure.suptitle(f"precision–recall within Hamming radius r = 0..bits (mean over {_seeds_text(frame, dataset)})")
-    _legend(figure, styles, drawn)
-    return Plot("pr", dataset, figure, data)
+
+    return _curves_plot("pr", frame, dataset, styles, pr_series, draw, setup, "precision–recall within Hamming radius r = 0..bits")
 
 
 def precision_at_k_plot(frame: pd.DataFrame, dataset: str, styles: dict[str, Style]) -> Plot:
-    bits_values = sorted(frame[frame["column_dataset"] == dataset]["bits"].unique())
-    figure, axes = _figure(len(bits_values))
-    data, drawn = {}, set()
-    for ax, bits in zip(axes, bits_values, strict=True):
-        series = precision_at_k_series(frame, dataset, int(bits))
-        data[int(bits)] = series
-        for label, line in series.items():
-            style = styles[label]
-            ax.plot(line["k"], line["precision"], color=style.colour, marker=style.marker, markersize=3, linewidth=1.2, label=label)
-            drawn.add(label)
+    def draw(ax: Any, line: dict, style: Style, label: str) -> None:
+        ax.plot(line["k"], line["precision"], color=style.colour, marker=style.marker, markersize=3, linewidth=1.2, label=label)
+
+    def setup(ax: Any) -> None:
         ax.set_xscale("log")
-        ax.set(title=f"{dataset}, {bits} bits", xlabel="k (top-k of the Hamming ranking)", ylabel="precision@k", ylim=(0, 1.02))
+        ax.set(xlabel="k (top-k of the Hamming ranking)", ylabel="precision@k", ylim=(0, 1.02))
         ax.grid(alpha=0.3, which="both")
-    figure.suptitle(f"precision@k (mean over {_seeds_text(frame, dataset)})")
-    _legend(figure, styles, drawn)
-    return Plot("precision_at_k", dataset, figure, data)
+
+    return _curves_plot("precision_at_k", frame, dataset, styles, precision_at_k_series, draw, setup, "precision@k")
 
 
 def metric_vs_bits_plot(frame: pd.DataFrame, dataset: str, metric: str, styles: dict[str, Style]) -> Plot:
-    figure, (ax,) = _figure(1)
+    """One panel, or one per family side by side (same axes) when the report groups methods."""
     series = metric_vs_bits_series(frame, dataset, metric)
+    groups = family_groups(frame[frame["column_dataset"] == dataset])
+    figure, (axes,) = _figure(len(groups))
     several = any(count > 1 for line in series.values() for count in line["runs"])
-    for label, line in series.items():
-        style = styles[label]
-        if several:
-            ax.errorbar(line["bits"], line["mean"], yerr=line["std"], color=style.colour, marker=style.marker,
-                        markersize=4, capsize=3, linewidth=1.2, label=label)
-        else:  # one seed: no spread to show, so no error bars pretending to show one
-            ax.plot(line["bits"], line["mean"], color=style.colour, marker=style.marker, markersize=4, linewidth=1.2, label=label)
     bits_values = sorted({b for line in series.values() for b in line["bits"]})
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(bits_values, [str(b) for b in bits_values])
-    ax.minorticks_off()
     cutoffs = frame.loc[frame["column_dataset"] == dataset, "map_k"].dropna().unique() if "map_k" in frame else []
     info = metric_info(metric, int(cutoffs[0]) if len(cutoffs) == 1 else None)
     seeds = _seeds_text(frame, dataset)
     spread = f"mean ± std over {seeds}" if several else ("one seed" if seeds == "1 seed" else f"mean over {seeds}")
-    ax.set(title=dataset, xlabel="bits", ylabel=f"{info.label} ({spread})")
     # The axis starts at 0, so gaps between methods look as large as they are.
     top = max((m + s for line in series.values() for m, s in zip(line["mean"], line["std"], strict=True)), default=1.0)
-    ax.set_ylim(0, 1.02 if top <= 1 and info.format == ".4f" else top * 1.08)
-    ax.grid(alpha=0.3)
-    _legend(figure, styles, set(series))
+    for ax, (family, labels) in zip(axes, groups, strict=True):
+        for label, line in series.items():
+            if label not in labels:
+                continue
+            style = styles[label]
+            if several:
+                ax.errorbar(line["bits"], line["mean"], yerr=line["std"], color=style.colour, marker=style.marker,
+                            markersize=4, capsize=3, linewidth=1.2, label=label)
+            else:  # one seed: no spread to show, so no error bars pretending to show one
+                ax.plot(line["bits"], line["mean"], color=style.colour, marker=style.marker, markersize=4, linewidth=1.2, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(bits_values, [str(b) for b in bits_values])
+        ax.minorticks_off()
+        ax.set(title=f"{dataset} · {family}" if family else dataset, xlabel="bits", ylabel=f"{info.label} ({spread})")
+        ax.set_ylim(0, 1.02 if top <= 1 and info.format == ".4f" else top * 1.08)
+        ax.grid(alpha=0.3)
+        if family:
+            # below the panel, so that it covers no line
+            ax.legend(*_handles(styles, labels & set(series)), loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                      ncols=2, fontsize="small", borderaxespad=0.0)
+    if not groups[0][0]:
+        _legend(figure, styles, set(series))
     return Plot(f"{metric}_vs_bits", dataset, figure, {dataset: series})
 
 
@@ -255,7 +330,8 @@ def make_plots(records: list[RunRecord], metric: str = "map", captions: dict[str
     ``captions`` maps a dataset column to the text that says what was run there.
     """
     frame = label_records(records)
-    styles = method_styles(list(frame["label"])) if len(frame) else {}
+    families = dict(zip(frame["label"], frame["family"], strict=True)) if len(frame) else {}
+    styles = method_styles(list(frame["label"]), families if len(set(families)) > GROUP_ABOVE else None) if len(frame) else {}
     plots = []
     for dataset in sorted(frame["column_dataset"].unique()) if len(frame) else []:
         for plot in (
