@@ -376,6 +376,11 @@ class DeepHashingMethod(HashingMethod):
             limits = {"released_steps": None, "max_steps": None if asked_epochs else budget.max_steps}
         return {**self.profile_values(planned), **limits}
 
+    def interval_steps(self, name: str, train: DataSplit) -> int:
+        """The settings' interval ``name`` (in epochs, as :meth:`schedule` resolved it) in
+        optimiser steps of ``train``: for a step-level hook that runs every so many steps."""
+        return int(getattr(self.settings, name)) * steps_per_epoch(len(train), self.settings.batch_size)
+
     def profile_values(self, defaults: Mapping[str, Any]) -> dict[str, Any]:
         """Each setting named in ``defaults`` (a profile's values): as asked in the
         parameters, or the profile's where the parameter is None or ``auto``."""

