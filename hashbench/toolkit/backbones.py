@@ -17,6 +17,15 @@ Two backbones, shared by every image method:
     and otherwise a :class:`~hashbench.errors.UserError` names the expected file and where to
     put it. Random weights only when asked for with ``pretrained=False``.
 
+``vit_b_16``
+    torchvision's ViT-B/16 (``vit_b_16(weights=None)``) without its classification head: the
+    768-d class token after the final layer norm, at 224×224, ImageNet normalisation. Frozen.
+    Weights come only from the user: an explicit file (``weights=PATH``; a torchvision
+    ``vit_b_16`` state dict), else torch hub's cache (``<torch hub dir>/checkpoints/
+    vit_b_16-c867db91.pth``); nothing is downloaded, and otherwise a one-line
+    :class:`~hashbench.errors.UserError` says where to put the file. Random weights only with
+    ``pretrained=False`` (see :class:`ViTB16Trunk`).
+
 ``small``
     a small convnet for tiny images (8×8 digits, 28×28 MNIST-like, 32×32 CIFAR at native
     size), randomly initialised and trained end to end by the method; images wider than
@@ -51,7 +60,7 @@ from torch import nn
 from hashbench.errors import UserError
 from hashbench.storage.atomic import file_sha256
 
-BACKBONES = ("vgg16", "small")
+BACKBONES = ("vgg16", "vit_b_16", "small")
 # Where VGG-16 can be cut: how many modules of torchvision's classifier are kept
 # (fc6, ReLU, Dropout, fc7, ReLU, Dropout, fc8): fc6 after its ReLU, fc7 after its ReLU + Dropout.
 VGG16_LAYERS = {"fc6": 2, "fc7": 6}
@@ -66,6 +75,8 @@ VGG16_INPUT_SIZE = 224
 # names one set of weights (reproducible, and a valid cache key).
 RANDOM_INIT_SEED = 0
 DOWNLOAD_TIMEOUT_S = 60.0
+VIT_B16_FILE = "vit_b_16-c867db91.pth"  # torchvision's ViT_B_16 IMAGENET1K_V1 weights
+VIT_B16_INPUT_SIZE = 224
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +97,8 @@ def input_spec(name: str, image_shape: tuple[int, ...] | None = None) -> InputSp
     """The input a backbone expects; ``image_shape`` (H, W, C) is needed for ``small``."""
     if name == "vgg16":
         return InputSpec(VGG16_INPUT_SIZE, 3, IMAGENET_MEAN, IMAGENET_STD)
+    if name == "vit_b_16":
+        return InputSpec(VIT_B16_INPUT_SIZE, 3, IMAGENET_MEAN, IMAGENET_STD)
     if name == "small":
         channels = _channels_of(image_shape, name)
         # Images in [0, 1] centred on 0.5: batch norm after the first convolution does the rest.
@@ -346,6 +359,93 @@ def resolve_vgg16_weights(
 
 
 # --------------------------------------------------------------------------------------------
+# ViT-B/16 class token
+
+
+class ViTB16Trunk(nn.Module):
+    """torchvision's ViT-B/16 without its head: ``(n, 3, 224, 224)`` → ``(n, 768)``, the class
+    token after the encoder's final layer norm (the feature the ``heads`` layer would read).
+
+    Frozen: no parameter requires a gradient (its dropout rates are torchvision's 0).
+    """
+
+    feature_dim = 768
+    trainable = False
+
+    def __init__(self, state_dict: dict[str, torch.Tensor] | None, weights_source: str, weights_id: str) -> None:
+        super().__init__()
+        from torchvision.models import vit_b_16
+
+        if state_dict is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_INIT_SEED)
+                network = vit_b_16(weights=None)
+        else:
+            with torch.device("meta"):
+                network = vit_b_16(weights=None)
+            _load_vit_b16_state(network, state_dict, weights_source)
+        network.heads = nn.Identity()
+        self.network = network
+        for parameter in self.parameters():
+            parameter.requires_grad_(False)
+        self.weights_source = weights_source
+        self.weights_id = weights_id
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images)
+
+
+def _load_vit_b16_state(network: nn.Module, state_dict: Any, source: str) -> None:
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    if not isinstance(state_dict, dict):
+        raise UserError(f"{source}: not a ViT-B/16 state dict (a torch.save'd dict of tensors was expected)")
+    expected = network.state_dict()
+    needed = [key for key in expected if not key.startswith("heads.")]  # the head is unused
+    missing = [key for key in needed if key not in state_dict]
+    if missing:
+        raise UserError(
+            f"{source}: not a torchvision vit_b_16 state dict (missing {len(missing)} entries such as "
+            f"{missing[0]!r}); use torchvision's {VIT_B16_FILE}"
+        )
+    for key in needed:
+        if tuple(state_dict[key].shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"{source}: entry {key!r} has shape {tuple(state_dict[key].shape)}, ViT-B/16 needs "
+                f"{tuple(expected[key].shape)}; is this torchvision's vit_b_16?"
+            )
+    network.load_state_dict({key: state_dict[key].float() for key in needed}, strict=False, assign=True)
+
+
+def vit_b16_hub_path() -> Path:
+    """Where torch hub keeps torchvision's ViT-B/16 ImageNet weights (never downloaded here)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VIT_B16_FILE
+
+
+def resolve_vit_b16_weights(weights: str | None, pretrained: bool) -> tuple[dict[str, torch.Tensor] | None, str, str]:
+    """(state dict or None for random, weights_source, weights_id): the file asked for, else
+    torch hub's cache, else a UserError (no download)."""
+    if weights is not None and not pretrained:
+        raise UserError(f"a weights file ({weights}) and pretrained=false were both given; drop one of them")
+    if not pretrained:
+        return None, f"random initialisation (torch seed {RANDOM_INIT_SEED}; pretrained=false)", f"vit_b_16-random{RANDOM_INIT_SEED}"
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"backbone weights file {path} does not exist; check the backbone_weights path")
+        source = f"file {path.resolve()}"
+        return _read_state(path, source), source, f"vit_b_16-{file_sha256(path)[:8]}"
+    cached = vit_b16_hub_path()
+    if cached.is_file():
+        source = f"torch hub cache {cached}"
+        return _read_state(cached, source), source, f"vit_b_16-{VIT_B16_FILE.split('-')[1][:8]}"
+    raise UserError(
+        f"ViT-B/16 weights not found: put torchvision's {VIT_B16_FILE} in {cached.parent} or pass its path "
+        "with --set METHOD.backbone_weights=PATH (nothing is downloaded); --set METHOD.pretrained=false for random weights"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # small convnet for tiny images
 
 # Images wider than this on both sides get the small backbone's stride-2 stem.
@@ -472,6 +572,11 @@ def build_backbone(
     if name == "vgg16":
         state, source, identity = resolve_vgg16_weights(weights, pretrained)
         return VGG16Trunk(state, source, identity, layer)
+    if name == "vit_b_16":
+        if layer != "fc7":
+            raise UserError(f"ViT-B/16 has no layer {layer!r}; only VGG-16 can be cut at fc6")
+        state, source, identity = resolve_vit_b16_weights(weights, pretrained)
+        return ViTB16Trunk(state, source, identity)
     if name == "small":
         if weights is not None:
             raise UserError("the small backbone is trained from scratch; it takes no weights file")
@@ -485,6 +590,15 @@ def weights_id(name: str, *, weights: str | None = None, pretrained: bool = True
     """The cache key of a backbone's weights without building it (hashes an explicit file)."""
     if name == "small":
         return "small-trained"
+    if name == "vit_b_16":
+        if not pretrained:
+            return f"vit_b_16-random{RANDOM_INIT_SEED}"
+        if weights is not None:
+            path = Path(weights).expanduser()
+            if not path.is_file():
+                raise UserError(f"backbone weights file {path} does not exist; check the backbone_weights path")
+            return f"vit_b_16-{file_sha256(path)[:8]}"
+        return f"vit_b_16-{VIT_B16_FILE.split('-')[1][:8]}"
     if name != "vgg16":
         raise UserError(f"unknown backbone {name!r}; known backbones: {', '.join(BACKBONES)}")
     if not pretrained:
