@@ -54,6 +54,8 @@ _PATTERNS = [
     (re.compile(r"recall_at_k\.(\d+)"), "R@{0}", "recall in the top {0}"),
     (re.compile(r"precision_radius(\d+)"), "P(r≤{0})", "precision within Hamming radius {0}"),
     (re.compile(r"recall_radius(\d+)"), "R(r≤{0})", "recall within Hamming radius {0}"),
+    # a method's own metric (the record's extra_metrics, e.g. SpH's map_spherical)
+    (re.compile(r"extra_metrics\.([A-Za-z0-9_]+)"), "{0}", "the method's own metric {0} (its record's extra_metrics)"),
 ]
 EXAMPLES = ("map", "map_all", "map_tie_aware", "precision_radius2", "precision_at_k.100", "timings.fit")
 
@@ -79,4 +81,4 @@ def metric_info(name: str, map_k: int | str | None = None) -> MetricInfo:
     lowered = {candidate.lower(): candidate for candidate in candidates}
     close = [lowered[match] for match in difflib.get_close_matches(name.lower(), list(lowered), n=1)]
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise UserError(f"--metric {name!r} is not a metric; {hint}known: {', '.join(EXAMPLES)} (and any precision_at_k.K, recall_at_k.K, timings.*)")
+    raise UserError(f"--metric {name!r} is not a metric; {hint}known: {', '.join(EXAMPLES)} (and any precision_at_k.K, recall_at_k.K, timings.*, extra_metrics.NAME)")

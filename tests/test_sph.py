@@ -317,3 +317,9 @@ def test_a_cli_run_records_the_spherical_map_as_an_extra_metric(invoke, results)
     broken = {**records["sph"], "extra_metrics": {"map_spherical": {"value": "high", "description": "x"}}}
     with pytest.raises(RecordError, match="extra_metrics.map_spherical.value"):
         RunRecord.from_json(broken)
+    # the report tabulates it like any metric
+    report = invoke("report", "--results", results, "--out", results.parent / "report", "--no-plots",
+                    "--metric", "extra_metrics.map_spherical")  # fmt: skip
+    assert report.exit_code == 0, report.output
+    table = (results.parent / "report" / "extra_metrics_map_spherical.md").read_text()
+    assert f"| sph | **{extra['map_spherical']['value']:.4f}** |" in table and "| lsh | — |" in table

@@ -342,6 +342,8 @@ class RunRecord:
         head, _, rest = name.partition(".")
         if head == "timings" and rest:
             value: Any = self.timings.get(rest)
+        elif head == "extra_metrics" and rest:
+            value = ((self.extra_metrics or {}).get(rest) or {}).get("value")
         else:
             value = self.metrics
             for part in name.split("."):
@@ -357,6 +359,10 @@ class RunRecord:
             elif _is_number(value) and key not in ("map_k", "topk", "num_queries", "num_database", "bits"):
                 values[key] = float(value)
         values.update({f"timings.{name}": float(v) for name, v in self.timings.items() if v is not None})
+        values.update({
+            f"extra_metrics.{name}": float(entry["value"])
+            for name, entry in (self.extra_metrics or {}).items() if _is_number(entry.get("value"))
+        })
         if self.peak_memory_mb is not None:
             values["peak_memory_mb"] = float(self.peak_memory_mb)
         return values
