@@ -238,6 +238,20 @@ class CIFAR10(OfficialSplitDataset):
             topk=50000,
             train_per_class=500,
         ),
+        # SSDH's released code ships only a MIRFlickr split; its paper's CIFAR-10 setting has
+        # the standard sizes and mAP@5000. The same query, database and train as `standard`
+        # for one split seed, plus a validation part drawn last (as `standard-val`).
+        "ssdh-paper": SampledProtocol(
+            name="ssdh-paper",
+            description=(
+                "SSDH's CIFAR-10 setting: the queries, database and training images of standard (1,000 / 59,000 / "
+                "500 per class), 1,000 validation images (100 per class) from the database, disjoint from train; mAP@5000"
+            ),
+            topk=5000,
+            query_per_class=100,
+            train_per_class=500,
+            val_per_class=100,
+        ),
     }
     default_protocol = "standard"
     image_profile = "natural"

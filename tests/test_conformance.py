@@ -10,7 +10,10 @@ from hashbench import registry
 from hashbench.conformance import assert_conforms, check_method
 from hashbench.method import HashingMethod
 
-BUILT_IN = ["bgan", "bihalf", "cibhash", "clhash", "greedyhash", "itq", "lsh", "pcah", "sh", "tbh"]
+BUILT_IN = [
+    "agh", "bgan", "bihalf", "cibhash", "clhash", "deepbit", "dsch", "greedyhash", "imh", "itq", "lsh", "mls3rduh",
+    "nsh", "pcah", "sdc", "sgh", "sh", "sph", "ssdh", "tbh", "uhbdnn", "wch",
+]  # fmt: skip
 
 
 def test_every_built_in_method_is_registered():
