@@ -28,8 +28,10 @@ these checks, for rules that relate several fields.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
+import sys
 import types
 import typing
 from typing import Any, Literal
@@ -201,90 +203,120 @@ def check_params(params: Any, *, owner: str) -> None:
         validate()
 
 
-def _convert(value: Any, annotation: Any, where: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
+def _parse_text(text: str, annotation: Any, where: str) -> Any:
+    """A ``--set`` value (text) as the value of the type ``annotation`` declares; text that
+    does not parse stays text, for the schema to refuse with the expected type."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in {"none", "null"}):
-            if type(None) in args:
-                return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, where)
-            except UserError as error:
-                errors.append(str(error))
-        raise UserError(errors[0] if errors else f"{where}: cannot convert {value!r}")
+        if text.lower() in {"none", "null"} and type(None) in args:
+            return None
+        options = [option for option in args if option is not type(None)]
+        return _parse_text(text, options[0], where) if len(options) == 1 else text
     if origin is Literal:
-        choices = args
-        for choice in choices:
-            if value == choice or (isinstance(value, str) and str(choice) == value):
-                return choice
-        raise UserError(f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+        return next((choice for choice in args if str(choice) == text), text)
     if origin is tuple:
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        item_type = args[0] if args else str
-        return tuple(_convert(item.strip() if isinstance(item, str) else item, item_type, where) for item in items)
+        item = args[0] if args else str
+        return tuple(_parse_text(part.strip(), item, where) for part in text.split(","))
     if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise UserError(f"{where}: expected true or false, got {value!r}")
+        lowered = text.lower()
+        return lowered in _TRUE if lowered in _TRUE | _FALSE else text
     if annotation is int:
-        if isinstance(value, bool):
-            raise UserError(f"{where}: expected an integer, got {shown(value)}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                digits = value.strip().lstrip("+-").replace("_", "")
-                if digits.isdigit():  # more digits than Python reads (4300 by default)
-                    raise UserError(
-                        f"{where}: {shown(value)} is far beyond any sensible value; give a smaller integer "
-                        "(`hashbench list METHOD` shows the allowed values)"
-                    ) from None
-        raise UserError(f"{where}: expected an integer, got {shown(value)}")
+        try:
+            return int(text)
+        except ValueError:
+            digits = text.strip().lstrip("+-").replace("_", "")
+            if digits.isdigit():  # more digits than Python reads (4300 by default)
+                raise UserError(
+                    f"{where}: {shown(text)} is far beyond any sensible value; give a smaller integer "
+                    "(`hashbench list METHOD` shows the allowed values)"
+                ) from None
+            return text
     if annotation is float:
-        if isinstance(value, bool):
-            raise UserError(f"{where}: expected a number, got {shown(value)}")
-        if isinstance(value, int):
-            try:
-                return float(value)
-            except OverflowError:
-                raise UserError(f"{where}: {shown(value)} is too large for a number (at most about 1.8e308); give a smaller value") from None
-        if isinstance(value, float):
-            return value
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-            else:
-                if math.isinf(number) and "inf" not in value.lower():  # "1e400", a 400-digit number
-                    raise UserError(
-                        f"{where}: {shown(value)} is too large for a number (at most about 1.8e308); give a smaller value"
-                    )
-                return number
-        raise UserError(f"{where}: expected a number, got {shown(value)}")
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise UserError(f"{where}: expected a string, got {shown(value)}")
-    if isinstance(annotation, type) and issubclass(annotation, pathlib.PurePath):
-        if isinstance(value, pathlib.PurePath):
-            return annotation(value)
-        if isinstance(value, str) and value:
-            return annotation(value)
-        raise UserError(f"{where}: expected a path, got {shown(value)}")
-    raise UserError(f"{where}: unsupported parameter type {annotation!r}")
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        if math.isinf(number) and "inf" not in text.lower():  # "1e400", a 400-digit number
+            raise UserError(f"{where}: {shown(text)} is too large for a number (at most about 1.8e308); give a smaller value")
+        return number
+    return text  # str, pathlib.Path
 
+
+_EXPECTED = {
+    "int_type": "an integer", "int_from_float": "an integer", "float_type": "a number", "bool_type": "true or false",
+    "string_type": "a string", "tuple_type": "a list", "is_instance_of": "a path", "path_type": "a path",
+}
+
+
+@functools.cache
+def _adapter(annotation: Any) -> Any:
+    """pydantic's strict validator of one parameter type (a path also from its text, as
+    TOML and ``--set`` give one; a tuple also from a list)."""
+    from typing import Annotated
+
+    from pydantic import ConfigDict, Strict, TypeAdapter
+
+    def loosened(kind: Any) -> Any:
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if isinstance(kind, type) and issubclass(kind, pathlib.PurePath):
+            return Annotated[kind, Strict(False)]
+        if origin in (typing.Union, types.UnionType):
+            return typing.Union[tuple(loosened(arg) for arg in args)]  # noqa: UP007 (built from a tuple)
+        if origin is tuple:
+            return Annotated[tuple[tuple(loosened(arg) for arg in args)], Strict(False)]  # type: ignore[misc]
+        return kind
+
+    return TypeAdapter(loosened(annotation), config=ConfigDict(strict=True))
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` (a ``--set`` text or a TOML value) as the declared type, checked by the
+    parameter's schema (pydantic, strict: no 1 for true, no "2" for 2 in a file)."""
+    from pydantic import ValidationError
+
+    if annotation not in (int, float, bool, str) and not _supported(annotation):
+        raise UserError(f"{where}: unsupported parameter type {annotation!r}")
+    if isinstance(value, str):
+        value = _parse_text(value, annotation, where)
+    if isinstance(value, int) and not isinstance(value, bool) and float in _members(annotation) and abs(value) > sys.float_info.max:
+        raise UserError(f"{where}: {shown(value)} is too large for a number (at most about 1.8e308); give a smaller value")
+    try:
+        checked = _adapter(annotation).validate_python(value)
+    except ValidationError as error:
+        errors = error.errors()
+        first = next((e for e in errors if e["type"] != "none_required"), errors[0])
+        if first["type"] == "literal_error":
+            choices = typing.get_args(next(a for a in _members(annotation) if typing.get_origin(a) is Literal))
+            raise UserError(f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}") from None
+        if first["type"] == "string_too_short" or (first["type"] == "path_type" and value == ""):
+            raise UserError(f"{where}: expected a path, got {shown(value)}") from None
+        expected = _EXPECTED.get(first["type"], first["msg"].removeprefix("Input should be ").removeprefix("a valid "))
+        found = first.get("input", value)
+        raise UserError(f"{where}: expected {expected}, got {shown(found)}") from None
+    if isinstance(checked, pathlib.PurePath) and not str(value):
+        raise UserError(f"{where}: expected a path, got {shown(value)}")
+    return checked
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types a parameter may hold: the members of a union (and a tuple's items), or itself."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(member for arg in args for member in _members(arg))
+    if origin is tuple:
+        return tuple(member for arg in args if arg is not Ellipsis for member in _members(arg))
+    return (annotation,)
+
+
+def _supported(annotation: Any) -> bool:
+    """Whether the parameter type is one the schema takes (see the module docstring)."""
+    for member in _members(annotation):
+        if member in (int, float, bool, str, type(None)) or typing.get_origin(member) is Literal:
+            continue
+        if isinstance(member, type) and issubclass(member, pathlib.PurePath):
+            continue
+        return False
+    return True
 
 
 def resolve_params(params_cls: type, overrides: dict[str, Any], *, owner: str) -> Any:
