@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-cpu demo example test test-slow bench lint clean mutate
+.PHONY: venv venv-cpu demo example sensitivity test test-slow bench lint clean mutate
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,15 @@ example: venv
 	$(BIN)/hashbench run --methods $(EXAMPLE_METHODS) --bits 16,32,64 --seeds 0,1,2 --results reports/digits/results --jobs 2
 	$(BIN)/hashbench report --results reports/digits/results --out reports/digits
 	$(BIN)/python tools/readme_numbers.py
+
+# CIBHash's sensitivity (β, τ) and ablation (CLHash, the stochastic layer) on digits, their run
+# records and reports beside the example (about 10 minutes on 2 cores).
+SENSITIVITY_GRIDS := digits-sensitivity digits-ablation
+sensitivity: venv
+	@for grid in $(SENSITIVITY_GRIDS); do \
+		$(BIN)/hashbench run --config experiments/$$grid.toml --jobs 2 && \
+		$(BIN)/hashbench report --results reports/$$grid/results --out reports/$$grid || exit 1; \
+	done
 
 # The suite without the tests marked slow (under ten minutes on 2 cores); test-slow runs those.
 test: venv

@@ -164,14 +164,14 @@ def _stub_dataset(name):
 
 
 def test_cibhash_paper_experiment_expands_to_the_papers_table(monkeypatch):
-    """7 methods × 3 datasets × 3 code lengths × 3 seeds, each dataset under its stated protocol.
+    """12 methods × 3 datasets × 3 code lengths × 3 seeds, each dataset under its stated protocol.
 
     Methods or datasets whose plugins are not installed here get stand-ins, so the file is
     checked whatever is registered; registered ones are checked for real.
     """
     monkeypatch.delenv("HASHBENCH_RESULTS", raising=False)
     config = load_config(EXPERIMENTS / "cibhash-paper.toml")
-    assert config["methods"] == ["cibhash", "bgan", "tbh", "lsh", "pcah", "itq", "sh"]
+    assert config["methods"] == ["cibhash", "bgan", "tbh", "sgh", "uhbdnn", "deepbit", "lsh", "pcah", "itq", "sh", "sph", "agh"]
     assert config["datasets"] == ["cifar10", "nuswide", "coco"]
     assert config["bits"] == [16, 32, 64] and config["seeds"] == [0, 1, 2]
     assert config["protocols"] == {"cifar10": "standard", "nuswide": "standard", "coco": "standard"}
@@ -181,8 +181,8 @@ def test_cibhash_paper_experiment_expands_to_the_papers_table(monkeypatch):
     for name in set(config["datasets"]) - registered_datasets:
         monkeypatch.setitem(registry.datasets._entries, name, registry._Entry(_stub_dataset(name), "test stand-in"))
     cells = plan_grid(build_spec(grid_options(), EXPERIMENTS / "cibhash-paper.toml"))
-    assert len(cells) == 7 * 3 * 3 * 3 == 189
-    assert len({c.key for c in cells}) == 189
+    assert len(cells) == 12 * 3 * 3 * 3 == 324
+    assert len({c.key for c in cells}) == 324
     assert {c.protocol for c in cells} == {"standard"}
     assert {(c.method, c.dataset, c.bits, c.seed) for c in cells} == set(
         itertools.product(config["methods"], config["datasets"], [16, 32, 64], [0, 1, 2])

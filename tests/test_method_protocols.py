@@ -131,9 +131,13 @@ def test_the_as_released_file_gives_each_method_its_released_split():
         "greedyhash": {"cifar10": "tbh-code"},
         "bihalf": {"cifar10": "bihalf-code-i"},
         "bgan": {"cifar10": "standard"},
+        "nsh": {"cifar10": "tbh-code"},
+        "sdc": {"cifar10": "standard"},
+        "dsch": {"cifar10": "standard"},
+        "ssdh": {"cifar10": "ssdh-paper"},
     }
     cells = plan_grid(build_spec(grid_options(), EXPERIMENTS / "as-released.toml"))
-    assert len(cells) == 5 * 3 * 3
+    assert len(cells) == 9 * 3 * 3
     assert {(cell.method, cell.protocol) for cell in cells} == {
         (method, table["cifar10"]) for method, table in config["method_protocols"].items()
     }

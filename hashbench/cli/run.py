@@ -23,7 +23,7 @@ from hashbench.cli.options import (
     FolderPath,
 )
 from hashbench.errors import UserError
-from hashbench.params import parse_assignments
+from hashbench.params import params_to_dict, parse_assignments
 from hashbench.run.config import EXECUTORS, MAX_CELL_TIMEOUT, load_config
 from hashbench.run.runner import CellOutcome, GridInterrupted, GridSpec, run_grid
 from hashbench.storage.records import Status
@@ -64,6 +64,25 @@ def parse_protocol_option(value: str) -> tuple[str | None, dict[str, str]]:
     return None, protocols
 
 
+def parse_sweeps(items: tuple[str, ...] | list[str]) -> dict[str, dict[str, list[str]]]:
+    """``["cibhash.tau=0.1,0.3", "cibhash.beta=0.001,0.01"]`` → ``{"cibhash": {"tau": ["0.1", "0.3"],
+    "beta": [...]}}``: the values as text, typed and range-checked when the grid is planned."""
+    sweeps: dict[str, dict[str, list[str]]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        owner, dot, name = key.strip().partition(".")
+        values = [part.strip() for part in value.split(",")]
+        if not sep or not dot or not owner.strip() or not name.strip() or not value.strip():
+            raise UserError(f"--sweep {item!r}: expected METHOD.PARAM=VALUE,VALUE,..., e.g. --sweep itq.iterations=10,50")
+        if any(not part for part in values):
+            raise UserError(f"--sweep {item!r}: an empty value; separate the values by single commas")
+        owner, name = owner.strip(), name.strip()
+        if name in sweeps.get(owner, {}):
+            raise UserError(f"--sweep {owner}.{name} is given twice; list all its values in one --sweep {owner}.{name}=A,B,...")
+        sweeps.setdefault(owner, {})[name] = values
+    return sweeps
+
+
 def build_settings(options: dict, config_path: Path | None, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
     """Built-in defaults < environment < config file < command-line options, as one dict.
 
@@ -85,16 +104,33 @@ def build_settings(options: dict, config_path: Path | None, plugins: tuple[str, 
     settings["plugins"] = [*plugins, *settings.get("plugins", [])]
     load_plugins(settings["plugins"])
     params = {owner: dict(values) for owner, values in settings.pop("params", {}).items()}
+    # [sweep.METHOD] (one table) or [[sweep.METHOD]] (several), as a list of tables per method
+    sweep = {owner: [dict(t) for t in (tables if isinstance(tables, list) else [tables])] for owner, tables in settings.pop("sweep", {}).items()}
     if options.get("methods") and config_path is not None:
         # --methods picks some of the file's methods: its tables for the others do not apply
         chosen = set(options["methods"])
         params = {owner: values for owner, values in params.items() if owner in chosen}
+        sweep = {owner: tables for owner, tables in sweep.items() if owner in chosen}
         settings["method_protocols"] = {
             owner: table for owner, table in settings["method_protocols"].items() if owner in chosen
         }
-    for owner, values in parse_assignments(options.pop("assignments", ())).items():
+    assigned = parse_assignments(options.pop("assignments", ()))
+    swept = parse_sweeps(options.pop("sweeps", None) or ())
+    # The command line wins over the file: --set of a parameter the file sweeps sets it instead,
+    # --sweep of a parameter the file sets sweeps it instead (a parameter both set and swept at
+    # the same level is refused when the grid is planned).
+    for owner, values in assigned.items():
+        if owner in sweep:
+            tables = [{name: v for name, v in table.items() if name not in values} for table in sweep[owner]]
+            sweep[owner] = [table for table in tables if table]
         params.setdefault(owner, {}).update(values)
+    for owner, table in swept.items():
+        if owner in params:
+            kept = assigned.get(owner, {})
+            params[owner] = {name: v for name, v in params[owner].items() if name not in table or name in kept}
+        sweep[owner] = [table]  # one table per method on the command line: the product of its parameters
     settings["params"] = params
+    settings["sweep"] = {owner: tables for owner, tables in sweep.items() if tables}
     protocol_option = options.pop("protocol", None)
     if protocol_option:
         default, per_dataset = parse_protocol_option(protocol_option)
@@ -152,6 +188,7 @@ def spec_from_settings(settings: dict[str, Any]) -> GridSpec:
         drop_bad_rows=bool(settings.get("drop_bad_rows", False)),
         plugins=list(settings["plugins"]),
         dataset_options=dict(settings.get("dataset_options", {})),
+        sweep={method: [dict(table) for table in tables] for method, tables in settings.get("sweep", {}).items()},
     )
 
 
@@ -198,8 +235,26 @@ def outcome_text(outcome: CellOutcome) -> str:
     return "[red]failed[/red]"
 
 
+# method → the parameters the running grid sweeps, which name its cells beside the method
+_SWEPT: dict[str, list[str]] = {}
+
+
+def swept_names(spec: GridSpec) -> dict[str, list[str]]:
+    """The parameters each method of ``spec`` sweeps, in the order given."""
+    return {method: list(dict.fromkeys(name for table in tables for name in table)) for method, tables in spec.sweep.items()}
+
+
+def method_label(cell, swept: dict[str, list[str]] | None = None) -> str:
+    """The method, with the values of the parameters its sweep varies: ``itq (iterations=5)``."""
+    names = (_SWEPT if swept is None else swept).get(cell.method)
+    if not names:
+        return cell.method
+    values = params_to_dict(cell.params)
+    return f"{cell.method} ({', '.join(f'{name}={values.get(name)}' for name in names)})"
+
+
 def _cell_name(cell) -> str:
-    return f"{cell.method} {cell.dataset} {cell.bits}b seed {cell.seed}"
+    return f"{method_label(cell)} {cell.dataset} {cell.bits}b seed {cell.seed}"
 
 
 def summary_table(outcomes: list[CellOutcome]) -> Table | Group:
@@ -229,7 +284,7 @@ def summary_table(outcomes: list[CellOutcome]) -> Table | Group:
 
         seconds = None if record is None else record.timings.get("total")
         table.add_row(
-            outcome.cell.method,
+            method_label(outcome.cell),
             outcome.cell.dataset,
             str(outcome.cell.bits),
             str(outcome.cell.seed),
@@ -256,6 +311,14 @@ GRID_OPTIONS: list[Callable] = [
     RESULTS_OPTION,
     DATA_ROOT_OPTION,
     click.option("--set", "assignments", multiple=True, metavar="METHOD.PARAM=VALUE", help="Override a hyperparameter. Repeatable."),
+    click.option(
+        "--sweep",
+        "sweeps",
+        multiple=True,
+        metavar="METHOD.PARAM=V1,V2,...",
+        help="Run a method with each of these values of a hyperparameter, checked as --set values are. "
+        "Repeatable; several parameters of one method give their product.",
+    ),
     click.option(
         "--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), help="TOML experiment file (see experiments/)."
     ),
@@ -332,6 +395,8 @@ def run_command(config_path: Path | None, quiet: bool, verbose: bool, **options)
     if settings["slurm"].get("folder"):
         settings["slurm"] = {**settings["slurm"], "folder": Path(settings["slurm"]["folder"]).resolve()}
     spec = spec_from_settings(settings)
+    _SWEPT.clear()
+    _SWEPT.update(swept_names(spec))
     executor = build_executor(settings)
     try:
         if mode == "bar":

@@ -92,7 +92,7 @@ def status_table(statuses: list[CellStatus], title: str, results: Path | None = 
             if record.finished:
                 detail += f" · {record.finished}"
         table.add_row(
-            status.method or status.key,
+            status.label or status.method or status.key,
             status.dataset or "",
             status.protocol or "",
             "" if status.bits is None else str(status.bits),

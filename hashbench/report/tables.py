@@ -446,6 +446,7 @@ def html_report(
     out: Path,
     notes: list[str],
     companion: SummaryTable | None = None,
+    sensitivity: list | None = None,
 ) -> str:
     """One self-contained page: the tables, then the plots (PNG embedded, PDF linked)."""
     import base64
@@ -493,6 +494,10 @@ def html_report(
             {"fit (s)": ".3g", "encode (s)": ".3g", "evaluate (s)": ".3g", "peak memory (MB)": ".0f"},
         )
     )
+    if sensitivity:
+        from hashbench.report.sensitivity import html_section
+
+        parts.append(html_section(sensitivity, out))
     if plots:
         parts.append("<h2>Plots</h2>")
         for dataset in dict.fromkeys(plot.dataset for plot in plots):
@@ -610,12 +615,21 @@ def write_report(
             raise UserError(f"cannot remove the earlier plots in {out / 'plots'}: {error.strerror or error}") from None
         if removed:
             warnings.append(f"--no-plots: removed the {len(removed)} plot file(s) an earlier report wrote into {out / 'plots'}")
+    from hashbench.report.sensitivity import write_sensitivity
+
+    try:  # a method run with several values of one parameter, all else equal: its sensitivity
+        studies = write_sensitivity(frame, per_query, out, metric, plots=plots, summarise=summarise)
+    except OSError as error:
+        raise UserError(f"cannot write the sensitivity tables into {out / 'sensitivity'}: {error.strerror or error}; choose another --out") from None
+    for study in studies:
+        for kind, path in study.paths.items():
+            paths[f"sensitivity_{study.name}_{kind}"] = path
     failed = int((frame["status"] != "ok").sum())
     if failed:
         warnings.append(f"{failed} run(s) did not finish ok and are left out of the table")
     paths["report"] = out / "report.html"
     notes = [f"{failed} run(s) did not finish ok and are left out."] if failed else []
-    atomic.write_text(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes, companion))
+    atomic.write_text(paths["report"], html_report(results, table, timings, figures, comparison, published_source, out, notes, companion, studies))
     return table, paths, warnings
 
 

@@ -27,6 +27,12 @@ cifar10 = "cibhash-code"
 [params.itq]                 # per-method hyperparameters
 iterations = 50
 
+[sweep.cibhash]              # optional: a grid axis per parameter (several: their product)
+tau = [0.1, 0.3, 1.0]        # each value checked as [params] values are
+
+# [[sweep.cibhash]]          # or several tables: the union of their products
+# beta = [0.0001, 0.001]
+
 [slurm]                      # used with executor = "slurm" only
 partition = "gpu"
 gpus_per_run = 1
@@ -76,6 +82,8 @@ _TABLE_HINTS = {
     ("method_protocols", 1): 'tables [method_protocols.METHOD] of dataset = "protocol name"',
     ("method_protocols", 2): 'a table of dataset = "protocol name"',
     ("params", 1): "tables [params.METHOD] of parameter = value",
+    ("sweep", 1): "tables [sweep.METHOD] of parameter = [values]",
+    ("sweep", 2): "a table of parameter = [values]",
 }
 _TYPE_WORDS = {
     "int_type": "an integer", "float_type": "a number", "string_type": "str", "bool_type": "bool",
@@ -119,6 +127,13 @@ def schema() -> type:
         Annotated[list[str], Tag("list")] | Annotated[dict[str, dict[str, Any]], Tag("tables")], Discriminator(form)
     ]
 
+    # [sweep.METHOD] (one table: the product of its lists) or [[sweep.METHOD]] (several: the
+    # union of their products), tagged like the datasets' two forms
+    Sweep = Annotated[
+        Annotated[dict[str, list[Any]], Tag("list")] | Annotated[list[dict[str, list[Any]]], Tag("tables")],
+        Discriminator(lambda value: "tables" if isinstance(value, list) else "list"),
+    ]
+
     class Slurm(BaseModel):
         """The [slurm] table (float where submitit takes fractions)."""
 
@@ -155,6 +170,7 @@ def schema() -> type:
         cell_timeout: Annotated[float, Field(gt=0, le=MAX_CELL_TIMEOUT)] | None = Field(
             None, description="seconds: more than 0, at most a year"
         )
+        sweep: dict[str, Sweep] | None = None
         params: dict[str, dict[str, Any]] | None = None
         protocols: dict[str, str] | None = None
         method_protocols: dict[str, dict[str, str]] | None = None
@@ -180,6 +196,20 @@ def schema() -> type:
                 raise PydanticCustomError("repeated", f"{repeat} is listed twice; name each once: {key} = [{once}]")
             return items
 
+        @field_validator("sweep")
+        @classmethod
+        def _sweep_values(cls, tables: Any) -> Any:
+            """[sweep.METHOD] (one table) or [[sweep.METHOD]] (several): each PARAM = [values]
+            names at least one value."""
+            for method, given in tables.items():
+                for table in given if isinstance(given, list) else [given]:
+                    for name, values in table.items():
+                        if not values:
+                            raise PydanticCustomError(
+                                "empty", f"{method}.{name} = [] sweeps nothing; give at least one value, e.g. {name} = [value, value]"
+                            )
+            return tables
+
         @field_validator("results", "data_root", "cache")
         @classmethod
         def _a_folder(cls, value: str, info: ValidationInfo) -> str:
@@ -204,7 +234,8 @@ def schema_message(error: Any, where: str, model: type) -> str:
     first = error.errors()[0]
     kind, value, context = first["type"], first.get("input"), first.get("ctx") or {}
     # the tags of the datasets' two forms are not keys; list positions are not named either
-    loc = [part for i, part in enumerate(first["loc"]) if isinstance(part, str) and not (i == 1 and part in ("list", "tables"))]
+    tagged = 2 if first["loc"][:1] == ("sweep",) else 1  # where the two forms' tag sits in the location
+    loc = [part for i, part in enumerate(first["loc"]) if isinstance(part, str) and not (i == tagged and part in ("list", "tables"))]
     key, fields = ".".join(loc), model.model_fields
     for part in loc[:-1]:  # the model holding the last key, for its known settings
         annotation = fields[part].annotation if part in fields else None

@@ -8,6 +8,7 @@ reason and the grid goes on.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import resource
@@ -69,6 +70,53 @@ class GridSpec:
     plugins: list[str] = field(default_factory=list)
     # [datasets.NAME] tables: the settings of configured datasets (registry.resolve_datasets).
     dataset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # method → sweep tables, each {parameter → [values]}: a table gives the product of its
+    # lists, several tables the union of their products; every value checked as `params` are.
+    sweep: dict[str, list[dict[str, list[Any]]]] = field(default_factory=dict)
+
+
+def _value_text(value: Any) -> str:
+    return str(value) if not isinstance(value, str) else repr(value)
+
+
+def sweep_params(spec: GridSpec, method: str, params_cls: type) -> list[Any]:
+    """The parameter sets ``method`` runs with: its ``params`` alone, or one per point of its
+    sweep (each resolved, typed and range-checked as ``--set`` values are), in order."""
+    fixed = spec.params.get(method, {})
+    tables = spec.sweep.get(method) or []
+    if not tables:
+        return [resolve_params(params_cls, fixed, owner=method)]
+    sets: dict[str, Any] = {}
+    for table in tables:
+        if not table:
+            raise UserError(f"sweep: {method}: an empty table sweeps nothing; give PARAM = [values]")
+        for name, values in table.items():
+            if name in fixed:
+                raise UserError(
+                    f"{method}.{name} is both set ({_value_text(fixed[name])}) and swept; "
+                    f"drop --set {method}.{name} or the sweep of it"
+                )
+            if not values:
+                raise UserError(f"sweep: {method}.{name}: no values; give at least one, e.g. {name} = [value, value]")
+            resolved = []
+            for value in values:
+                try:
+                    one = resolve_params(params_cls, {**fixed, name: value}, owner=method)
+                except UserError as error:
+                    raise UserError(f"sweep: {error}") from None
+                plain = params_to_dict(one)[name]
+                if plain in resolved:
+                    raise UserError(
+                        f"sweep: {method}.{name}: {_value_text(value)} is listed twice (as {_value_text(plain)}): "
+                        "the same cells twice; name each value once"
+                    )
+                resolved.append(plain)
+        names = list(table)
+        for point in itertools.product(*(table[name] for name in names)):
+            params = resolve_params(params_cls, {**fixed, **dict(zip(names, point, strict=True))}, owner=method)
+            # several tables share a point (the defaults, say): it runs once
+            sets.setdefault(json.dumps(params_to_dict(params), sort_keys=True), params)
+    return list(sets.values())
 
 
 @dataclass
@@ -175,6 +223,12 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
                 f"parameters given for {owner!r}, which is not among the methods being run "
                 f"({', '.join(spec.methods)})"
             )
+    for owner in spec.sweep:
+        if owner not in spec.methods:
+            raise UserError(
+                f"a sweep is given for {owner!r}, which is not among the methods being run "
+                f"({', '.join(spec.methods)})"
+            )
     for dataset_name in spec.protocols:
         if dataset_name not in datasets:
             raise UserError(
@@ -193,9 +247,7 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
                     f"({', '.join(datasets)})"
                 )
     method_classes = {name: registry.get_method(name) for name in spec.methods}
-    resolved = {
-        name: resolve_params(cls.Params, spec.params.get(name, {}), owner=name) for name, cls in method_classes.items()
-    }
+    resolved = {name: sweep_params(spec, name, cls.Params) for name, cls in method_classes.items()}
     cells = []
     for dataset_name in datasets:
         dataset_cls = grid.get(dataset_name)
@@ -204,14 +256,15 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
         for method in spec.methods:
             protocol = dataset.protocol(spec.method_protocols.get(method, {}).get(dataset_name, shared))
             registry.check_file_name("protocol", protocol.name, f"dataset {dataset_name} ({grid.origin(dataset_name)})")
-            for bits in spec.bits:
-                for seed in spec.seeds:
-                    cells.append(
-                        Cell(
-                            method, method_classes[method], resolved[method], dataset_name, protocol.name,
-                            bits, seed, spec.split_seed, protocol_version(protocol), dataset_cls,
+            for params in resolved[method]:
+                for bits in spec.bits:
+                    for seed in spec.seeds:
+                        cells.append(
+                            Cell(
+                                method, method_classes[method], params, dataset_name, protocol.name,
+                                bits, seed, spec.split_seed, protocol_version(protocol), dataset_cls,
+                            )
                         )
-                    )
     return cells
 
 
