@@ -17,6 +17,7 @@ depend on what was reused.
 
     python benchmarks/bench_fashion_mnist.py --install --write-readme
     python benchmarks/bench_fashion_mnist.py --methods lsh,itq,cibhash --jobs 2
+    python benchmarks/bench_fashion_mnist.py --no-run --write-readme     # the table of what has run
 """
 
 from __future__ import annotations
@@ -81,9 +82,19 @@ def recorded_seconds(results: Path, methods: list[str]) -> dict[str, float]:
         record = json.loads(path.read_text())
         if record.get("status") == "ok" and record.get("method") in methods and record.get("dataset") == "fashion-mnist":
             timings = record.get("timings") or {}
-            spent = sum(float(timings.get(stage) or 0.0) for stage in ("fit", "encode_query", "encode_database"))
+            spent = sum(float(timings.get(stage) or 0.0) for stage in ("fit", "encode"))
             totals[record["method"]] = totals.get(record["method"], 0.0) + spent
     return totals
+
+
+def seeds_run(results: Path, methods: list[str]) -> dict[str, set[int]]:
+    """The seeds of each method's ok runs on fashion-mnist."""
+    seeds: dict[str, set[int]] = {}
+    for path in sorted(results.glob("runs/*/run.json")):
+        record = json.loads(path.read_text())
+        if record.get("status") == "ok" and record.get("method") in methods and record.get("dataset") == "fashion-mnist":
+            seeds.setdefault(record["method"], set()).add(int(record["seed"]))
+    return seeds
 
 
 def main() -> None:
@@ -95,17 +106,18 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=ROOT / "results" / "bench-fashion-mnist")
     parser.add_argument("--install", action="store_true", help=f"apt-get install {PACKAGE} first")
     parser.add_argument("--write-readme", action="store_true", help="write the table into benchmarks/README.md")
+    parser.add_argument("--no-run", action="store_true", help="only report what the results folder holds")
     args = parser.parse_args()
 
-    root = data_root(args.install)
     methods = args.methods.split(",") if args.methods else registered_methods()
     before = load()
     start = time.perf_counter()
-    hashbench(
-        "run", "--methods", ",".join(methods), "--datasets", "fashion-mnist", "--protocol", "standard",
-        "--bits", args.bits, "--seeds", args.seeds, "--data-root", str(root), "--results", str(args.results),
-        "--jobs", args.jobs,
-    )
+    if not args.no_run:
+        hashbench(
+            "run", "--methods", ",".join(methods), "--datasets", "fashion-mnist", "--protocol", "standard",
+            "--bits", args.bits, "--seeds", args.seeds, "--data-root", str(data_root(args.install)),
+            "--results", str(args.results), "--jobs", args.jobs,
+        )
     wall = time.perf_counter() - start
     after = load()
     out = args.results / "report"
@@ -117,11 +129,17 @@ def main() -> None:
     if not args.write_readme:
         return
     by_method = ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in sorted(spent.items()))
+    seeds = seeds_run(args.results, methods)
+    fewer = sorted(name for name in methods if len(seeds.get(name, ())) < 3)
+    not_run = [name for name in fewer if name not in seeds]
+    partial = [f"{name} (seeds {', '.join(map(str, sorted(seeds[name])))})" for name in fewer if name in seeds]
     section = "\n".join([
         BEGIN,
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, no GPU; load average {after} at the end of the last run.",
         f"Every run's fit and encode time, summed: {sum(spent.values()) / 60:.0f} minutes "
         f"(per method, minutes: {by_method}).",
+        *([f"Fewer than three seeds so far: {', '.join(partial)}."] if partial else []),
+        *([f"Not run yet: {', '.join(not_run)}."] if not_run else []),
         "",
         "```",
         f"python benchmarks/bench_fashion_mnist.py --install --write-readme --jobs {args.jobs}",
