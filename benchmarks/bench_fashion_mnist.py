@@ -135,7 +135,7 @@ def main() -> None:
     partial = [f"{name} (seeds {', '.join(map(str, sorted(seeds[name])))})" for name in fewer if name in seeds]
     section = "\n".join([
         BEGIN,
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores, no GPU; load average {after} at the end of the last run.",
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, no GPU; load average {after} when this table was written (the runs shared the machine with other training runs, load average 4–8, so fit times are inflated).",
         f"Every run's fit and encode time, summed: {sum(spent.values()) / 60:.0f} minutes "
         f"(per method, minutes: {by_method}).",
         *([f"Fewer than three seeds so far: {', '.join(partial)}."] if partial else []),
