@@ -153,7 +153,7 @@ def test_list_is_one_line_per_method_and_shows_features_as_an_embedding_file(inv
     (features,) = [row for row in rows if row[0] == "features"]
     assert features[1] == "from the file" and "features:PATH" in features[3]
     (cifar,) = [row for row in rows if row[0] == "cifar10"]
-    assert cifar[2] == "standard (+5 more)"
+    assert cifar[2] == "standard (+6 more)"
 
 
 def test_list_piped_cuts_no_description_however_long_the_other_columns(invoke, monkeypatch):
