@@ -315,6 +315,9 @@ def test_the_paper_path_trains_the_whole_vit_on_the_cpu(tmp_path, monkeypatch):
     changed = {key for key in after if not torch.equal(after[key], initial[key])}
     assert "backbone.network.conv_proj.weight" in changed and "backbone.network.encoder.layers.encoder_layer_11.mlp.3.weight" in changed
     assert {"head.fc.weight", "head.b.weight", "head.fc_norm.weight"} <= changed
+    # The weights file is read memory-mapped, copy on write: training never writes it.
+    saved = torch.load(weights, weights_only=True)
+    assert torch.equal(saved["conv_proj.weight"], initial["backbone.network.conv_proj.weight"])
     codes = method.encode(query)
     assert codes.shape == (2, 8) and codes.dtype == bool
     record = context.record
