@@ -23,7 +23,7 @@ from hashbench.cli.options import (
     FolderPath,
 )
 from hashbench.errors import UserError
-from hashbench.params import params_to_dict, parse_assignments
+from hashbench.params import parse_assignments
 from hashbench.run.config import EXECUTORS, MAX_CELL_TIMEOUT, load_config
 from hashbench.run.runner import CellOutcome, GridInterrupted, GridSpec, run_grid
 from hashbench.storage.records import Status
@@ -235,26 +235,8 @@ def outcome_text(outcome: CellOutcome) -> str:
     return "[red]failed[/red]"
 
 
-# method → the parameters the running grid sweeps, which name its cells beside the method
-_SWEPT: dict[str, list[str]] = {}
-
-
-def swept_names(spec: GridSpec) -> dict[str, list[str]]:
-    """The parameters each method of ``spec`` sweeps, in the order given."""
-    return {method: list(dict.fromkeys(name for table in tables for name in table)) for method, tables in spec.sweep.items()}
-
-
-def method_label(cell, swept: dict[str, list[str]] | None = None) -> str:
-    """The method, with the values of the parameters its sweep varies: ``itq (iterations=5)``."""
-    names = (_SWEPT if swept is None else swept).get(cell.method)
-    if not names:
-        return cell.method
-    values = params_to_dict(cell.params)
-    return f"{cell.method} ({', '.join(f'{name}={values.get(name)}' for name in names)})"
-
-
 def _cell_name(cell) -> str:
-    return f"{method_label(cell)} {cell.dataset} {cell.bits}b seed {cell.seed}"
+    return f"{cell.label or cell.method} {cell.dataset} {cell.bits}b seed {cell.seed}"
 
 
 def summary_table(outcomes: list[CellOutcome]) -> Table | Group:
@@ -284,7 +266,7 @@ def summary_table(outcomes: list[CellOutcome]) -> Table | Group:
 
         seconds = None if record is None else record.timings.get("total")
         table.add_row(
-            method_label(outcome.cell),
+            outcome.cell.label or outcome.cell.method,
             outcome.cell.dataset,
             str(outcome.cell.bits),
             str(outcome.cell.seed),
@@ -395,8 +377,6 @@ def run_command(config_path: Path | None, quiet: bool, verbose: bool, **options)
     if settings["slurm"].get("folder"):
         settings["slurm"] = {**settings["slurm"], "folder": Path(settings["slurm"]["folder"]).resolve()}
     spec = spec_from_settings(settings)
-    _SWEPT.clear()
-    _SWEPT.update(swept_names(spec))
     executor = build_executor(settings)
     try:
         if mode == "bar":

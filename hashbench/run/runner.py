@@ -132,6 +132,9 @@ class Cell:
     protocol_version: str = "1"
     # The dataset's class: the grid's own for a configured dataset (an embedding file).
     dataset_cls: Any = field(default=None, compare=False, repr=False)
+    # How progress, the summary and status name the method: with the values its grid's sweep
+    # varies, ``itq (iterations=5)``; the method's name otherwise (set by plan_grid).
+    label: str = field(default="", compare=False)
 
     @property
     def identity(self) -> CellIdentity:
@@ -256,13 +259,16 @@ def plan_grid(spec: GridSpec) -> list[Cell]:
         for method in spec.methods:
             protocol = dataset.protocol(spec.method_protocols.get(method, {}).get(dataset_name, shared))
             registry.check_file_name("protocol", protocol.name, f"dataset {dataset_name} ({grid.origin(dataset_name)})")
+            swept = list(dict.fromkeys(name for table in spec.sweep.get(method, []) for name in table))
             for params in resolved[method]:
+                values = params_to_dict(params)
+                label = f"{method} ({', '.join(f'{name}={values[name]}' for name in swept)})" if swept else method
                 for bits in spec.bits:
                     for seed in spec.seeds:
                         cells.append(
                             Cell(
                                 method, method_classes[method], params, dataset_name, protocol.name,
-                                bits, seed, spec.split_seed, protocol_version(protocol), dataset_cls,
+                                bits, seed, spec.split_seed, protocol_version(protocol), dataset_cls, label,
                             )
                         )
     return cells

@@ -64,17 +64,13 @@ def _status(key: str, stored: StoredState, cell=None) -> CellStatus:
 
 def grid_status(spec) -> list[CellStatus]:
     """The state of every cell of ``spec`` (a :class:`hashbench.run.runner.GridSpec`), in grid order."""
-    from hashbench.params import params_to_dict
     from hashbench.run.runner import plan_grid
 
     store = ResultsStore(spec.results)
-    swept = {method: list(dict.fromkeys(name for table in tables for name in table)) for method, tables in spec.sweep.items()}
     statuses = []
     for cell in plan_grid(spec):
         status = _status(cell.key, store.cell_state(cell.identity, cell.method_version, cell.protocol_version), cell)
-        if swept.get(cell.method):
-            values = params_to_dict(cell.params)
-            status.label = f"{cell.method} ({', '.join(f'{name}={values.get(name)}' for name in swept[cell.method])})"
+        status.label = cell.label if cell.label != cell.method else None
         statuses.append(status)
     return statuses
 
