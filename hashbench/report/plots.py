@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from hashbench.metric_table import metric_info
+from hashbench.report.outputs import replace_outputs
 from hashbench.report.results import dataset_columns, frame_from_records, row_labels
 from hashbench.storage import atomic
 from hashbench.storage.records import RunRecord
@@ -308,19 +309,25 @@ def _file_stem(plot: Plot) -> str:
     return f"{kind}-{dataset}"
 
 
-def save_plot(plot: Plot, folder: Path) -> dict[str, Path]:
-    """Write the figure as PNG and PDF (atomically); returns the paths."""
+def save_figure(figure: Figure, folder: Path, stem: str) -> dict[str, Path]:
+    """Write a figure as ``stem.png`` and ``stem.pdf`` in ``folder`` (atomically; the PDF
+    without a creation date, so the same figure gives the same file); returns the paths."""
     import io
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = _file_stem(plot)
+    paths = {}
     for extension, options in (("png", {"dpi": 150}), ("pdf", {"metadata": {"CreationDate": None}})):
         buffer = io.BytesIO()
-        plot.figure.savefig(buffer, format=extension, **options)
-        path = folder / f"{stem}.{extension}"
-        atomic.write_bytes(path, buffer.getvalue())
-        plot.paths[extension] = path
+        figure.savefig(buffer, format=extension, **options)
+        paths[extension] = folder / f"{stem}.{extension}"
+        atomic.write_bytes(paths[extension], buffer.getvalue())
+    return paths
+
+
+def save_plot(plot: Plot, folder: Path) -> dict[str, Path]:
+    """Write the plot's figure as PNG and PDF (atomically); returns the paths."""
+    plot.paths.update(save_figure(plot.figure, folder, _file_stem(plot)))
     return plot.paths
 
 
@@ -372,17 +379,7 @@ def earlier_plots(folder: Path) -> list[Path]:
 def remove_plots(folder: Path, keep: set[Path] | frozenset[Path] = frozenset()) -> list[Path]:
     """Delete the earlier plots of ``folder`` except ``keep``; returns what was deleted. With
     nothing kept the manifest goes too, and the folder when that leaves it empty."""
-    folder = Path(folder)
-    removed = []
-    for path in earlier_plots(folder):
-        if path not in keep:
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    if not keep and folder.is_dir():
-        (folder / MANIFEST).unlink(missing_ok=True)
-        if not any(folder.iterdir()):
-            folder.rmdir()
-    return removed
+    return replace_outputs(folder, MANIFEST, earlier_plots(folder), keep)
 
 
 def write_plots(
@@ -393,8 +390,5 @@ def write_plots(
     plots = make_plots(records, metric, captions)
     for plot in plots:
         save_plot(plot, folder)
-    written = {path for plot in plots for path in plot.paths.values()}
-    remove_plots(folder, keep=written)
-    if written:
-        atomic.write_text(Path(folder) / MANIFEST, "".join(f"{path.name}\n" for path in sorted(written)))
+    remove_plots(folder, keep={path for plot in plots for path in plot.paths.values()})
     return plots

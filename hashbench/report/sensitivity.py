@@ -12,7 +12,6 @@ write again (nothing else in the folder is touched).
 from __future__ import annotations
 
 import html
-import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import pandas as pd
 
 from hashbench.errors import UserError
 from hashbench.report import csv_safe
+from hashbench.report.outputs import replace_outputs
 from hashbench.report.results import default_params, row_labels
 from hashbench.storage import atomic
 
@@ -299,15 +299,6 @@ def plot(study: Study) -> Any:
     return figure
 
 
-def _save_figure(study: Study, folder: Path) -> None:
-    for extension, options in (("png", {"dpi": 150}), ("pdf", {"metadata": {"CreationDate": None}})):
-        buffer = io.BytesIO()
-        study.figure.savefig(buffer, format=extension, **options)
-        path = folder / f"{study.name}.{extension}"
-        atomic.write_bytes(path, buffer.getvalue())
-        study.paths[extension] = path
-
-
 def _earlier(folder: Path) -> list[Path]:
     manifest = folder / MANIFEST
     if not manifest.is_file():
@@ -331,20 +322,15 @@ def write_sensitivity(
         atomic.write_text(study.paths["markdown"], to_markdown(study))
         atomic.write_text(study.paths["csv"], to_csv(study))
         if plots:
+            from hashbench.report.plots import (
+                save_figure,  # matplotlib: only where figures are drawn
+            )
+
             plot(study)
-            _save_figure(study, folder)
+            study.paths.update(save_figure(study.figure, folder, study.name))
         else:
             study.data, study.band = series(study)
-    written = {path for study in studies for path in study.paths.values()}
-    for path in _earlier(folder):
-        if path not in written:
-            path.unlink(missing_ok=True)
-    if written:
-        atomic.write_text(folder / MANIFEST, "".join(f"{path.name}\n" for path in sorted(written)))
-    elif folder.is_dir():
-        (folder / MANIFEST).unlink(missing_ok=True)
-        if not any(folder.iterdir()):
-            folder.rmdir()
+    replace_outputs(folder, MANIFEST, _earlier(folder), {path for study in studies for path in study.paths.values()})
     return studies
 
 
