@@ -274,7 +274,7 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
     parameter's schema (pydantic, strict: no 1 for true, no "2" for 2 in a file)."""
     from pydantic import ValidationError
 
-    if annotation not in (int, float, bool, str) and not _supported(annotation):
+    if not _supported(annotation):
         raise UserError(f"{where}: unsupported parameter type {annotation!r}")
     if isinstance(value, str):
         value = _parse_text(value, annotation, where)
@@ -288,12 +288,10 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
         if first["type"] == "literal_error":
             choices = typing.get_args(next(a for a in _members(annotation) if typing.get_origin(a) is Literal))
             raise UserError(f"{where}: {value!r} is not one of {', '.join(repr(c) for c in choices)}") from None
-        if first["type"] == "string_too_short" or (first["type"] == "path_type" and value == ""):
-            raise UserError(f"{where}: expected a path, got {shown(value)}") from None
         expected = _EXPECTED.get(first["type"], first["msg"].removeprefix("Input should be ").removeprefix("a valid "))
         found = first.get("input", value)
         raise UserError(f"{where}: expected {expected}, got {shown(found)}") from None
-    if isinstance(checked, pathlib.PurePath) and not str(value):
+    if isinstance(checked, pathlib.PurePath) and not str(value):  # pathlib reads "" as "."
         raise UserError(f"{where}: expected a path, got {shown(value)}")
     return checked
 

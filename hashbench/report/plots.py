@@ -338,7 +338,7 @@ def make_plots(records: list[RunRecord], metric: str = "map", captions: dict[str
     """
     frame = label_records(records)
     families = dict(zip(frame["label"], frame["family"], strict=True)) if len(frame) else {}
-    styles = method_styles(list(frame["label"]), families if len(set(families)) > GROUP_ABOVE else None) if len(frame) else {}
+    styles = method_styles(list(frame["label"]), families if len(families) > GROUP_ABOVE else None) if len(frame) else {}
     plots = []
     for dataset in sorted(frame["column_dataset"].unique()) if len(frame) else []:
         for plot in (
