@@ -113,10 +113,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# Metrics that count (integers) rather than measure.
-_COUNTS = ("map_k", "num_queries", "num_database", "bits")
-
-
 @cache
 def record_schema() -> type:
     """The run record's fields as a strict pydantic model (built on first use). It checks a
