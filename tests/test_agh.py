@@ -4,10 +4,9 @@ the paper's formula, on small hand-made sets; then a run on digits against LSH."
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from digits_runs import run_map
 
 from hashbench.conformance import assert_conforms
 from hashbench.data import DatasetArrays, DataSplit
@@ -16,7 +15,6 @@ from hashbench.method import NotFittedError, RunContext
 from hashbench.methods._anchors import anchor_graph
 from hashbench.methods.agh import AGH
 from hashbench.params import resolve_params
-from hashbench.run.runner import GridSpec, run_grid
 
 
 def _split(features: np.ndarray) -> DataSplit:
@@ -193,20 +191,15 @@ def test_same_seed_same_codes(blobs):
     assert np.array_equal(first.encode(_split(blobs)), second.encode(_split(blobs)))
 
 
-def _map(method: str, params: dict, results) -> float:
-    (outcome,) = run_grid(GridSpec(methods=[method], bits=[16], seeds=[0], params={method: params}, results=results))
-    assert outcome.status == "ok", outcome.error
-    (path,) = results.glob("runs/*/run.json")
-    return float(json.loads(path.read_text())["metrics"]["map"])
 
 
 @pytest.fixture(scope="module")
 def lsh_map(tmp_path_factory) -> float:
-    return _map("lsh", {}, tmp_path_factory.mktemp("lsh"))
+    return run_map("lsh", {}, tmp_path_factory.mktemp("lsh"))
 
 
 @pytest.mark.parametrize("layers", [1, 2])
 def test_learns_on_digits_beating_lsh(layers, lsh_map, tmp_path):
-    value = _map("agh", {"layers": layers}, tmp_path)
+    value = run_map("agh", {"layers": layers}, tmp_path)
     # digits, 16 bits, split 0, seed 0: one layer 0.85, two 0.86; LSH 0.51.
     assert value > lsh_map + 0.1, (value, lsh_map)

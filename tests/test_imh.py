@@ -4,10 +4,9 @@ on small hand-made sets; then runs on digits against LSH."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from digits_runs import run_map
 
 from hashbench.conformance import assert_conforms
 from hashbench.data import DatasetArrays, DataSplit
@@ -16,7 +15,6 @@ from hashbench.method import NotFittedError, RunContext
 from hashbench.methods import imh
 from hashbench.methods.imh import IMH, perplexity_affinities, released_tsne, tsne_input, unit_rows
 from hashbench.params import resolve_params
-from hashbench.run.runner import GridSpec, run_grid
 
 
 def _split(features: np.ndarray) -> DataSplit:
@@ -239,20 +237,15 @@ def test_sklearn_solver_runs_and_is_deterministic(cloud):
     assert any("scikit-learn's exact" in d for d in first.context.record["deviations"])
 
 
-def _map(method: str, params: dict, results) -> float:
-    (outcome,) = run_grid(GridSpec(methods=[method], bits=[16], seeds=[0], params={method: params}, results=results))
-    assert outcome.status == "ok", outcome.error
-    (path,) = results.glob("runs/*/run.json")
-    return float(json.loads(path.read_text())["metrics"]["map"])
 
 
 @pytest.fixture(scope="module")
 def lsh_map(tmp_path_factory) -> float:
-    return _map("lsh", {}, tmp_path_factory.mktemp("lsh"))
+    return run_map("lsh", {}, tmp_path_factory.mktemp("lsh"))
 
 
 @pytest.mark.parametrize("embedding", ["tsne", "le"])
 def test_learns_on_digits_beating_lsh(embedding, lsh_map, tmp_path):
-    value = _map("imh", {"embedding": embedding}, tmp_path)
+    value = run_map("imh", {"embedding": embedding}, tmp_path)
     # digits, 16 bits, split 0, seed 0: IMH-tSNE 0.90, IMH-LE 0.91; LSH 0.51.
     assert value > lsh_map + 0.1, (value, lsh_map)

@@ -13,14 +13,9 @@ its loss instead of descending it (a flipped sign) fails all three.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
+from digits_runs import run_record
 
-from hashbench.run.runner import GridSpec, run_grid
-
-BITS = 16
 # The untrained start: one epoch whose steps cannot move the weights.
 UNTRAINED = {"epochs": 1, "lr": 1e-12}
 # Margins on mAP@100 (digits, 300 queries): trained runs are 0.6-0.75, untrained 0.3-0.57,
@@ -43,17 +38,6 @@ SHORT_RUNS = {
 }
 
 
-def _run(method: str, params: dict, results: Path, device: str = "cpu") -> dict:
-    """One cell through the runner; its run record as stored (``runs/<key>/run.json``)."""
-    (outcome,) = run_grid(
-        GridSpec(methods=[method], bits=[BITS], seeds=[0], params={method: params} if params else {},
-                 results=results, device=device)
-    )  # fmt: skip
-    assert outcome.status == "ok", outcome.error
-    (path,) = results.glob("runs/*/run.json")
-    return json.loads(path.read_text())
-
-
 def _map(record: dict) -> float:
     return float(record["metrics"]["map"])
 
@@ -64,15 +48,15 @@ def _losses(record: dict, term: str) -> list[float]:
 
 @pytest.fixture(scope="module")
 def lsh_map(tmp_path_factory) -> float:
-    return _map(_run("lsh", {}, tmp_path_factory.mktemp("lsh")))
+    return _map(run_record("lsh", {}, tmp_path_factory.mktemp("lsh")))
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("method", sorted(SHORT_RUNS))
 def test_a_short_run_beats_the_untrained_model_and_lsh_and_its_loss_falls(method, device, lsh_map, tmp_path):
     params, term = SHORT_RUNS[method]
-    untrained = _map(_run(method, {**params, **UNTRAINED}, tmp_path / "untrained", device))
-    record = _run(method, params, tmp_path / "trained", device)
+    untrained = _map(run_record(method, {**params, **UNTRAINED}, tmp_path / "untrained", device))
+    record = run_record(method, params, tmp_path / "trained", device)
     assert record["training"]["device"].startswith(device)
     trained = _map(record)
     losses = _losses(record, term)
@@ -86,6 +70,6 @@ def test_a_short_run_beats_the_untrained_model_and_lsh_and_its_loss_falls(method
 
 def test_bihalf_with_its_default_gamma_learns(lsh_map, tmp_path):
     params = {"epochs": 20, "eval_every": 0, "cpu_threads": 1}
-    untrained = _map(_run("bihalf", {**params, **UNTRAINED}, tmp_path / "untrained"))
-    trained = _map(_run("bihalf", params, tmp_path / "trained"))
+    untrained = _map(run_record("bihalf", {**params, **UNTRAINED}, tmp_path / "untrained"))
+    trained = _map(run_record("bihalf", params, tmp_path / "trained"))
     assert trained > untrained + OVER_UNTRAINED and trained > lsh_map + OVER_LSH, (trained, untrained, lsh_map)

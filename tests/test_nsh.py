@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from digits_runs import run_map
 
 from hashbench.conformance import assert_conforms
 from hashbench.data import DatasetArrays, DataSplit
@@ -16,7 +15,6 @@ from hashbench.errors import UserError
 from hashbench.methods._sdc_common import nsh_heads, soft_sort, sorted_nce
 from hashbench.methods.nsh import NSH, RELEASED_BUDGET, RELEASED_LR_STEP, NSHParams
 from hashbench.params import resolve_params
-from hashbench.run.runner import GridSpec, run_grid
 
 
 def test_conforms():
@@ -134,18 +132,13 @@ def test_bad_parameters_are_refused(overrides, message):
 # learning on digits (as tests/test_learning.py)
 
 
-def _map(method: str, params: dict, results: Path) -> float:
-    (outcome,) = run_grid(GridSpec(methods=[method], bits=[16], seeds=[0], params={method: params} if params else {}, results=results, device="cpu"))
-    assert outcome.status == "ok", outcome.error
-    (path,) = results.glob("runs/*/run.json")
-    return float(json.loads(path.read_text())["metrics"]["map"])
 
 
 @pytest.mark.slow
 def test_a_short_run_on_digits_beats_its_untrained_start_and_lsh(tmp_path):
     params = {"epochs": 30, "eval_every": 0, "cpu_threads": 1}
-    trained = _map("nsh", params, tmp_path / "trained")
-    untrained = _map("nsh", {**params, "epochs": 1, "lr": 1e-12}, tmp_path / "untrained")
-    lsh = _map("lsh", {}, tmp_path / "lsh")
+    trained = run_map("nsh", params, tmp_path / "trained")
+    untrained = run_map("nsh", {**params, "epochs": 1, "lr": 1e-12}, tmp_path / "untrained")
+    lsh = run_map("lsh", {}, tmp_path / "lsh")
     # Measured: trained 0.599, untrained 0.446, LSH about 0.51 (mAP@100, 16 bits).
     assert trained > untrained + 0.05 and trained > lsh + 0.02, (trained, untrained, lsh)

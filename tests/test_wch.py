@@ -8,14 +8,13 @@ The transcriptions below follow github.com/RosieYuu/WCH (commit d93c756):
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from digits_runs import run_map
 from torch import nn
 
 from hashbench.conformance import assert_conforms
@@ -33,7 +32,6 @@ from hashbench.methods._wch_model import (
 )
 from hashbench.methods.wch import RELEASED_BUDGET, WCH, WCHParams
 from hashbench.params import resolve_params
-from hashbench.run.runner import GridSpec, run_grid
 
 
 def test_conforms():
@@ -270,19 +268,14 @@ def test_a_tiny_run_records_its_settings_schedule_and_deviations():
 # learning on digits (as tests/test_learning.py), and the paper path on the CPU
 
 
-def _map(method: str, params: dict, results: Path) -> float:
-    (outcome,) = run_grid(GridSpec(methods=[method], bits=[16], seeds=[0], params={method: params} if params else {}, results=results, device="cpu"))
-    assert outcome.status == "ok", outcome.error
-    (path,) = results.glob("runs/*/run.json")
-    return float(json.loads(path.read_text())["metrics"]["map"])
 
 
 @pytest.mark.slow
 def test_a_short_run_on_digits_beats_its_untrained_start_and_lsh(tmp_path):
     params = {"epochs": 30, "eval_every": 0, "cpu_threads": 1}
-    trained = _map("wch", params, tmp_path / "trained")
-    untrained = _map("wch", {**params, "epochs": 1, "lr": 1e-12}, tmp_path / "untrained")
-    lsh = _map("lsh", {}, tmp_path / "lsh")
+    trained = run_map("wch", params, tmp_path / "trained")
+    untrained = run_map("wch", {**params, "epochs": 1, "lr": 1e-12}, tmp_path / "untrained")
+    lsh = run_map("lsh", {}, tmp_path / "lsh")
     # Measured: trained about 0.6, untrained about 0.16 (the released head's standard-normal
     # biases leave most bits constant at the start), LSH about 0.51 (mAP@100, 16 bits).
     assert trained > untrained + 0.05 and trained > lsh + 0.02, (trained, untrained, lsh)
